@@ -1,0 +1,315 @@
+"""Typed experiment configuration.
+
+One flat dataclass, :class:`Config`, holds every setting of a run. Its field
+names are the command-line flag names of ``python -m simclr_tf.run`` (they
+follow the official google-research/simclr ``tf2/run.py`` names so users can
+move over) and the keys of the YAML files in ``configs/``.
+
+Precedence, lowest first: the defaults below < the ``--config`` YAML file <
+flags given on the command line. Validation happens before any work: unknown
+keys and invalid values raise :class:`ConfigError` naming the key, the value
+and what is allowed.
+
+The config is flat on purpose: one key, one flag, one YAML line, one row in the
+README's flag table (generated from :func:`flag_table`).
+"""
+
+import dataclasses
+import math
+import os
+from typing import Optional
+
+import yaml
+
+DATASET_SHORTCUTS = ("offline_shapes", "image_folder")
+MODES = ("train", "eval", "train_then_eval", "export")
+TRAIN_MODES = ("pretrain", "finetune")
+OPTIMIZERS = ("lars", "momentum", "adam")
+PROJ_HEAD_MODES = ("nonlinear", "linear", "none")
+LR_SCALINGS = ("linear", "sqrt")
+RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
+COLOR_JITTER_IMPLS = ("v1", "v2")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: the message names the key and the fix."""
+
+
+def _field(default, help, choices=None, minimum=None, exclusive_min=False):
+    return dataclasses.field(
+        default=default,
+        metadata={"help": help, "choices": choices, "minimum": minimum,
+                  "exclusive_min": exclusive_min})
+
+
+@dataclasses.dataclass
+class Config:
+    """All settings of a simclr_tf run (see the module docstring)."""
+
+    # What to do.
+    mode: str = _field("train_then_eval", "What to run.", MODES)
+    train_mode: str = _field(
+        "pretrain", "pretrain: SimCLR contrastive pretraining (plus the linear probe "
+        "when labels exist); finetune: supervised training of the head (and the "
+        "encoder above fine_tune_after_block).", TRAIN_MODES)
+    seed: int = _field(0, "Seed of the data order, augmentations and initialisation.")
+
+    # Data.
+    dataset: str = _field(
+        "offline_shapes", "offline_shapes (built in, no download), image_folder "
+        "(data_dir=ROOT with ROOT/<split>/<class>/<image>) or any TFDS image dataset "
+        "name (cifar10, stl10, imagenet2012, ...).")
+    data_dir: Optional[str] = _field(
+        None, "TFDS data directory, or the root folder for dataset=image_folder.")
+    train_split: str = _field("train", "Split to train on (any TFDS split string).")
+    eval_split: str = _field("test", "Split to evaluate on.")
+    image_size: int = _field(32, "Side of the square training/eval images. <= 32 "
+                             "selects the CIFAR stem and preset.", minimum=8)
+    cache_dataset: bool = _field(False, "Cache decoded images in memory.")
+
+    # Augmentation.
+    color_jitter_strength: Optional[float] = _field(
+        None, "Colour distortion strength s. Default: 0.5 for image_size <= 32 "
+        "(CIFAR preset), else 1.0.", minimum=0.0)
+    use_blur: Optional[bool] = _field(
+        None, "Gaussian blur augmentation. Default: off for image_size <= 32, else on.")
+    color_jitter_impl: str = _field(
+        "v2", "Brightness jitter: v2 multiplicative, v1 additive.", COLOR_JITTER_IMPLS)
+
+    # Batches and length.
+    train_batch_size: int = _field(128, "Global training batch size.", minimum=1)
+    eval_batch_size: int = _field(256, "Global eval batch size.", minimum=1)
+    train_epochs: int = _field(10, "Training epochs (used when train_steps is 0).",
+                               minimum=0)
+    train_steps: int = _field(0, "Training steps; overrides train_epochs when > 0.",
+                              minimum=0)
+
+    # Optimisation.
+    optimizer: str = _field("lars", "Optimizer.", OPTIMIZERS)
+    learning_rate: float = _field(
+        1.0, "Base learning rate, scaled by learning_rate_scaling.", minimum=0.0)
+    learning_rate_scaling: str = _field(
+        "linear", "linear: lr*B/256; sqrt: lr*sqrt(B).", LR_SCALINGS)
+    warmup_epochs: float = _field(1.0, "Linear warmup epochs.", minimum=0.0)
+    weight_decay: float = _field(1e-6, "Weight decay (not on BN and biases).",
+                                 minimum=0.0)
+    momentum: float = _field(0.9, "Momentum of lars and momentum optimizers.",
+                             minimum=0.0)
+
+    # Contrastive loss.
+    temperature: float = _field(0.5, "NT-Xent temperature.", minimum=0.0,
+                                exclusive_min=True)
+    hidden_norm: bool = _field(True, "L2-normalise projections before the loss.")
+
+    # Model.
+    resnet_depth: int = _field(18, "ResNet depth.", RESNET_DEPTHS)
+    width_multiplier: float = _field(
+        0.5, "ResNet width multiplier (fractions such as 0.25 allowed).",
+        minimum=0.0, exclusive_min=True)
+    sk_ratio: float = _field(0.0, "Selective-kernel ratio (SimCLR v2 uses 0.0625; "
+                             "0 disables).", minimum=0.0)
+    batch_norm_decay: float = _field(0.9, "BatchNorm moving-average decay.",
+                                     minimum=0.0)
+    global_bn: bool = _field(True, "Synchronise BN statistics across replicas.")
+    proj_head_mode: str = _field("nonlinear", "Projection head.", PROJ_HEAD_MODES)
+    proj_out_dim: int = _field(128, "Projection output dimension.", minimum=1)
+    num_proj_layers: int = _field(2, "Projection head layers (v1: 2, v2: 3).",
+                                  minimum=1)
+    ft_proj_selector: int = _field(
+        0, "Projection-head layer the supervised head reads in finetune "
+        "(0 = encoder output h).", minimum=0)
+    lineareval_while_pretraining: bool = _field(
+        True, "Train a linear probe on stop_gradient(h) during pretraining.")
+    fine_tune_after_block: int = _field(
+        -1, "Finetune: -1 trains everything, 0 freezes the stem, k in 1..4 "
+        "also freezes block groups 1..k (4 = linear evaluation).", minimum=-1)
+    zero_init_logits_layer: bool = _field(
+        False, "Zero-initialise the supervised head.")
+
+    # Checkpoints and outputs.
+    model_dir: str = _field("runs/default", "Where checkpoints, TensorBoard logs, "
+                            "result.json, config.yaml and the export go.")
+    checkpoint: Optional[str] = _field(
+        None, "Pretrained checkpoint (directory or prefix) to fine-tune from.")
+    checkpoint_epochs: int = _field(1, "Save a checkpoint every N epochs.",
+                                    minimum=1)
+    checkpoint_steps: int = _field(
+        0, "Save a checkpoint every N steps; overrides checkpoint_epochs when > 0.",
+        minimum=0)
+    keep_checkpoint_max: int = _field(5, "Checkpoints kept.", minimum=1)
+
+    # Devices.
+    use_tpu: bool = _field(False, "Train on a TPU.")
+    tpu_name: Optional[str] = _field(
+        None, "TPU name or address; 'local' on a TPU VM (Colab).")
+
+    def validate(self):
+        """Raises ConfigError for any invalid value; returns self."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            meta = f.metadata
+            if value is None:
+                continue
+            if meta["choices"] is not None and value not in meta["choices"]:
+                raise ConfigError(
+                    f"Invalid value {value!r} for '{f.name}': allowed values are "
+                    f"{', '.join(map(str, meta['choices']))}.")
+            minimum = meta["minimum"]
+            if minimum is not None:
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ConfigError(f"'{f.name}' must be finite, got {value!r}.")
+                too_small = value <= minimum if meta["exclusive_min"] else value < minimum
+                if too_small:
+                    relation = ">" if meta["exclusive_min"] else ">="
+                    raise ConfigError(
+                        f"Invalid value {value!r} for '{f.name}': it must be "
+                        f"{relation} {minimum}.")
+        if self.train_epochs == 0 and self.train_steps == 0 and self.mode in (
+                "train", "train_then_eval"):
+            raise ConfigError("Both 'train_epochs' and 'train_steps' are 0: set one "
+                              "of them > 0 to train, or use --mode=eval.")
+        if self.dataset == "image_folder" and not self.data_dir:
+            raise ConfigError("dataset=image_folder needs 'data_dir' set to the root "
+                              "folder holding <split>/<class>/<image> files.")
+        if self.proj_head_mode == "none" and self.ft_proj_selector > 0:
+            raise ConfigError("'ft_proj_selector' must be 0 when proj_head_mode=none "
+                              "(there are no projection layers to read).")
+        max_selector = {"none": 0, "linear": 1}.get(self.proj_head_mode,
+                                                     self.num_proj_layers)
+        if self.ft_proj_selector > max_selector:
+            raise ConfigError(
+                f"Invalid value {self.ft_proj_selector} for 'ft_proj_selector': the "
+                f"projection head has {max_selector} layer(s), so it must be in "
+                f"0..{max_selector}.")
+        if self.fine_tune_after_block > 4:
+            raise ConfigError("Invalid value for 'fine_tune_after_block': allowed "
+                              "values are -1 (train all), 0 (stem frozen) .. 4.")
+        if self.batch_norm_decay >= 1.0:
+            raise ConfigError("'batch_norm_decay' must be < 1.")
+        return self
+
+    # Derived values -------------------------------------------------------
+    @property
+    def cifar_stem(self):
+        """The CIFAR stem (3x3 conv, no max-pool) is used for images <= 32 px."""
+        return self.image_size <= 32
+
+    @property
+    def resolved_color_jitter_strength(self):
+        if self.color_jitter_strength is not None:
+            return self.color_jitter_strength
+        return 0.5 if self.image_size <= 32 else 1.0
+
+    @property
+    def resolved_use_blur(self):
+        if self.use_blur is not None:
+            return self.use_blur
+        return self.image_size > 32
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _coerce(name, value):
+    """Converts a YAML/flag value to the field's type, or raises ConfigError."""
+    field_type = FIELDS[name].type
+    if value is None:
+        return None
+    base = field_type
+    origin = getattr(base, "__args__", None)
+    if origin:  # Optional[T]
+        base = [t for t in origin if t is not type(None)][0]
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+                return value.lower() in ("true", "1")
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"Invalid value {value!r} for '{name}': expected {base.__name__}.") from None
+
+
+def from_dict(values, base=None):
+    """Returns ``base`` (default: the defaults) updated with ``values``.
+
+    Raises ConfigError for unknown keys, naming the closest known key.
+    """
+    base = base or Config()
+    changes = {}
+    for key, value in (values or {}).items():
+        if key not in FIELDS:
+            import difflib
+            close = difflib.get_close_matches(key, FIELDS, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"Unknown config key '{key}'.{hint} Known keys are "
+                              "listed in the README's flag table.")
+        changes[key] = _coerce(key, value)
+    return dataclasses.replace(base, **changes)
+
+
+def load_yaml(path):
+    """Reads a YAML experiment file into a dict, with clear errors."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config file not found: {path!r}. Pass --config=PATH.yaml "
+                          "with an existing file (see configs/).")
+    with open(path, encoding="utf-8") as f:
+        try:
+            values = yaml.safe_load(f)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"Config file {path!r} is not valid YAML: {e}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"Config file {path!r} must hold a mapping of keys to "
+                          f"values, not a {type(values).__name__}.")
+    return values
+
+
+def resolve(config_path=None, overrides=None):
+    """Defaults < YAML file < ``overrides`` (the flags given), validated."""
+    cfg = Config()
+    if config_path:
+        cfg = from_dict(load_yaml(config_path), cfg)
+    cfg = from_dict(overrides or {}, cfg)
+    return cfg.validate()
+
+
+def save_yaml(cfg, path):
+    """Writes the resolved config atomically (write to a temp file, rename)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def flag_table():
+    """Markdown table of every flag: name, default, allowed values, help."""
+    rows = ["| flag | default | allowed | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(Config):
+        meta = f.metadata
+        allowed = ", ".join(map(str, meta["choices"])) if meta["choices"] else ""
+        if meta["minimum"] is not None:
+            allowed = (">" if meta["exclusive_min"] else ">=") + f" {meta['minimum']}"
+        rows.append(f"| `--{f.name}` | `{f.default}` | {allowed} | {meta['help']} |")
+    rows.append("| `--config` | | path | YAML file of the keys above; flags given "
+                "on the command line override it. |")
+    return "\n".join(rows)

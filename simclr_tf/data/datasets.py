@@ -1,0 +1,647 @@
+"""Image datasets for SimCLR: TFDS, an image folder, or the built-in offline set.
+
+:func:`load` returns a ``tf.data.Dataset`` of ``dict(image=uint8 [H, W, 3],
+label=int64 [])`` plus a :class:`DatasetInfo`, whatever the source:
+
+* ``"offline_shapes"`` (alias ``"offline"``, the default of the package):
+  generated in memory by :mod:`simclr_tf.data.offline`; no files, no network.
+* ``"image_folder"``: ``data_dir=ROOT`` holding ``ROOT/<split>/<class>/<image>``
+  (the ``tfds.folder_dataset.ImageFolder`` layout). JPEG, PNG (8 or 16 bit,
+  gray, RGB, RGBA), BMP and GIF files of any size are decoded to RGB ``uint8``
+  (alpha is dropped, 16-bit is scaled down, CMYK JPEG is converted). The class
+  index is the position of the class-folder name in the sorted union of the
+  class folders of all splits under ``ROOT`` (so train and test agree even when
+  one lacks a class). Every file is decoded once to find corrupt or empty
+  ones; they are skipped with a warning and counted in ``info.skipped``. The
+  result is cached (see :func:`manifest_cache_dir`) and re-checked only for
+  files whose size or modification time changed.
+* any other name is a TFDS image dataset (``cifar10``, ``cifar100``,
+  ``stl10`` incl. its ``unlabelled`` split, ``imagenet2012``, ``imagenette``,
+  ``mnist`` ...), loaded with ``tfds.builder(name, data_dir=...)``,
+  ``download_and_prepare()`` and ``as_dataset()``. Gray images become RGB.
+  Splits without labels (e.g. ``stl10``'s ``unlabelled``) yield ``label=-1``.
+
+``split`` accepts the TFDS split syntax for every source, e.g. ``"train[:10%]"``
+or ``"train[:1000]+test"``.
+
+Example:
+    >>> from simclr_tf.data import datasets
+    >>> ds, info = datasets.load("offline_shapes", "test")
+    >>> info.num_examples, info.num_classes, info.image_shape
+    (2000, 10, (32, 32, 3))
+    >>> ex = next(iter(ds))
+    >>> ex["image"].dtype, ex["label"].dtype
+    (tf.uint8, tf.int64)
+
+The input pipelines in :mod:`simclr_tf.data.pipeline` build on
+:func:`open_source`, which returns the same data as a cheap-to-shuffle record
+stream plus a decode function, so that shuffling happens before decoding.
+"""
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from simclr_tf.data import offline
+
+logger = logging.getLogger(__name__)
+
+OFFLINE_NAME = offline.NAME  # "offline_shapes"
+OFFLINE_ALIASES = (OFFLINE_NAME, "offline")
+IMAGE_FOLDER_NAME = "image_folder"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+CACHE_DIR_ENV = "SIMCLR_TF_CACHE_DIR"
+
+_LAYOUT_HELP = (
+    "Expected layout: ROOT/<split>/<class>/<image>, e.g. ROOT/train/cat/001.jpg "
+    "and ROOT/test/dog/042.png (extensions: " + ", ".join(IMAGE_EXTENSIONS) + ")."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the pipelines need to know about a loaded split.
+
+    Attributes:
+        name: canonical dataset name (``"offline_shapes"``, ``"image_folder"``
+            or the TFDS name).
+        split: the split string as requested (e.g. ``"train[:10%]"``).
+        num_examples: number of (valid) examples in the split.
+        num_classes: number of classes (0 when the dataset has no labels).
+        image_shape: ``(H, W, 3)`` when all images share one size, else None.
+        skipped: files skipped as unreadable (image folders only).
+        class_names: class names in label order, when known.
+    """
+
+    name: str
+    split: str
+    num_examples: int
+    num_classes: int
+    image_shape: Optional[Tuple[int, int, int]]
+    skipped: int = 0
+    class_names: Optional[Tuple[str, ...]] = None
+
+
+@dataclasses.dataclass
+class Source:
+    """A split as a stream of cheap records plus the function that decodes them.
+
+    ``records`` is small per element (file paths, encoded bytes or small
+    arrays), so it can be shuffled, sharded and enumerated before the costly
+    decode. ``decode(record)`` returns ``dict(image=uint8 [H, W, 3],
+    label=int64 [])`` and is safe inside ``Dataset.map``.
+
+    Attributes:
+        records: ``tf.data.Dataset`` of records, in a fixed order.
+        decode: record -> example dict.
+        info: the split's :class:`DatasetInfo`.
+        cheap_records: True when records are file paths or in-memory arrays,
+            so a shuffle buffer over the whole split is cheap; False when they
+            hold image bytes (TFDS), whose size the pipeline estimates from
+            ``info.image_shape``.
+    """
+
+    records: tf.data.Dataset
+    decode: Callable
+    info: DatasetInfo
+    cheap_records: bool = True
+
+
+def load(name, split, data_dir=None, shuffle_files=False, seed=0):
+    """Loads one split of a dataset as decoded RGB ``uint8`` images.
+
+    Args:
+        name: ``"offline_shapes"`` (or ``"offline"``), ``"image_folder"`` or a
+            TFDS dataset name (optionally with config/version,
+            ``"imagenet2012_subset/10pct"``).
+        split: split string; TFDS slicing syntax works for every source
+            (``"train[:10%]"``, ``"train[:500]+test"``).
+        data_dir: TFDS data directory, or ``ROOT`` for ``"image_folder"``
+            (required there). Ignored by ``offline_shapes``.
+        shuffle_files: shuffle the input order deterministically from ``seed``
+            (TFDS: file order; other sources: example order). The training
+            pipeline shuffles by itself and leaves this off.
+        seed: seed for ``shuffle_files``.
+
+    Returns:
+        ``(ds, info)``: a ``tf.data.Dataset`` yielding ``dict(image=uint8
+        [H, W, 3], label=int64 [])`` (``label=-1`` when the split has no
+        labels) and a :class:`DatasetInfo`.
+
+    Raises:
+        ValueError: unknown dataset name, missing/empty image folder, unknown
+            split, or a bad split string.
+    """
+    source = open_source(name, split, data_dir=data_dir, shuffle_files=shuffle_files, seed=seed)
+    ds = source.records.map(source.decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds, source.info
+
+
+def open_source(name, split, data_dir=None, shuffle_files=False, seed=0):
+    """Opens a split as a :class:`Source` (records + decode function + info).
+
+    Same arguments as :func:`load`. Used by :mod:`simclr_tf.data.pipeline`.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"Dataset name must be a non-empty string, got {name!r}.")
+    if not isinstance(split, str) or not split.strip():
+        raise ValueError(f"Split must be a non-empty string such as 'train', got {split!r}.")
+    key = name.strip()
+    if key.lower() in OFFLINE_ALIASES:
+        return _offline_source(split, _permutation_fn(shuffle_files, seed))
+    if key.lower() == IMAGE_FOLDER_NAME:
+        return _image_folder_source(data_dir, split, _permutation_fn(shuffle_files, seed))
+    return _tfds_source(key, split, data_dir, shuffle_files, seed)
+
+
+# ---------------------------------------------------------------------------
+# Shared helpers
+# ---------------------------------------------------------------------------
+
+
+def to_rgb_uint8(image):
+    """Converts an image tensor [H, W, C] (C in 1, 3, 4) to RGB ``uint8``.
+
+    Gray is replicated to three channels, alpha is dropped; ``uint16`` and
+    other integer types are rescaled to ``uint8``; floats are taken to be in
+    ``[0, 1]``.
+    """
+    image = tf.convert_to_tensor(image)
+    if image.shape.rank == 2:
+        image = image[..., None]
+    if image.dtype != tf.uint8:
+        image = tf.image.convert_image_dtype(image, tf.uint8, saturate=True)
+    channels = image.shape[-1]
+    if channels == 3:
+        pass
+    elif channels == 1:
+        image = tf.image.grayscale_to_rgb(image)
+    elif channels is not None and channels >= 3:
+        image = image[..., :3]
+    else:  # unknown channel count: decide at run time
+        image = tf.cond(
+            tf.shape(image)[-1] < 3,
+            lambda: tf.tile(image[..., :1], [1, 1, 3]),
+            lambda: image[..., :3],
+        )
+    return tf.ensure_shape(image, [None, None, 3])
+
+
+def decode_image_bytes(contents):
+    """Decodes encoded JPEG/PNG/BMP/GIF bytes to RGB ``uint8`` [H, W, 3].
+
+    16-bit PNGs are scaled to 8 bit, gray and CMYK become RGB, alpha is
+    dropped, animated GIFs give their first frame. Raises
+    ``tf.errors.InvalidArgumentError`` on corrupt data.
+    """
+    image = tf.io.decode_image(contents, channels=3, dtype=tf.uint8, expand_animations=False)
+    return tf.ensure_shape(image, [None, None, 3])
+
+
+def _resolve_split(split, sizes, what):
+    """Turns a TFDS-style split string into ``[(split_name, start, stop)]``.
+
+    Args:
+        split: e.g. ``"train"``, ``"train[:10%]"``, ``"train[5:]+test"``.
+        sizes: ``{split_name: num_examples}`` of the available splits.
+        what: dataset description for error messages.
+    """
+    import tensorflow_datasets as tfds  # imported lazily: it is slow to import
+
+    try:
+        instruction = tfds.core.ReadInstruction.from_spec(split)
+        infos = {
+            s: tfds.core.SplitInfo(name=s, shard_lengths=[int(n)], num_bytes=0)
+            for s, n in sizes.items()
+        }
+        absolute = instruction.to_absolute(infos)
+    except (ValueError, KeyError, AssertionError) as e:
+        raise ValueError(
+            f"Bad split {split!r} for {what}: {e}. Available splits: {sorted(sizes)}; "
+            "slicing like 'train[:10%]' or 'train[:1000]' is supported."
+        ) from e
+    out = []
+    for a in absolute:
+        n = sizes[a.splitname]
+        start, stop, _ = slice(a.from_, a.to).indices(n)
+        out.append((a.splitname, start, max(start, stop)))
+    return out
+
+
+def _permutation_fn(shuffle, seed):
+    """``n -> index order``: identity, or a permutation seeded by ``seed``."""
+    if not shuffle:
+        return np.arange
+    return lambda n: np.random.default_rng(np.random.PCG64(seed)).permutation(n)
+
+
+def _split_names(split):
+    """Base split names referenced by a split string (``"a[:5]+b"`` -> a, b)."""
+    return [part.split("[", 1)[0].strip() for part in split.split("+")]
+
+
+# ---------------------------------------------------------------------------
+# offline_shapes
+# ---------------------------------------------------------------------------
+
+
+def _offline_source(split, order=np.arange):
+    sizes = {s: n for s, (n, _) in offline.SPLITS.items()}
+    pieces = _resolve_split(split, sizes, f"{OFFLINE_NAME!r}")
+    images, labels = [], []
+    for name, start, stop in pieces:
+        x, y = offline.generate(name)
+        images.append(x[start:stop])
+        labels.append(y[start:stop])
+    images = np.concatenate(images, axis=0)
+    labels = np.concatenate(labels, axis=0).astype(np.int64)
+    perm = order(len(labels))
+    images, labels = images[perm], labels[perm]
+    info = DatasetInfo(
+        name=OFFLINE_NAME,
+        split=split,
+        num_examples=int(images.shape[0]),
+        num_classes=offline.NUM_CLASSES,
+        image_shape=(offline.IMAGE_SIZE, offline.IMAGE_SIZE, 3),
+        skipped=0,
+        class_names=tuple(offline.CLASS_NAMES),
+    )
+    records = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+    return Source(records=records, decode=_identity_decode, info=info, cheap_records=True)
+
+
+def _identity_decode(record):
+    return {"image": record["image"], "label": record["label"]}
+
+
+# ---------------------------------------------------------------------------
+# image_folder
+# ---------------------------------------------------------------------------
+
+
+def manifest_cache_dir():
+    """Directory for image-folder validation manifests.
+
+    ``$SIMCLR_TF_CACHE_DIR`` when set, else ``~/.cache/simclr_tf``. A manifest
+    records, per file, its size, modification time and whether it decoded, so
+    that a folder is fully decoded only once.
+    """
+    root = os.environ.get(CACHE_DIR_ENV) or os.path.join(
+        os.path.expanduser("~"), ".cache", "simclr_tf")
+    return os.path.join(root, "image_folder_manifests")
+
+
+def _is_remote(path):
+    return "://" in path
+
+
+def _list_dirs(path):
+    if _is_remote(path):
+        entries = [e.rstrip("/") for e in tf.io.gfile.listdir(path)]
+        return sorted(e for e in entries if not e.startswith(".")
+                      and tf.io.gfile.isdir(os.path.join(path, e)))
+    with os.scandir(path) as it:
+        return sorted(e.name for e in it if not e.name.startswith(".")
+                      and e.is_dir(follow_symlinks=True))
+
+
+def _isdir(path):
+    return tf.io.gfile.isdir(path) if _is_remote(path) else os.path.isdir(path)
+
+
+def _list_images(class_dir):
+    """Image files below ``class_dir`` as sorted ``[(path, size, mtime_ns)]``."""
+    found = []
+    if _is_remote(class_dir):
+        for dirpath, dirnames, filenames in tf.io.gfile.walk(class_dir):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for f in filenames:
+                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
+                    p = os.path.join(dirpath, f)
+                    st = tf.io.gfile.stat(p)
+                    found.append((p, int(st.length), int(st.mtime_nsec)))
+    else:
+        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for f in filenames:
+                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
+                    p = os.path.join(dirpath, f)
+                    st = os.stat(p)
+                    found.append((p, int(st.st_size), int(st.st_mtime_ns)))
+    found.sort()
+    return found
+
+
+def _decode_shapes(paths):
+    """Decodes ``paths`` in parallel; returns ``{index: (h, w)}`` of the good ones."""
+    if not paths:
+        return {}
+    ds = tf.data.Dataset.from_tensor_slices(
+        (tf.range(len(paths), dtype=tf.int64), tf.constant(paths)))
+    ds = ds.map(
+        lambda i, p: (i, tf.shape(decode_image_bytes(tf.io.read_file(p)))[:2]),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=False,
+    )
+    ds = ds.ignore_errors().batch(1024)
+    good = {}
+    for idx, hw in ds.as_numpy_iterator():
+        for i, (h, w) in zip(idx.tolist(), hw.tolist()):
+            good[i] = (h, w)
+    return good
+
+
+def _manifest_path(split_dir):
+    digest = hashlib.sha1(os.path.abspath(split_dir).encode("utf-8")).hexdigest()[:20]
+    return os.path.join(manifest_cache_dir(), f"{digest}.json")
+
+
+def _read_manifest(path, split_dir):
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = json.load(f)
+        if data.get("split_dir") != os.path.abspath(split_dir) or data.get("version") != 1:
+            return {}
+        return data.get("files", {})
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_manifest(path, split_dir, files):
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"version": 1, "split_dir": os.path.abspath(split_dir), "files": files}, f)
+        os.replace(tmp, path)
+    except OSError as e:  # read-only home etc.: validation simply reruns next time
+        logger.info("Could not write the image-folder manifest %s: %s", path, e)
+
+
+def _scan_split(root, split_name, class_names):
+    """Lists and validates one split folder.
+
+    Returns ``(files, labels, shapes, bad)``: the good files in sorted
+    (class, path) order, their labels, their ``(h, w)``, and the skipped paths.
+    """
+    split_dir = os.path.join(root, split_name)
+    candidates = []  # (path, size, mtime, label)
+    for label, cls in enumerate(class_names):
+        class_dir = os.path.join(split_dir, cls)
+        if not _isdir(class_dir):
+            continue
+        candidates += [(p, s, m, label) for p, s, m in _list_images(class_dir)]
+    if not candidates:
+        raise ValueError(
+            f"No images found in {split_dir!r} for dataset 'image_folder'. " + _LAYOUT_HELP)
+
+    manifest_file = _manifest_path(split_dir)
+    cached = _read_manifest(manifest_file, split_dir)
+    entries = {}
+    to_check = []
+    for p, size, mtime, _ in candidates:
+        rel = os.path.relpath(p, split_dir) if not _is_remote(p) else p
+        hit = cached.get(rel)
+        if size == 0:
+            entries[rel] = [size, mtime, None]
+        elif hit is not None and hit[0] == size and hit[1] == mtime:
+            entries[rel] = hit
+        else:
+            to_check.append((rel, p, size, mtime))
+    if to_check:
+        if len(to_check) > 1000:
+            logger.info("image_folder: checking %d images in %s once (cached in %s).",
+                        len(to_check), split_dir, manifest_file)
+        good = _decode_shapes([p for _, p, _, _ in to_check])
+        for i, (rel, _, size, mtime) in enumerate(to_check):
+            hw = good.get(i)
+            entries[rel] = [size, mtime, list(hw) if hw is not None else None]
+        _write_manifest(manifest_file, split_dir, entries)
+
+    files, labels, shapes, bad = [], [], [], []
+    for p, _, _, label in candidates:
+        rel = os.path.relpath(p, split_dir) if not _is_remote(p) else p
+        hw = entries[rel][2]
+        if hw is None:
+            bad.append(p)
+        else:
+            files.append(p)
+            labels.append(label)
+            shapes.append(tuple(hw))
+    return files, labels, shapes, bad
+
+
+def _image_folder_source(data_dir, split, order=np.arange):
+    if not data_dir:
+        raise ValueError(
+            "Dataset 'image_folder' needs data_dir=ROOT (--data_dir=ROOT). " + _LAYOUT_HELP)
+    root = str(data_dir)
+    if not _isdir(root):
+        raise ValueError(
+            f"image_folder root {root!r} does not exist or is not a directory. " + _LAYOUT_HELP)
+    split_dirs = _list_dirs(root)
+    for name in _split_names(split):
+        if name not in split_dirs:
+            raise ValueError(
+                f"Split folder {os.path.join(root, name)!r} not found for dataset "
+                f"'image_folder' (split {split!r}); found split folders {split_dirs}. "
+                + _LAYOUT_HELP)
+    class_set = set()
+    for s in split_dirs:
+        class_set.update(_list_dirs(os.path.join(root, s)))
+    class_names = tuple(sorted(class_set))
+    if not class_names:
+        raise ValueError(
+            f"No class folders found under {root!r} for dataset 'image_folder'. " + _LAYOUT_HELP)
+
+    scanned = {}
+    for name in dict.fromkeys(_split_names(split)):
+        scanned[name] = _scan_split(root, name, class_names)
+    sizes = {name: len(v[0]) for name, v in scanned.items()}
+    pieces = _resolve_split(split, sizes, f"image_folder at {root!r}")
+
+    files, labels, shapes = [], [], []
+    for name, start, stop in pieces:
+        f, l, s, _ = scanned[name]
+        files += f[start:stop]
+        labels += l[start:stop]
+        shapes += s[start:stop]
+    bad = [p for v in scanned.values() for p in v[3]]
+    if bad:
+        examples = ", ".join(repr(p) for p in bad[:5])
+        logger.warning(
+            "image_folder: skipped %d unreadable image file(s) (corrupt or empty) under %r, "
+            "e.g. %s%s", len(bad), root, examples, " ..." if len(bad) > 5 else "")
+    if not files:
+        raise ValueError(
+            f"Split {split!r} of image_folder {root!r} has no readable images. " + _LAYOUT_HELP)
+    unique_shapes = set(shapes)
+    image_shape = (*unique_shapes.pop(), 3) if len(unique_shapes) == 1 else None
+    info = DatasetInfo(
+        name=IMAGE_FOLDER_NAME,
+        split=split,
+        num_examples=len(files),
+        num_classes=len(class_names),
+        image_shape=image_shape,
+        skipped=len(bad),
+        class_names=class_names,
+    )
+    perm = order(len(files))
+    records = tf.data.Dataset.from_tensor_slices({
+        "path": tf.constant([files[i] for i in perm], tf.string),
+        "label": tf.constant([labels[i] for i in perm], tf.int64),
+    })
+    return Source(records=records, decode=_decode_file_record, info=info, cheap_records=True)
+
+
+def _decode_file_record(record):
+    return {"image": decode_image_bytes(tf.io.read_file(record["path"])),
+            "label": record["label"]}
+
+
+# ---------------------------------------------------------------------------
+# TFDS
+# ---------------------------------------------------------------------------
+
+
+def _unknown_name_error(name, cause):
+    import tensorflow_datasets as tfds
+
+    try:
+        known = list(tfds.list_builders(with_community_datasets=False))
+    except Exception:  # pragma: no cover - listing is best effort
+        known = []
+    close = difflib.get_close_matches(
+        name.lower(), [OFFLINE_NAME, IMAGE_FOLDER_NAME] + known, n=3, cutoff=0.6)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    return ValueError(
+        f"Unknown dataset {name!r}: it is neither a built-in dataset nor a TFDS dataset.{hint} "
+        f"Use {OFFLINE_NAME!r} (built-in, no download), {IMAGE_FOLDER_NAME!r} with "
+        "data_dir=ROOT holding ROOT/<split>/<class>/<image>, or a TFDS image dataset name "
+        "such as 'cifar10', 'cifar100', 'stl10' or 'imagenet2012' "
+        "(catalog: https://www.tensorflow.org/datasets/catalog/overview). "
+        f"(TFDS said: {str(cause).splitlines()[0]})"
+    )
+
+
+def _check_tfds_name(name, data_dir):
+    """Rejects unknown TFDS names offline (``tfds.builder`` may query GCS first).
+
+    A name passes when it is registered in the installed TFDS, is already
+    prepared under ``data_dir`` (or ``$TFDS_DATA_DIR``, default
+    ``~/tensorflow_datasets``), or has a community namespace (``ns:name``),
+    which only TFDS itself can resolve.
+    """
+    import tensorflow_datasets as tfds
+
+    try:
+        ds_name, _ = tfds.core.naming.parse_builder_name_kwargs(name)
+    except (ValueError, TypeError) as e:
+        raise _unknown_name_error(name, e) from None
+    if ds_name.namespace:
+        return
+    if ds_name.name in tfds.list_builders(with_community_datasets=False):
+        return
+    roots = [data_dir] if data_dir else []
+    roots.append(os.environ.get("TFDS_DATA_DIR")
+                 or os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
+    for root in roots:
+        if tf.io.gfile.isdir(os.path.join(str(root), ds_name.name)):
+            return
+    raise _unknown_name_error(name, f"Dataset {ds_name.name} not found.")
+
+
+def _find_features(features):
+    """Returns ``(image_key, label_key or None)`` of a TFDS FeaturesDict."""
+    import tensorflow_datasets as tfds
+
+    items = dict(features.items())
+    images = [k for k, f in items.items() if isinstance(f, tfds.features.Image)]
+    labels = [k for k, f in items.items() if isinstance(f, tfds.features.ClassLabel)]
+    image_key = "image" if "image" in images else (images[0] if images else None)
+    label_key = "label" if "label" in labels else (labels[0] if labels else None)
+    return image_key, label_key
+
+
+def _tfds_source(name, split, data_dir, shuffle_files, seed):
+    import tensorflow_datasets as tfds
+
+    _check_tfds_name(name, data_dir)
+    not_found = tfds.core.registered.DatasetNotFoundError
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except not_found as e:
+        raise _unknown_name_error(name, e) from None
+    features = builder.info.features
+    image_key, label_key = _find_features(features)
+    if image_key is None:
+        raise ValueError(
+            f"TFDS dataset {name!r} has no top-level image feature (features: "
+            f"{list(features.keys())}); simclr_tf needs an image dataset.")
+    builder.download_and_prepare()
+
+    # Read only the image (still encoded: cheap to shuffle) and the label.
+    wanted = {image_key: True}
+    if label_key is not None:
+        wanted[label_key] = True
+    decoders = tfds.decode.PartialDecoding(
+        wanted, decoders={image_key: tfds.decode.SkipDecoding()})
+    read_config = tfds.ReadConfig(shuffle_seed=seed) if shuffle_files else None
+    try:
+        ds = builder.as_dataset(
+            split=split,
+            shuffle_files=shuffle_files,
+            decoders=decoders,
+            read_config=read_config,
+        )
+    except (ValueError, KeyError) as e:
+        available = sorted(builder.info.splits.keys()) if builder.info.splits else "unknown"
+        raise ValueError(
+            f"Cannot read split {split!r} of TFDS dataset {name!r}: {e}. "
+            f"Available splits: {available}.") from e
+
+    try:
+        num_examples = int(builder.info.splits[split].num_examples)
+    except (KeyError, ValueError, TypeError):
+        # Split info not recorded (e.g. under tfds.testing.mock_data): ask tf.data.
+        num_examples = int(ds.cardinality())
+        if num_examples < 0:
+            num_examples = int(ds.reduce(np.int64(0), lambda c, _: c + 1))
+
+    image_feature = features[image_key]
+    shape = tuple(image_feature.shape)
+    image_shape = (int(shape[0]), int(shape[1]), 3) if None not in shape[:2] else None
+    if label_key is not None:
+        num_classes = int(features[label_key].num_classes)
+        class_names = tuple(features[label_key].names)
+    else:
+        num_classes, class_names = 0, None
+
+    def to_record(ex):
+        label = (tf.cast(ex[label_key], tf.int64) if label_key is not None
+                 else tf.constant(-1, tf.int64))
+        return {"image": ex[image_key], "label": label}
+
+    def decode(record):
+        image = image_feature.decode_example(record["image"])
+        return {"image": to_rgb_uint8(image), "label": record["label"]}
+
+    records = ds.map(to_record, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    info = DatasetInfo(
+        name=name,
+        split=split,
+        num_examples=num_examples,
+        num_classes=num_classes,
+        image_shape=image_shape,
+        skipped=0,
+        class_names=class_names,
+    )
+    return Source(records=records, decode=decode, info=info, cheap_records=False)

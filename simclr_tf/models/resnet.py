@@ -1,0 +1,914 @@
+"""ResNet v1 encoders for SimCLR (v1 and v2), channels-last, Keras 3.
+
+The encoder maps images to the representation ``h`` (the global-average-pooled
+output of the last block group), as in Chen et al. 2020, "A Simple Framework
+for Contrastive Learning of Visual Representations" (SimCLR, arXiv:2002.05709)
+and Chen et al. 2020, "Big Self-Supervised Models are Strong Semi-Supervised
+Learners" (SimCLRv2, arXiv:2006.10029). The network is the post-activation
+ResNet of He et al. 2015 (arXiv:1512.03385) with the stride of a bottleneck
+block on its 3x3 convolution ("ResNet v1.5"), which is what the SimCLR code
+uses.
+
+Naming is part of the interface: every batch-normalisation layer's name
+contains ``"batch_normalization"`` and no convolution has a bias, so weight
+decay / LARS exclusion lists that match substrings of ``variable.path`` treat
+every non-convolution weight correctly.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+__all__ = [
+    "BATCH_NORM_EPSILON",
+    "BLOCK_CONFIGS",
+    "ResNet",
+    "BasicBlock",
+    "BottleneckBlock",
+    "BlockGroup",
+    "SelectiveKernelConv2D",
+    "Stem",
+    "FixedPaddingConv2D",
+]
+
+BATCH_NORM_EPSILON = 1e-5
+
+# depth -> (block type, number of blocks in each of the 4 block groups)
+BLOCK_CONFIGS = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+    200: ("bottleneck", (3, 24, 36, 3)),
+}
+_EXPANSION = {"basic": 1, "bottleneck": 4}
+_GROUP_BASE_FILTERS = (64, 128, 256, 512)
+_GROUP_STRIDES = (1, 2, 2, 2)
+
+
+def _conv_initializer():
+    # He initialisation (variance scaling, fan-in, truncated normal).
+    return keras.initializers.VarianceScaling(
+        scale=2.0, mode="fan_in", distribution="truncated_normal"
+    )
+
+
+def _batch_norm(name, batch_norm_decay, global_bn, dtype, zero_init=False):
+    return keras.layers.BatchNormalization(
+        axis=-1,
+        momentum=batch_norm_decay,
+        epsilon=BATCH_NORM_EPSILON,
+        gamma_initializer="zeros" if zero_init else "ones",
+        synchronized=global_bn,
+        name=name,
+        dtype=dtype,
+    )
+
+
+def _scaled(base, width_multiplier):
+    return max(1, int(round(base * width_multiplier)))
+
+
+def _check_bn_args(batch_norm_decay):
+    if not 0.0 <= float(batch_norm_decay) < 1.0:
+        raise ValueError(
+            f"batch_norm_decay must be in [0, 1), got {batch_norm_decay!r}."
+        )
+
+
+def _shape_after(layer, shape):
+    return tuple(layer.compute_output_shape(tuple(shape)))
+
+
+@keras.saving.register_keras_serializable(package="simclr_tf")
+class FixedPaddingConv2D(keras.layers.Conv2D):
+    """Bias-free square convolution with input-size-independent padding.
+
+    Stride 1 uses ``"same"`` padding. A strided convolution pads the input
+    explicitly by ``(k - 1) // 2`` before and ``k - 1 - (k - 1) // 2`` after on
+    both spatial axes and then runs a ``"valid"`` convolution, so the padding
+    does not depend on whether the input size is even (TensorFlow's ``"same"``
+    pads asymmetrically for strided convolutions on even inputs). This matches
+    the ResNet code used by SimCLR (arXiv:2002.05709), so weights are
+    interchangeable with it.
+
+    Args:
+      filters: number of output channels.
+      kernel_size: int, side of the square kernel.
+      strides: int stride (same on both axes).
+      **kwargs: other ``keras.layers.Conv2D`` arguments (``padding`` and
+        ``use_bias`` are fixed and ignored when present, e.g. in a config).
+
+    Example:
+      >>> conv = FixedPaddingConv2D(64, 7, strides=2)
+      >>> tuple(conv(keras.ops.zeros((1, 224, 224, 3))).shape)
+      (1, 112, 112, 64)
+    """
+
+    def __init__(self, filters, kernel_size, strides=1, **kwargs):
+        kwargs.pop("padding", None)
+        kwargs.pop("use_bias", None)
+        kwargs.setdefault("kernel_initializer", _conv_initializer())
+        stride = strides if isinstance(strides, int) else int(tuple(strides)[0])
+        size = kernel_size if isinstance(kernel_size, int) else int(tuple(kernel_size)[0])
+        super().__init__(
+            filters,
+            size,
+            strides=stride,
+            padding="same" if stride == 1 else "valid",
+            use_bias=False,
+            **kwargs,
+        )
+        total = size - 1
+        self._fixed_pad = (total // 2, total - total // 2) if stride > 1 else None
+
+    def _padded_shape(self, shape):
+        if self._fixed_pad is None:
+            return tuple(shape)
+        extra = sum(self._fixed_pad)
+        shape = list(shape)
+        for axis in (1, 2):
+            if shape[axis] is not None:
+                shape[axis] += extra
+        return tuple(shape)
+
+    def build(self, input_shape):
+        super().build(self._padded_shape(input_shape))
+
+    def call(self, inputs):
+        if self._fixed_pad is not None:
+            inputs = ops.pad(inputs, [[0, 0], self._fixed_pad, self._fixed_pad, [0, 0]])
+        return super().call(inputs)
+
+    def compute_output_shape(self, input_shape):
+        return super().compute_output_shape(self._padded_shape(input_shape))
+
+
+@keras.saving.register_keras_serializable(package="simclr_tf")
+class SelectiveKernelConv2D(keras.layers.Layer):
+    """Selective-kernel 3x3 convolution with two branches (SimCLRv2).
+
+    As in SimCLRv2 (Chen et al. 2020, arXiv:2006.10029), after Li et al. 2019
+    (SKNet, arXiv:1903.06586): one 3x3 convolution produces ``2 * filters``
+    channels (BN + ReLU), split into two branches. The branches' sum is
+    globally average-pooled, squeezed by a 1x1 convolution to
+    ``max(int(filters * sk_ratio), min_dim)`` channels (BN + ReLU) and expanded
+    by a 1x1 convolution to ``2 * filters`` attention logits; a softmax over the
+    two branches (per channel) weights their sum. The output has ``filters``
+    channels and no normalisation after the fusion.
+
+    Args:
+      filters: output channels.
+      strides: stride of the 3x3 convolution.
+      sk_ratio: reduction ratio of the attention squeeze (> 0).
+      min_dim: lower bound of the squeezed width.
+      batch_norm_decay: BN momentum.
+      global_bn: synchronise BN statistics across replicas.
+
+    Example:
+      >>> sk = SelectiveKernelConv2D(64, strides=2, sk_ratio=0.0625)
+      >>> tuple(sk(keras.ops.ones((2, 8, 8, 16))).shape)
+      (2, 4, 4, 64)
+    """
+
+    def __init__(
+        self,
+        filters,
+        strides=1,
+        sk_ratio=0.0625,
+        min_dim=32,
+        batch_norm_decay=0.9,
+        global_bn=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if sk_ratio <= 0:
+            raise ValueError(f"sk_ratio must be > 0, got {sk_ratio!r}.")
+        _check_bn_args(batch_norm_decay)
+        self.filters = int(filters)
+        self.strides = int(strides)
+        self.sk_ratio = float(sk_ratio)
+        self.min_dim = int(min_dim)
+        self.batch_norm_decay = float(batch_norm_decay)
+        self.global_bn = bool(global_bn)
+        self.mid_dim = max(int(self.filters * self.sk_ratio), self.min_dim)
+        dtype = self.dtype_policy
+        self.conv = FixedPaddingConv2D(
+            2 * self.filters, 3, self.strides, name="conv2d", dtype=dtype
+        )
+        self.bn = _batch_norm("batch_normalization", batch_norm_decay, global_bn, dtype)
+        self.squeeze_conv = FixedPaddingConv2D(
+            self.mid_dim, 1, 1, name="squeeze_conv2d", dtype=dtype
+        )
+        self.squeeze_bn = _batch_norm(
+            "squeeze_batch_normalization", batch_norm_decay, global_bn, dtype
+        )
+        self.attention_conv = FixedPaddingConv2D(
+            2 * self.filters, 1, 1, name="attention_conv2d", dtype=dtype
+        )
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        shape = _shape_after(self.conv, input_shape)
+        self.bn.build(shape)
+        pooled = (shape[0], 1, 1, self.filters)
+        self.squeeze_conv.build(pooled)
+        squeezed = _shape_after(self.squeeze_conv, pooled)
+        self.squeeze_bn.build(squeezed)
+        self.attention_conv.build(squeezed)
+
+    def call(self, inputs, training=None):
+        x = ops.relu(self.bn(self.conv(inputs), training=training))
+        branch_a, branch_b = ops.split(x, 2, axis=-1)
+        pooled = ops.mean(branch_a + branch_b, axis=(1, 2), keepdims=True)
+        squeezed = ops.relu(self.squeeze_bn(self.squeeze_conv(pooled), training=training))
+        logit_a, logit_b = ops.split(self.attention_conv(squeezed), 2, axis=-1)
+        # softmax over two branches: weight of branch a = sigmoid(logit_a - logit_b)
+        weight_a = ops.sigmoid(logit_a - logit_b)
+        return branch_b + weight_a * (branch_a - branch_b)
+
+    def compute_output_shape(self, input_shape):
+        shape = _shape_after(self.conv, input_shape)
+        return shape[:-1] + (self.filters,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters,
+            strides=self.strides,
+            sk_ratio=self.sk_ratio,
+            min_dim=self.min_dim,
+            batch_norm_decay=self.batch_norm_decay,
+            global_bn=self.global_bn,
+        )
+        return config
+
+
+class _ResidualBlockBase(keras.layers.Layer):
+    """Shared shortcut handling of the basic and bottleneck blocks."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        filters,
+        strides=1,
+        use_projection=False,
+        sk_ratio=0.0,
+        batch_norm_decay=0.9,
+        global_bn=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _check_bn_args(batch_norm_decay)
+        if sk_ratio < 0:
+            raise ValueError(f"sk_ratio must be >= 0, got {sk_ratio!r}.")
+        self.filters = int(filters)
+        self.strides = int(strides)
+        self.use_projection = bool(use_projection)
+        self.sk_ratio = float(sk_ratio)
+        self.batch_norm_decay = float(batch_norm_decay)
+        self.global_bn = bool(global_bn)
+        self.out_channels = self.expansion * self.filters
+        dtype = self.dtype_policy
+        self.shortcut_pool = None
+        self.shortcut_conv = None
+        self.shortcut_bn = None
+        self._shortcut_pad = None
+        if self.use_projection:
+            if self.sk_ratio > 0:
+                # ResNet-D (He et al. 2018, arXiv:1812.01187) as in SimCLRv2:
+                # average-pool, then a stride-1 1x1 projection.
+                if self.strides > 1:
+                    self._shortcut_pad = (0, 1)
+                    self.shortcut_pool = keras.layers.AveragePooling2D(
+                        2, self.strides, padding="valid", name="shortcut_average_pooling2d",
+                        dtype=dtype,
+                    )
+                else:
+                    self.shortcut_pool = keras.layers.AveragePooling2D(
+                        2, 1, padding="same", name="shortcut_average_pooling2d", dtype=dtype
+                    )
+                conv_strides = 1
+            else:
+                conv_strides = self.strides
+            self.shortcut_conv = FixedPaddingConv2D(
+                self.out_channels, 1, conv_strides, name="shortcut_conv2d", dtype=dtype
+            )
+            self.shortcut_bn = _batch_norm(
+                "shortcut_batch_normalization", batch_norm_decay, global_bn, dtype
+            )
+
+    def _bn(self, index, zero_init=False):
+        return _batch_norm(
+            f"batch_normalization_{index}",
+            self.batch_norm_decay,
+            self.global_bn,
+            self.dtype_policy,
+            zero_init=zero_init,
+        )
+
+    def _conv(self, index, filters, kernel_size, strides=1):
+        return FixedPaddingConv2D(
+            filters, kernel_size, strides, name=f"conv2d_{index}", dtype=self.dtype_policy
+        )
+
+    def _pad_shape(self, shape):
+        if self._shortcut_pad is None:
+            return tuple(shape)
+        return tuple(
+            s + 1 if (axis in (1, 2) and s is not None) else s for axis, s in enumerate(shape)
+        )
+
+    def _build_shortcut(self, input_shape):
+        if not self.use_projection:
+            return
+        shape = self._pad_shape(input_shape)
+        if self.shortcut_pool is not None:
+            self.shortcut_pool.build(shape)
+            shape = _shape_after(self.shortcut_pool, shape)
+        self.shortcut_conv.build(shape)
+        self.shortcut_bn.build(_shape_after(self.shortcut_conv, shape))
+
+    def _shortcut(self, inputs, training):
+        if not self.use_projection:
+            return inputs
+        x = inputs
+        if self._shortcut_pad is not None:
+            x = ops.pad(x, [[0, 0], self._shortcut_pad, self._shortcut_pad, [0, 0]])
+        if self.shortcut_pool is not None:
+            x = self.shortcut_pool(x)
+        return self.shortcut_bn(self.shortcut_conv(x), training=training)
+
+    def _build_chain(self, pairs, input_shape):
+        shape = tuple(input_shape)
+        for conv, bn in pairs:
+            conv.build(shape)
+            shape = _shape_after(conv, shape)
+            if bn is not None:
+                bn.build(shape)
+        return shape
+
+    def compute_output_shape(self, input_shape):
+        shape = list(input_shape)
+        for axis in (1, 2):
+            if shape[axis] is not None:
+                shape[axis] = (shape[axis] - 1) // self.strides + 1
+        shape[-1] = self.out_channels
+        return tuple(shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters,
+            strides=self.strides,
+            use_projection=self.use_projection,
+            sk_ratio=self.sk_ratio,
+            batch_norm_decay=self.batch_norm_decay,
+            global_bn=self.global_bn,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="simclr_tf")
+class BasicBlock(_ResidualBlockBase):
+    """Post-activation basic residual block (two 3x3 convolutions).
+
+    ``relu(bn_1(conv_1(relu(bn_0(conv_0(x))))) + shortcut(x))``, the first 3x3
+    convolution carrying the stride (He et al. 2015, arXiv:1512.03385). The last
+    BN's gamma starts at zero, so at initialisation the block returns
+    ``relu(shortcut(x))`` (as in the SimCLR code, arXiv:2002.05709). With
+    ``sk_ratio > 0`` a projection shortcut is ResNet-D style (average pooling
+    then a stride-1 1x1 convolution), as in SimCLRv2 (arXiv:2006.10029);
+    selective kernels themselves are only used in bottleneck blocks.
+
+    Args:
+      filters: output channels.
+      strides: stride of the first convolution (and of the shortcut).
+      use_projection: use a 1x1 convolution + BN shortcut (needed when the
+        stride or the channel count changes).
+      sk_ratio: > 0 selects the ResNet-D projection shortcut.
+      batch_norm_decay: BN momentum.
+      global_bn: synchronise BN statistics across replicas.
+
+    Example:
+      >>> block = BasicBlock(128, strides=2, use_projection=True)
+      >>> tuple(block(keras.ops.ones((2, 8, 8, 64))).shape)
+      (2, 4, 4, 128)
+    """
+
+    expansion = 1
+
+    def __init__(self, filters, strides=1, use_projection=False, **kwargs):
+        super().__init__(filters, strides, use_projection, **kwargs)
+        self.conv_0 = self._conv(0, self.filters, 3, self.strides)
+        self.bn_0 = self._bn(0)
+        self.conv_1 = self._conv(1, self.filters, 3)
+        self.bn_1 = self._bn(1, zero_init=True)
+
+    @property
+    def last_batch_norm(self):
+        """The zero-initialised BN closing the residual branch."""
+        return self.bn_1
+
+    def build(self, input_shape):
+        self._build_shortcut(input_shape)
+        self._build_chain([(self.conv_0, self.bn_0), (self.conv_1, self.bn_1)], input_shape)
+
+    def call(self, inputs, training=None):
+        shortcut = self._shortcut(inputs, training)
+        x = ops.relu(self.bn_0(self.conv_0(inputs), training=training))
+        x = self.bn_1(self.conv_1(x), training=training)
+        return ops.relu(x + shortcut)
+
+
+@keras.saving.register_keras_serializable(package="simclr_tf")
+class BottleneckBlock(_ResidualBlockBase):
+    """Post-activation bottleneck block (1x1, 3x3, 1x1; stride on the 3x3).
+
+    Output channels are ``4 * filters``. The stride is on the 3x3 convolution
+    ("ResNet v1.5", as in the SimCLR code, arXiv:2002.05709). The last BN's gamma
+    starts at zero, so at initialisation the block returns ``relu(shortcut(x))``.
+    With ``sk_ratio > 0`` the 3x3 convolution (and its BN/ReLU) is replaced by a
+    :class:`SelectiveKernelConv2D` and a projection shortcut is ResNet-D style,
+    as in SimCLRv2 (arXiv:2006.10029).
+
+    Args:
+      filters: bottleneck width; the block outputs ``4 * filters`` channels.
+      strides: stride of the 3x3 (or selective-kernel) convolution.
+      use_projection: use a 1x1 convolution + BN shortcut.
+      sk_ratio: > 0 enables selective kernels with this squeeze ratio.
+      batch_norm_decay: BN momentum.
+      global_bn: synchronise BN statistics across replicas.
+
+    Example:
+      >>> block = BottleneckBlock(64, strides=1, use_projection=True)
+      >>> tuple(block(keras.ops.ones((2, 8, 8, 64))).shape)
+      (2, 8, 8, 256)
+    """
+
+    expansion = 4
+
+    def __init__(self, filters, strides=1, use_projection=False, **kwargs):
+        super().__init__(filters, strides, use_projection, **kwargs)
+        self.conv_0 = self._conv(0, self.filters, 1)
+        self.bn_0 = self._bn(0)
+        if self.sk_ratio > 0:
+            self.sk_conv = SelectiveKernelConv2D(
+                self.filters,
+                self.strides,
+                self.sk_ratio,
+                batch_norm_decay=self.batch_norm_decay,
+                global_bn=self.global_bn,
+                name="selective_kernel_conv2d",
+                dtype=self.dtype_policy,
+            )
+            self.conv_1 = None
+            self.bn_1 = None
+        else:
+            self.sk_conv = None
+            self.conv_1 = self._conv(1, self.filters, 3, self.strides)
+            self.bn_1 = self._bn(1)
+        self.conv_2 = self._conv(2, self.out_channels, 1)
+        self.bn_2 = self._bn(2, zero_init=True)
+
+    @property
+    def last_batch_norm(self):
+        """The zero-initialised BN closing the residual branch."""
+        return self.bn_2
+
+    def build(self, input_shape):
+        self._build_shortcut(input_shape)
+        shape = self._build_chain([(self.conv_0, self.bn_0)], input_shape)
+        if self.sk_conv is not None:
+            self.sk_conv.build(shape)
+            shape = _shape_after(self.sk_conv, shape)
+        else:
+            shape = self._build_chain([(self.conv_1, self.bn_1)], shape)
+        self._build_chain([(self.conv_2, self.bn_2)], shape)
+
+    def call(self, inputs, training=None):
+        shortcut = self._shortcut(inputs, training)
+        x = ops.relu(self.bn_0(self.conv_0(inputs), training=training))
+        if self.sk_conv is not None:
+            x = self.sk_conv(x, training=training)
+        else:
+            x = ops.relu(self.bn_1(self.conv_1(x), training=training))
+        x = self.bn_2(self.conv_2(x), training=training)
+        return ops.relu(x + shortcut)
+
+
+_BLOCK_CLASSES = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
+
+
+@keras.saving.register_keras_serializable(package="simclr_tf")
+class BlockGroup(keras.layers.Layer):
+    """A stage of residual blocks; the first one carries stride and projection.
+
+    Args:
+      filters: block width (output channels are ``filters`` for basic blocks and
+        ``4 * filters`` for bottleneck blocks).
+      num_blocks: number of blocks (>= 1).
+      strides: stride of the first block.
+      block_type: ``"basic"`` or ``"bottleneck"``.
+      use_projection: whether the first block has a projection shortcut.
+      sk_ratio, batch_norm_decay, global_bn: passed to the blocks.
+
+    Attributes:
+      blocks: the list of blocks.
+
+    Example:
+      >>> group = BlockGroup(64, 3, 1, "bottleneck", use_projection=True)
+      >>> tuple(group(keras.ops.ones((1, 8, 8, 64))).shape)
+      (1, 8, 8, 256)
+
+    Reference: He et al. 2015 (arXiv:1512.03385); SimCLR (arXiv:2002.05709).
+    """
+
+    def __init__(
+        self,
+        filters,
+        num_blocks,
+        strides=1,
+        block_type="bottleneck",
+        use_projection=True,
+        sk_ratio=0.0,
+        batch_norm_decay=0.9,
+        global_bn=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if block_type not in _BLOCK_CLASSES:
+            raise ValueError(
+                f"block_type must be one of {sorted(_BLOCK_CLASSES)}, got {block_type!r}."
+            )
+        if int(num_blocks) < 1:
+            raise ValueError(f"num_blocks must be >= 1, got {num_blocks!r}.")
+        self.filters = int(filters)
+        self.num_blocks = int(num_blocks)
+        self.strides = int(strides)
+        self.block_type = block_type
+        self.use_projection = bool(use_projection)
+        self.sk_ratio = float(sk_ratio)
+        self.batch_norm_decay = float(batch_norm_decay)
+        self.global_bn = bool(global_bn)
+        block_cls = _BLOCK_CLASSES[block_type]
+        self.blocks = [
+            block_cls(
+                self.filters,
+                strides=self.strides if i == 0 else 1,
+                use_projection=self.use_projection if i == 0 else False,
+                sk_ratio=self.sk_ratio,
+                batch_norm_decay=self.batch_norm_decay,
+                global_bn=self.global_bn,
+                name=f"block_{i}",
+                dtype=self.dtype_policy,
+            )
+            for i in range(self.num_blocks)
+        ]
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for block in self.blocks:
+            block.build(shape)
+            shape = _shape_after(block, shape)
+
+    def call(self, inputs, training=None):
+        x = inputs
+        for block in self.blocks:
+            x = block(x, training=training)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        for block in self.blocks:
+            shape = _shape_after(block, shape)
+        return shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters,
+            num_blocks=self.num_blocks,
+            strides=self.strides,
+            block_type=self.block_type,
+            use_projection=self.use_projection,
+            sk_ratio=self.sk_ratio,
+            batch_norm_decay=self.batch_norm_decay,
+            global_bn=self.global_bn,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="simclr_tf")
+class Stem(keras.layers.Layer):
+    """ResNet stem: convolution(s) + BN + ReLU (+ max-pool).
+
+    - ``cifar_stem=True``: 3x3 stride-1 convolution, BN, ReLU, no pooling (for
+      small images such as CIFAR's 32x32, SimCLR arXiv:2002.05709 Appendix B.9).
+    - ``cifar_stem=False, deep=False``: 7x7 stride-2 convolution, BN, ReLU, 3x3
+      stride-2 max-pool (He et al. 2015).
+    - ``cifar_stem=False, deep=True`` (used with selective kernels, as in
+      SimCLRv2's code, arXiv:2006.10029; ResNet-C of arXiv:1812.01187): three
+      3x3 convolutions with ``filters // 2``, ``filters // 2`` and ``filters``
+      channels (the first with stride 2), each followed by BN and ReLU, then the
+      max-pool.
+
+    Args:
+      filters: output channels.
+      cifar_stem: use the CIFAR stem.
+      deep: use the 3-convolution stem (ignored with ``cifar_stem``).
+      batch_norm_decay: BN momentum.
+      global_bn: synchronise BN statistics across replicas.
+
+    Example:
+      >>> stem = Stem(64)
+      >>> tuple(stem(keras.ops.ones((1, 224, 224, 3))).shape)
+      (1, 56, 56, 64)
+    """
+
+    def __init__(
+        self,
+        filters,
+        cifar_stem=False,
+        deep=False,
+        batch_norm_decay=0.9,
+        global_bn=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        _check_bn_args(batch_norm_decay)
+        self.filters = int(filters)
+        self.cifar_stem = bool(cifar_stem)
+        self.deep = bool(deep)
+        self.batch_norm_decay = float(batch_norm_decay)
+        self.global_bn = bool(global_bn)
+        dtype = self.dtype_policy
+        if self.cifar_stem:
+            specs = [(self.filters, 3, 1)]
+        elif self.deep:
+            half = max(1, self.filters // 2)
+            specs = [(half, 3, 2), (half, 3, 1), (self.filters, 3, 1)]
+        else:
+            specs = [(self.filters, 7, 2)]
+        self.convs = [
+            FixedPaddingConv2D(f, k, s, name=f"conv2d_{i}", dtype=dtype)
+            for i, (f, k, s) in enumerate(specs)
+        ]
+        self.bns = [
+            _batch_norm(f"batch_normalization_{i}", batch_norm_decay, global_bn, dtype)
+            for i in range(len(specs))
+        ]
+        self.max_pool = None
+        if not self.cifar_stem:
+            self.max_pool = keras.layers.MaxPooling2D(
+                3, 2, padding="same", name="max_pooling2d", dtype=dtype
+            )
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for conv, bn in zip(self.convs, self.bns):
+            conv.build(shape)
+            shape = _shape_after(conv, shape)
+            bn.build(shape)
+        if self.max_pool is not None:
+            self.max_pool.build(shape)
+
+    def call(self, inputs, training=None):
+        x = inputs
+        for conv, bn in zip(self.convs, self.bns):
+            x = ops.relu(bn(conv(x), training=training))
+        if self.max_pool is not None:
+            x = self.max_pool(x)
+        return x
+
+    def compute_output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        for conv in self.convs:
+            shape = _shape_after(conv, shape)
+        if self.max_pool is not None:
+            shape = _shape_after(self.max_pool, shape)
+        return shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            filters=self.filters,
+            cifar_stem=self.cifar_stem,
+            deep=self.deep,
+            batch_norm_decay=self.batch_norm_decay,
+            global_bn=self.global_bn,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="simclr_tf")
+class ResNet(keras.Model):
+    """ResNet v1 encoder returning the pooled representation ``h`` (SimCLR v1/v2).
+
+    The encoder of SimCLR (Chen et al. 2020, "A Simple Framework for Contrastive
+    Learning of Visual Representations", arXiv:2002.05709) and SimCLRv2 (Chen et
+    al. 2020, "Big Self-Supervised Models are Strong Semi-Supervised Learners",
+    arXiv:2006.10029): a post-activation ResNet (He et al. 2015,
+    arXiv:1512.03385) with the stride of bottleneck blocks on the 3x3
+    convolution, a stem, four block groups and global average pooling. Input:
+    float images ``[B, H, W, 3]`` (channels last; SimCLR feeds values in
+    [0, 1] without further normalisation). Output: ``h`` of shape
+    ``[B, feature_dim]`` where ``feature_dim = int(round(512 * w))`` for depths
+    18/34 and ``4 * int(round(512 * w))`` for 50 and deeper.
+
+    Channel counts are ``int(round(base * width_multiplier))`` for the bases
+    64/128/256/512, so fractional widths (0.25, 0.5) give small CPU-friendly
+    models. Every convolution is bias-free with He (variance-scaling) init;
+    every BN uses ``momentum=batch_norm_decay``, ``epsilon=1e-5``,
+    ``synchronized=global_bn``, and the last BN of each residual block starts
+    with gamma = 0 so every block is the identity on its shortcut at
+    initialisation. A projection shortcut (1x1 convolution + BN) is used only
+    where the stride or channel count changes.
+
+    Stem: with ``cifar_stem=True`` a 3x3 stride-1 convolution and no max-pool
+    (SimCLR's CIFAR-10 setting); the config layer of this package
+    (``simclr_tf.config``) turns it on automatically when ``image_size <= 32``.
+    Otherwise the ImageNet stem: 7x7 stride-2 convolution and 3x3 stride-2
+    max-pool.
+
+    Selective kernels (``sk_ratio > 0``, SimCLRv2): the 3x3 convolution of each
+    bottleneck block becomes a two-branch :class:`SelectiveKernelConv2D`
+    (attention squeeze ``max(int(filters * sk_ratio), 32)``), projection
+    shortcuts become ResNet-D style (average-pool then 1x1 convolution) and the
+    ImageNet stem becomes three 3x3 convolutions, as in SimCLRv2's code.
+    SimCLRv2 uses ``sk_ratio=0.0625``.
+
+    Fine-tuning: :meth:`freeze` marks the stem and the first block groups
+    non-trainable. Keras 3 runs a non-trainable BatchNormalization in inference
+    mode, so frozen BN statistics do not move during training.
+
+    Args:
+      resnet_depth: one of 18, 34 (basic blocks), 50, 101, 152, 200
+        (bottleneck blocks).
+      width_multiplier: positive float channel multiplier (e.g. 0.25, 0.5, 1, 2, 4).
+      cifar_stem: use the CIFAR stem (see above).
+      sk_ratio: selective-kernel squeeze ratio; 0 disables selective kernels.
+      batch_norm_decay: BN momentum in [0, 1).
+      global_bn: synchronise BN statistics across replicas (global BN).
+      **kwargs: ``keras.Model`` arguments (``name`` defaults to ``"resnet"``,
+        ``dtype`` for a mixed-precision policy).
+
+    Attributes:
+      stem: the :class:`Stem` layer.
+      block_groups: list of the four :class:`BlockGroup` layers.
+      feature_dim: int, the size of ``h``.
+
+    Example:
+      >>> encoder = ResNet(resnet_depth=18, width_multiplier=0.5, cifar_stem=True)
+      >>> h = encoder(keras.ops.zeros((4, 32, 32, 3)), training=False)
+      >>> tuple(h.shape), encoder.feature_dim
+      ((4, 256), 256)
+      >>> encoder.freeze(2)  # linear-eval style: only block groups 3 and 4 train
+    """
+
+    def __init__(
+        self,
+        resnet_depth=50,
+        width_multiplier=1,
+        cifar_stem=False,
+        sk_ratio=0.0,
+        batch_norm_decay=0.9,
+        global_bn=False,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "resnet")
+        super().__init__(**kwargs)
+        try:
+            depth = int(resnet_depth)
+        except (TypeError, ValueError):
+            depth = None
+        if depth not in BLOCK_CONFIGS or isinstance(resnet_depth, bool):
+            raise ValueError(
+                f"resnet_depth must be one of {sorted(BLOCK_CONFIGS)}, got {resnet_depth!r}."
+            )
+        if not float(width_multiplier) > 0:
+            raise ValueError(f"width_multiplier must be > 0, got {width_multiplier!r}.")
+        if float(sk_ratio) < 0:
+            raise ValueError(f"sk_ratio must be >= 0, got {sk_ratio!r}.")
+        _check_bn_args(batch_norm_decay)
+
+        self.resnet_depth = depth
+        self.width_multiplier = width_multiplier
+        self.cifar_stem = bool(cifar_stem)
+        self.sk_ratio = float(sk_ratio)
+        self.batch_norm_decay = float(batch_norm_decay)
+        self.global_bn = bool(global_bn)
+        self._fine_tune_after_block = -1
+
+        block_type, blocks_per_group = BLOCK_CONFIGS[depth]
+        expansion = _EXPANSION[block_type]
+        width = float(width_multiplier)
+        dtype = self.dtype_policy
+
+        stem_filters = _scaled(64, width)
+        self.stem = Stem(
+            stem_filters,
+            cifar_stem=self.cifar_stem,
+            deep=self.sk_ratio > 0,
+            batch_norm_decay=self.batch_norm_decay,
+            global_bn=self.global_bn,
+            name="stem",
+            dtype=dtype,
+        )
+        channels = stem_filters
+        self.block_groups = []
+        for i, (base, num_blocks, strides) in enumerate(
+            zip(_GROUP_BASE_FILTERS, blocks_per_group, _GROUP_STRIDES)
+        ):
+            filters = _scaled(base, width)
+            out_channels = expansion * filters
+            self.block_groups.append(
+                BlockGroup(
+                    filters,
+                    num_blocks,
+                    strides=strides,
+                    block_type=block_type,
+                    use_projection=strides != 1 or channels != out_channels,
+                    sk_ratio=self.sk_ratio,
+                    batch_norm_decay=self.batch_norm_decay,
+                    global_bn=self.global_bn,
+                    name=f"block_group{i + 1}",
+                    dtype=dtype,
+                )
+            )
+            channels = out_channels
+        self.feature_dim = int(channels)
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        self.stem.build(shape)
+        shape = _shape_after(self.stem, shape)
+        for group in self.block_groups:
+            group.build(shape)
+            shape = _shape_after(group, shape)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        x = self.stem(inputs, training=training)
+        for group in self.block_groups:
+            x = group(x, training=training)
+        return ops.mean(x, axis=(1, 2))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.feature_dim)
+
+    @property
+    def fine_tune_after_block(self):
+        """The argument of the last :meth:`freeze` call (-1: nothing frozen)."""
+        return self._fine_tune_after_block
+
+    def freeze(self, fine_tune_after_block):
+        """Freezes the stem and the first block groups (for fine-tuning).
+
+        Args:
+          fine_tune_after_block: -1 freezes nothing (and unfreezes everything),
+            0 freezes the stem, k in 1..4 freezes the stem and block groups 1..k
+            (4 freezes the whole encoder, i.e. linear evaluation).
+
+        Frozen parts get ``trainable = False``: their weights leave
+        ``trainable_weights`` and their BN layers run in inference mode even
+        when the model is called with ``training=True``. Parts after the frozen
+        prefix are made trainable again. Call it before ``compile``.
+        """
+        k = fine_tune_after_block
+        if hasattr(k, "item") and getattr(k, "ndim", None) == 0:  # NumPy scalar
+            k = k.item()
+        if isinstance(k, bool) or not isinstance(k, int) or not -1 <= k <= 4:
+            raise ValueError(
+                "fine_tune_after_block must be an int in [-1, 4] (-1: nothing frozen, "
+                f"0: stem, k: stem and block groups 1..k), got {fine_tune_after_block!r}."
+            )
+        self.stem.trainable = k < 0
+        for i, group in enumerate(self.block_groups, start=1):
+            group.trainable = k < i
+        self._fine_tune_after_block = k
+
+    def get_config(self):
+        config = {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "resnet_depth": self.resnet_depth,
+            "width_multiplier": self.width_multiplier,
+            "cifar_stem": self.cifar_stem,
+            "sk_ratio": self.sk_ratio,
+            "batch_norm_decay": self.batch_norm_decay,
+            "global_bn": self.global_bn,
+        }
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        dtype = config.get("dtype")
+        if isinstance(dtype, dict):
+            config["dtype"] = keras.dtype_policies.deserialize(dtype)
+        return cls(**config)

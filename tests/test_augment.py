@@ -1,0 +1,499 @@
+"""Tests for simclr_tf.data.augment (SimCLR augmentations, arXiv:2002.05709 app. A).
+
+Rates are measured from outputs over a few thousand seeded draws run through
+``tf.data`` (graph mode, parallel map); tolerances are 4 binomial standard
+deviations. References are written here in NumPy from the formulas.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf.data import augment
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def _draw(fn, n, salt=12345):
+    """Runs ``fn(seed)`` for ``n`` seeds [i, salt] in a parallel tf.data map and
+    returns the results stacked along a new first axis as NumPy arrays."""
+    ds = tf.data.Dataset.range(n).map(
+        lambda i: fn(tf.stack([i, tf.constant(salt, tf.int64)])),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+    batch = next(iter(ds.batch(n)))
+    return tf.nest.map_structure(lambda t: t.numpy(), batch)
+
+
+def _within_binomial(count, n, p, sigmas=4.0):
+    return abs(count / n - p) <= sigmas * math.sqrt(p * (1 - p) / n)
+
+
+def _colour_image(h=4, w=4, seed=0):
+    """Image whose pixels have three clearly different channels, away from 0/1."""
+    rng = np.random.default_rng(seed)
+    base = rng.uniform(0.3, 0.7, size=(h, w, 3)).astype(np.float32)
+    base[..., 0] += 0.1
+    base[..., 2] -= 0.1
+    return base
+
+
+# ---------------------------------------------------------------------------
+# Presets, shapes, ranges
+# ---------------------------------------------------------------------------
+
+
+def test_preset():
+    assert augment.preset(32) == {"color_jitter_strength": 0.5, "use_blur": False}
+    assert augment.preset(24) == {"color_jitter_strength": 0.5, "use_blur": False}
+    assert augment.preset(33) == {"color_jitter_strength": 1.0, "use_blur": True}
+    assert augment.preset(224) == {"color_jitter_strength": 1.0, "use_blur": True}
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_train_and_eval_shapes_and_range_eager(dtype):
+    rng = np.random.default_rng(1)
+    for h, w in [(20, 37), (32, 32), (96, 64)]:
+        x = rng.uniform(0, 1, size=(h, w, 3))
+        x = (x * 255).astype(np.uint8) if dtype == "uint8" else x.astype(np.float32)
+        for size in (32, 40):
+            for seed in ([1, 2], [3, 4]):
+                y = augment.preprocess_for_train(x, tf.constant(seed), size, **augment.preset(size))
+                assert y.dtype == tf.float32
+                assert y.shape == (size, size, 3)
+                assert 0.0 <= float(tf.reduce_min(y)) and float(tf.reduce_max(y)) <= 1.0
+            e = augment.preprocess_for_eval(x, size)
+            assert e.dtype == tf.float32 and e.shape == (size, size, 3)
+            assert 0.0 <= float(tf.reduce_min(e)) and float(tf.reduce_max(e)) <= 1.0
+
+
+@pytest.mark.parametrize("dtype", [tf.uint8, tf.float32])
+def test_train_and_eval_in_tf_data_with_dynamic_shapes(dtype):
+    rng = np.random.default_rng(2)
+    sizes = [(20, 37), (32, 32), (96, 64), (7, 120)]
+
+    def gen():
+        for h, w in sizes:
+            x = rng.uniform(0, 1, size=(h, w, 3))
+            yield (x * 255).astype(np.uint8) if dtype == tf.uint8 else x.astype(np.float32)
+
+    ds = tf.data.Dataset.from_generator(gen, output_signature=tf.TensorSpec([None, None, 3], dtype))
+
+    def two_views_and_eval(i, x):
+        s1 = tf.stack([i, tf.constant(0, tf.int64)])
+        s2 = tf.stack([i, tf.constant(1, tf.int64)])
+        v1 = augment.preprocess_for_train(x, s1, 48, color_jitter_impl="v1")
+        v2 = augment.preprocess_for_train(x, s2, 48)
+        return tf.concat([v1, v2], axis=-1), augment.preprocess_for_eval(x, 48)
+
+    out = ds.enumerate().map(two_views_and_eval, num_parallel_calls=AUTOTUNE)
+    assert out.element_spec[0].shape == (48, 48, 6)
+    assert out.element_spec[1].shape == (48, 48, 3)
+    for views, ev in out:
+        for arr in (views.numpy(), ev.numpy()):
+            assert arr.dtype == np.float32
+            assert arr.min() >= 0.0 and arr.max() <= 1.0
+            assert np.isfinite(arr).all()
+        assert not np.array_equal(views[..., :3], views[..., 3:])
+
+
+def test_uint8_and_float_inputs_agree():
+    x8 = np.random.default_rng(3).integers(0, 256, size=(30, 41, 3), dtype=np.uint8)
+    xf = x8.astype(np.float32) / 255.0
+    seed = tf.constant([5, 6])
+    a = augment.preprocess_for_train(x8, seed, 40)
+    b = augment.preprocess_for_train(xf, seed, 40)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
+
+
+def test_invalid_color_jitter_impl():
+    with pytest.raises(ValueError):
+        augment.preprocess_for_train(np.zeros((8, 8, 3), np.float32), [1, 2], 8, color_jitter_impl="v3")
+
+
+# ---------------------------------------------------------------------------
+# Random resized crop
+# ---------------------------------------------------------------------------
+
+
+def test_crop_box_sampler_bounds_and_distribution():
+    h, w, n = 600, 900, 4000
+    oy, ox, ch, cw = _draw(lambda s: augment.sample_crop_box(h, w, s), n)
+    assert (ch >= 1).all() and (cw >= 1).all()
+    assert (oy >= 0).all() and (ox >= 0).all()
+    assert (oy + ch <= h).all() and (ox + cw <= w).all()
+    # Sides are rounded to integers: allow the rounding error (<= 0.5 px each).
+    area = ch * cw / (h * w)
+    rel = 0.5 / np.minimum(ch, cw)
+    assert (area >= 0.08 * (1 - 2 * rel) - 1e-9).all() and (area <= 1.0).all()
+    ratio = cw / ch
+    assert (ratio >= 0.75 * (1 - 2 * rel)).all() and (ratio <= 4 / 3 * (1 + 2 * rel)).all()
+    # The full range is used.
+    assert area.min() < 0.1 and area.max() > 0.85  # max possible: 600 * 800 / (600 * 900)
+    assert ratio.min() < 0.77 and ratio.max() > 1.3
+    # Log-uniform aspect: on a square image the accepted log(ratio) stays
+    # symmetric about 0, so P[r > 1] = 1/2 (a uniform ratio in [3/4, 4/3]
+    # would give about 4/7 = 0.571).
+    _, _, sq_h, sq_w = _draw(lambda s: augment.sample_crop_box(800, 800, s), n, salt=7)
+    above = np.sum(sq_w > sq_h)
+    below = np.sum(sq_w < sq_h)
+    assert _within_binomial(above, above + below, 0.5)
+    # Uniform random position over the free range.
+    free_y, free_x = h - ch, w - cw
+    sel = (free_y > 0) & (free_x > 0)
+    uy = oy[sel] / free_y[sel]
+    ux = ox[sel] / free_x[sel]
+    for u in (uy, ux):
+        assert abs(u.mean() - 0.5) < 4 * math.sqrt(1 / 12 / len(u))
+    # Different images of the batch get different boxes.
+    assert len({(a, b, c, d) for a, b, c, d in zip(oy, ox, ch, cw)}) > 0.95 * n
+
+
+@pytest.mark.parametrize(
+    "h,w,expected",
+    [
+        (10, 1000, (0, (1000 - 13) // 2, 10, 13)),  # too wide: width = round(10 * 4/3)
+        (1000, 10, ((1000 - 13) // 2, 0, 13, 10)),  # too tall: height = round(10 / (3/4))
+    ],
+)
+def test_crop_box_fallback_is_centre_crop(h, w, expected):
+    # No box with area >= 8% and aspect in [3/4, 4/3] fits: always the fallback.
+    boxes = _draw(lambda s: augment.sample_crop_box(h, w, s), 50)
+    for i in range(50):
+        assert tuple(int(b[i]) for b in boxes) == expected
+
+
+def test_crop_box_fallback_whole_image_when_aspect_in_range():
+    # area_range above 1 can never fit: the fallback is the whole image.
+    box = augment.sample_crop_box(30, 35, tf.constant([1, 2]), area_range=(1.5, 2.0))
+    assert tuple(int(b) for b in box) == (0, 0, 30, 35)
+
+
+def test_random_resized_crop_uses_sampled_box():
+    h, w, size = 90, 120, 40
+    for seed in ([1, 7], [2, 7], [3, 7]):
+        seed = tf.constant(seed)
+        oy, ox, ch, cw = (int(v) for v in augment.sample_crop_box(h, w, seed))
+        # Inside the box 0.75, outside 0.25: the output must be all 0.75.
+        x = np.full((h, w, 3), 0.25, np.float32)
+        x[oy : oy + ch, ox : ox + cw] = 0.75
+        y = augment.random_resized_crop(x, seed, size).numpy()
+        np.testing.assert_allclose(y, 0.75, atol=1e-5)
+        # Linear ramps (rows in channel 0, columns in channel 1): cubic
+        # convolution reproduces linear functions, so away from the borders the
+        # output is the ramp sampled at the half-pixel-centre source positions.
+        rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        x = np.stack([rows / h, cols / w, np.full((h, w), 0.5)], axis=-1).astype(np.float32)
+        y = augment.random_resized_crop(x, seed, size).numpy()
+        src_y = (np.arange(size) + 0.5) * ch / size - 0.5
+        src_x = (np.arange(size) + 0.5) * cw / size - 0.5
+        iy = (np.floor(src_y) >= 1) & (np.floor(src_y) + 2 <= ch - 1)
+        ix = (np.floor(src_x) >= 1) & (np.floor(src_x) + 2 <= cw - 1)
+        assert iy.sum() > size // 2 and ix.sum() > size // 2
+        np.testing.assert_allclose(y[iy, 0, 0], (oy + src_y[iy]) / h, atol=1e-4)
+        np.testing.assert_allclose(y[0, ix, 1], (ox + src_x[ix]) / w, atol=1e-4)
+        np.testing.assert_allclose(y[..., 2], 0.5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Flip
+# ---------------------------------------------------------------------------
+
+
+def test_flip_rate_and_values():
+    x = np.arange(2 * 3 * 3, dtype=np.float32).reshape(2, 3, 3) / 18.0
+    n = 4000
+    y = _draw(lambda s: augment.random_flip(x, s), n)
+    same = np.all(y == x, axis=(1, 2, 3))
+    mirrored = np.all(y == x[:, ::-1], axis=(1, 2, 3))
+    assert np.all(same ^ mirrored)
+    assert _within_binomial(mirrored.sum(), n, 0.5)
+
+
+def test_flip_inside_preprocess_for_train():
+    x = np.random.default_rng(4).uniform(0, 1, size=(8, 8, 3)).astype(np.float32)
+    n = 1000
+    y = _draw(
+        lambda s: augment.preprocess_for_train(
+            x, s, 8, crop=False, color_distort=False, use_blur=False
+        ),
+        n,
+    )
+    same = np.all(np.abs(y - x) < 1e-6, axis=(1, 2, 3))
+    mirrored = np.all(np.abs(y - x[:, ::-1]) < 1e-6, axis=(1, 2, 3))
+    assert np.all(same ^ mirrored)
+    assert _within_binomial(mirrored.sum(), n, 0.5)
+
+
+# ---------------------------------------------------------------------------
+# Colour distortion
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("impl,strength", [("v2", 1.0), ("v1", 0.5)])
+def test_color_distortion_rates(impl, strength):
+    x = _colour_image()
+    gray_x = augment.to_grayscale(x).numpy()
+    n = 4000
+    y = _draw(lambda s: augment.random_color_distortion(x, s, strength, impl), n)
+    assert y.min() >= 0.0 and y.max() <= 1.0
+    is_gray = np.all(np.abs(y - y[..., :1]) < 1e-6, axis=(1, 2, 3))
+    untouched = np.where(
+        is_gray,
+        np.all(np.abs(y - gray_x) < 1e-6, axis=(1, 2, 3)),
+        np.all(np.abs(y - x) < 1e-6, axis=(1, 2, 3)),
+    )
+    jittered = ~untouched
+    assert _within_binomial(is_gray.sum(), n, 0.2)
+    assert _within_binomial(jittered.sum(), n, 0.8)
+    # Grayscale is decided independently of the jitter.
+    assert _within_binomial(np.sum(is_gray & jittered), n, 0.16)
+
+
+def test_jitter_order_is_a_uniform_permutation():
+    n = 2400
+    orders = _draw(lambda s: augment._jitter_order(s), n)
+    assert all(sorted(o) == [0, 1, 2, 3] for o in orders)
+    counts = {}
+    for o in orders:
+        counts[tuple(o)] = counts.get(tuple(o), 0) + 1
+    assert len(counts) == 24
+    expected = n / 24
+    tol = 4 * math.sqrt(expected * (1 - 1 / 24))
+    assert all(abs(c - expected) <= tol for c in counts.values())
+
+
+def test_color_jitter_applies_ops_in_the_drawn_order():
+    x = tf.constant(_colour_image(6, 5, seed=9))
+    s = 1.0
+    differs_from_fixed = 0
+    for k in range(6):
+        seed = tf.constant([k, 99])
+        order_seed, b_seed, c_seed, s_seed, h_seed = augment._jitter_seeds(seed)
+        ops = [
+            lambda im: augment._brightness(im, b_seed, 0.8 * s, "v2"),
+            lambda im: augment._contrast(im, c_seed, 0.8 * s),
+            lambda im: augment._saturation(im, s_seed, 0.8 * s),
+            lambda im: augment._hue(im, h_seed, 0.2 * s),
+        ]
+        ref = x
+        for idx in augment._jitter_order(order_seed).numpy():
+            ref = tf.clip_by_value(ops[idx](ref), 0.0, 1.0)
+        got = augment.color_jitter(x, seed, s, "v2")
+        np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=1e-6)
+        fixed = augment.color_jitter(x, seed, s, "v2", random_order=False)
+        differs_from_fixed += int(np.abs(fixed.numpy() - got.numpy()).max() > 1e-4)
+    assert differs_from_fixed >= 3
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.5])
+def test_brightness_v2_multiplicative_v1_additive(strength):
+    """On constant gray images contrast, saturation and hue are identities, so
+    only brightness acts: v2 multiplies by f in [1-0.8s, 1+0.8s], v1 adds d in
+    [-0.8s, 0.8s]."""
+    b = 0.8 * strength
+    c1, c2 = 0.15, 0.25  # v2: c2 * (1 + b) <= 0.45, no clipping
+    a1, a2 = 0.45, 0.55  # v1 at s=0.5: a +- 0.4 stays in [0, 1]
+    n = 400
+
+    def both(seed, impl, lo, hi):
+        img_lo = tf.fill([3, 3, 3], lo)
+        img_hi = tf.fill([3, 3, 3], hi)
+        return (
+            augment.color_jitter(img_lo, seed, strength, impl),
+            augment.color_jitter(img_hi, seed, strength, impl),
+        )
+
+    lo, hi = _draw(lambda s: both(s, "v2", c1, c2), n)
+    for img in (lo, hi):
+        assert np.allclose(img, img[:, :1, :1, :1], atol=1e-6)  # still constant gray
+    f1 = lo[:, 0, 0, 0] / c1
+    f2 = hi[:, 0, 0, 0] / c2
+    np.testing.assert_allclose(f1, f2, rtol=1e-5)  # same factor: multiplicative
+    assert f1.min() >= 1 - b - 1e-5 and f1.max() <= 1 + b + 1e-5
+    assert f1.min() < 1 - 0.95 * b and f1.max() > 1 + 0.95 * b
+    assert abs(f1.mean() - 1.0) < 4 * (2 * b / math.sqrt(12 * n))
+
+    if strength == 0.5:
+        lo, hi = _draw(lambda s: both(s, "v1", a1, a2), n)
+        d1 = lo[:, 0, 0, 0] - a1
+        d2 = hi[:, 0, 0, 0] - a2
+        np.testing.assert_allclose(d1, d2, atol=1e-5)  # same delta: additive
+        assert d1.min() >= -b - 1e-5 and d1.max() <= b + 1e-5
+        assert d1.min() < -0.95 * b and d1.max() > 0.95 * b
+        # Additive, not multiplicative: the ratios differ between the images.
+        assert np.abs(hi[:, 0, 0, 0] / a2 - lo[:, 0, 0, 0] / a1).max() > 0.1
+
+
+def test_to_grayscale_matches_luma_weights():
+    x = _colour_image(3, 5)
+    ref = x @ np.array([0.2989, 0.5870, 0.1140], np.float32)
+    y = augment.to_grayscale(x).numpy()
+    for ch in range(3):
+        np.testing.assert_allclose(y[..., ch], ref, atol=1e-3)
+
+
+# ---------------------------------------------------------------------------
+# Gaussian blur
+# ---------------------------------------------------------------------------
+
+
+def _numpy_blur(image, sigma, kernel_size, mode):
+    """Separable Gaussian blur written from the formula (float64)."""
+    r = kernel_size // 2
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    k = np.exp(-(x**2) / (2 * sigma**2))
+    k /= k.sum()
+    padded = np.pad(image.astype(np.float64), ((r, r), (r, r), (0, 0)), mode=mode)
+    h, w = image.shape[:2]
+    vert = sum(k[j] * padded[j : j + h] for j in range(2 * r + 1))
+    return sum(k[j] * vert[:, j : j + w] for j in range(2 * r + 1))
+
+
+@pytest.mark.parametrize("method", ["matmul", "depthwise"])
+@pytest.mark.parametrize("padding,np_mode", [("REFLECT", "reflect"), ("SYMMETRIC", "symmetric")])
+def test_gaussian_blur_matches_numpy_reference(method, padding, np_mode):
+    image = np.random.default_rng(5).uniform(0, 1, size=(30, 41, 3)).astype(np.float32)
+    for sigma, kernel_size in [(0.7, 5), (1.6, 9), (2.0, None)]:
+        got = augment.gaussian_blur(image, sigma, kernel_size, padding=padding, method=method)
+        k = kernel_size or 2 * max(1, 30 // 20) + 1
+        ref = _numpy_blur(image, sigma, k, np_mode)
+        assert got.shape == image.shape
+        np.testing.assert_allclose(got.numpy(), ref, atol=2e-6)
+
+
+def test_gaussian_blur_dynamic_shape_in_graph():
+    image = np.random.default_rng(6).uniform(0, 1, size=(44, 60, 3)).astype(np.float32)
+    fn = tf.function(
+        lambda im: augment.gaussian_blur(im, 1.3),
+        input_signature=[tf.TensorSpec([None, None, 3], tf.float32)],
+    )
+    ref = _numpy_blur(image, 1.3, 2 * (44 // 20) + 1, "reflect")
+    np.testing.assert_allclose(fn(image).numpy(), ref, atol=2e-6)
+
+
+@pytest.mark.parametrize("side,expected", [(10, 3), (32, 3), (64, 7), (96, 9), (224, 23)])
+def test_blur_kernel_size_is_odd_and_about_a_tenth(side, expected):
+    assert augment.blur_kernel_size(side) == expected
+    assert expected % 2 == 1
+    if side >= 30:
+        assert abs(expected - 0.1 * side) <= 1.0
+    # Measured from the output: the support of the blurred impulse.
+    impulse = np.zeros((side, side, 3), np.float32)
+    impulse[side // 2, side // 2] = 1.0
+    out = augment.gaussian_blur(impulse, 2.0).numpy()
+    assert np.count_nonzero(out[side // 2, :, 0]) == expected
+    assert np.count_nonzero(out[:, side // 2, 0]) == expected
+
+
+def test_random_blur_rate_and_per_image_sigma():
+    side, c, n = 16, 8, 2000
+    impulse = np.zeros((side, side, 3), np.float32)
+    impulse[c, c] = 1.0
+    out = _draw(lambda s: augment.random_blur(impulse, s), n)  # one batch of n images
+    blurred = np.any(out != impulse, axis=(1, 2, 3))
+    assert _within_binomial(blurred.sum(), n, 0.5)
+    # Separable normalised kernel w: out[c, c + 1] / out[c, c] = w1 / w0 = exp(-1 / (2 sigma^2)).
+    centre = out[blurred, c, c, 0].astype(np.float64)
+    right = out[blurred, c, c + 1, 0].astype(np.float64)
+    below = out[blurred, c + 1, c, 0].astype(np.float64)
+    np.testing.assert_allclose(right, below, rtol=1e-5)
+    sigma = np.sqrt(-1.0 / (2.0 * np.log(right / centre)))
+    assert sigma.min() >= 0.1 * (1 - 1e-4) and sigma.max() <= 2.0 * (1 + 1e-4)
+    assert sigma.min() < 0.15 and sigma.max() > 1.95
+    # Drawn per image: the ~1000 images of this one batch have (almost all)
+    # distinct sigmas (a per-batch sigma would give one value) ...
+    assert len(np.unique(np.round(sigma, 5))) > 0.98 * len(sigma)
+    # ... distributed as U[0.1, 2.0] (mean, and Kolmogorov-Smirnov at ~0.1%).
+    m = len(sigma)
+    assert abs(sigma.mean() - 1.05) < 4 * 1.9 / math.sqrt(12 * m)
+    u = np.sort((sigma - 0.1) / 1.9)
+    ks = max(np.max(np.arange(1, m + 1) / m - u), np.max(u - np.arange(m) / m))
+    assert ks < 1.95 / math.sqrt(m)
+    # The total mass is preserved away from the borders.
+    np.testing.assert_allclose(out[blurred].sum(axis=(1, 2)), 1.0, atol=1e-5)
+
+
+def test_blur_sigma_per_image_inside_preprocess_for_train():
+    """Two images of one batch, same content, different seeds: blurred with
+    different sigmas (the official code shared one sigma per batch)."""
+    side, c = 40, 20
+    impulse = np.zeros((side, side, 3), np.float32)
+    impulse[c, c] = 1.0
+    out = _draw(
+        lambda s: augment.preprocess_for_train(
+            impulse, s, side, crop=False, flip=False, color_distort=False, use_blur=True
+        ),
+        64,
+    )
+    blurred = out[:, c, c + 1, 0] > 0
+    assert blurred.sum() >= 2
+    ratio = out[blurred, c, c + 1, 0] / out[blurred, c, c, 0]
+    assert len(np.unique(np.round(ratio, 6))) == blurred.sum()
+
+
+# ---------------------------------------------------------------------------
+# Determinism
+# ---------------------------------------------------------------------------
+
+
+def test_same_seed_same_output_different_seed_different_output():
+    x = np.random.default_rng(7).integers(0, 256, size=(50, 70, 3), dtype=np.uint8)
+    kwargs = dict(image_size=48, color_jitter_strength=1.0, use_blur=True)
+    seeds = tf.constant([[11, 3], [11, 3], [12, 3], [11, 4]], tf.int64)
+    eager = [augment.preprocess_for_train(x, s, **kwargs).numpy() for s in seeds]
+    np.testing.assert_array_equal(eager[0], eager[1])
+    assert np.abs(eager[0] - eager[2]).max() > 1e-3
+    assert np.abs(eager[0] - eager[3]).max() > 1e-3
+
+    def run():
+        ds = tf.data.Dataset.from_tensor_slices(seeds).map(
+            lambda s: augment.preprocess_for_train(x, s, **kwargs), num_parallel_calls=AUTOTUNE
+        )
+        return np.stack([y.numpy() for y in ds])
+
+    first, second = run(), run()
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(first[0], first[1])
+    np.testing.assert_allclose(first, np.stack(eager), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Evaluation preprocessing
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "h,w,size",
+    [
+        (64, 80, 56),  # side = round(0.875 * 64) = 56: the resize is the identity
+        (90, 72, 63),  # side = round(0.875 * 72) = 63
+    ],
+)
+def test_eval_centre_crop_matches_numpy(h, w, size):
+    x8 = np.random.default_rng(8).integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    side = int(round(0.875 * min(h, w)))
+    assert side == size
+    oy, ox = (h - side + 1) // 2, (w - side + 1) // 2
+    ref = x8[oy : oy + side, ox : ox + side].astype(np.float32) / 255.0
+    got = augment.preprocess_for_eval(x8, size).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-6)
+    # crop=False: no crop, plain resize of the whole image.
+    if h == w:
+        np.testing.assert_allclose(augment.preprocess_for_eval(x8, h, crop=False), x8 / 255.0, atol=1e-6)
+
+
+def test_eval_no_crop_at_32_px():
+    x = np.random.default_rng(9).uniform(0, 1, size=(32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(augment.preprocess_for_eval(x, 32).numpy(), x, atol=1e-6)
+    # A 3-px bright stripe on the left of a 40x40 image: a 0.875 centre crop
+    # (side 35, offset 3) removes it, no crop keeps it.
+    stripe = np.zeros((40, 40, 3), np.float32)
+    stripe[:, :3] = 1.0
+    kept = augment.preprocess_for_eval(stripe, 32).numpy()
+    assert kept[:, 0].min() > 0.5
+    cropped = augment.preprocess_for_eval(stripe, 33).numpy()
+    np.testing.assert_allclose(cropped, 0.0, atol=1e-6)

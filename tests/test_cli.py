@@ -1,0 +1,181 @@
+"""End-to-end runs of ``python -m simclr_tf.run`` in subprocesses."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(REPO, "configs", "smoke.yaml")
+
+pytestmark = pytest.mark.slow
+
+
+def run_cli(*flags, cwd=None, check=True):
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-m", "simclr_tf.run", *flags],
+                          capture_output=True, text=True, env=env, cwd=cwd or REPO,
+                          timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}"
+                             f"\nstderr:\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def _events(directory):
+    return glob.glob(os.path.join(directory, "events.out.tfevents.*"))
+
+
+def _checkpoint_vars(model_dir, contains):
+    reader = tf.train.load_checkpoint(os.path.join(model_dir, "checkpoints"))
+    return {k: reader.get_tensor(k) for k in reader.get_variable_to_shape_map()
+            if contains in k and "OPTIMIZER_SLOT" not in k}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """One smoke pretraining run shared by the tests below."""
+    model_dir = str(tmp_path_factory.mktemp("pretrain"))
+    proc = run_cli("--mode=train_then_eval", f"--config={SMOKE}",
+                   f"--model_dir={model_dir}")
+    return model_dir, proc
+
+
+def test_train_then_eval_on_the_builtin_dataset(pretrained):
+    model_dir, proc = pretrained
+    with open(os.path.join(model_dir, "result.json")) as f:
+        result = json.load(f)
+    assert result["global_step"] == 6
+    assert 0.0 <= result["top1"] <= result["top5"] <= 1.0
+    assert "result: top1=" in proc.stdout
+    with open(os.path.join(model_dir, "config.yaml")) as f:
+        assert "width_multiplier: 0.25" in f.read()
+    assert _events(os.path.join(model_dir, "train"))
+    assert _events(os.path.join(model_dir, "eval"))
+    # checkpoint_steps=3 with 6 steps: checkpoints at steps 3 and 6.
+    state = tf.train.get_checkpoint_state(os.path.join(model_dir, "checkpoints"))
+    assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == [
+        "ckpt-3", "ckpt-6"]
+
+
+def test_tensorboard_has_the_training_scalars(pretrained):
+    model_dir, _ = pretrained
+    tags = set()
+    for path in _events(os.path.join(model_dir, "train")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(v.tag for v in event.summary.value)
+    assert {"loss", "contrast_loss", "contrast_acc", "contrast_entropy", "sup_acc",
+            "lr", "weight_decay"} <= tags
+
+
+def _make_image_folder(root):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("test", 6)):
+        for c, name in enumerate(["cats", "dogs"]):
+            d = root / split / name
+            d.mkdir(parents=True)
+            for i in range(n):
+                size = (20 + 3 * i, 24 + 2 * i)
+                pixels = (rng.uniform(size=size + (3,)) * 120 + 100 * c).astype("uint8")
+                Image.fromarray(pixels).save(d / f"img{i}.{'png' if i % 2 else 'jpg'}")
+    gray = (rng.uniform(size=(30, 30)) * 255).astype("uint8")
+    Image.fromarray(gray, mode="L").save(root / "train" / "cats" / "gray.png")
+    (root / "train" / "dogs" / "corrupt.jpg").write_bytes(b"\xff\xd8not really a jpeg")
+
+
+def test_train_then_eval_on_an_image_folder(tmp_path):
+    _make_image_folder(tmp_path / "data")
+    model_dir = str(tmp_path / "run")
+    proc = run_cli("--mode=train_then_eval", f"--config={SMOKE}",
+                   "--dataset=image_folder", f"--data_dir={tmp_path / 'data'}",
+                   "--train_batch_size=8", "--eval_batch_size=8",
+                   f"--model_dir={model_dir}")
+    with open(os.path.join(model_dir, "result.json")) as f:
+        result = json.load(f)
+    assert result["global_step"] == 6
+    assert result["top5"] == 1.0  # two classes
+    assert "skipped 1" in (proc.stdout + proc.stderr).lower()
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path, pretrained):
+    """A run that died after step 3 resumes there and ends at the same step."""
+    src, _ = pretrained
+    model_dir = tmp_path / "resume"
+    ckpt_dir = model_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True)
+    for path in glob.glob(os.path.join(src, "checkpoints", "ckpt-3*")):
+        os.link(path, ckpt_dir / os.path.basename(path))
+    tf.train.update_checkpoint_state(str(ckpt_dir), str(ckpt_dir / "ckpt-3"))
+    os.link(os.path.join(src, "config.yaml"), model_dir / "config.yaml")
+    proc = run_cli("--mode=train_then_eval", f"--config={SMOKE}",
+                   f"--model_dir={model_dir}")
+    log = proc.stdout + proc.stderr
+    assert "resumed from" in log and "at step 3" in log
+    with open(model_dir / "result.json") as f:
+        assert json.load(f)["global_step"] == 6
+    # The resumed run took the same steps 4..6 as the uninterrupted one.
+    resumed = _checkpoint_vars(str(model_dir), "encoder")
+    original = _checkpoint_vars(src, "encoder")
+    assert resumed.keys() == original.keys() and resumed
+    for key in resumed:
+        np.testing.assert_allclose(resumed[key], original[key], rtol=1e-4, atol=1e-5,
+                                   err_msg=key)
+
+
+@pytest.mark.parametrize("selector", [0, 1])
+def test_finetune_from_a_pretrain_checkpoint(tmp_path, pretrained, selector):
+    src, _ = pretrained
+    model_dir = str(tmp_path / "ft")
+    proc = run_cli("--mode=train_then_eval", f"--config={SMOKE}",
+                   "--train_mode=finetune", f"--checkpoint={src}",
+                   f"--ft_proj_selector={selector}", "--fine_tune_after_block=4",
+                   "--optimizer=momentum", "--learning_rate=0.1",
+                   f"--model_dir={model_dir}")
+    assert "loaded pretrained encoder" in proc.stdout + proc.stderr
+    with open(os.path.join(model_dir, "result.json")) as f:
+        assert json.load(f)["train_mode"] == "finetune"
+    # The frozen encoder is exactly the pretrained one.
+    tuned = _checkpoint_vars(model_dir, "encoder")
+    original = _checkpoint_vars(src, "encoder")
+    assert tuned and tuned.keys() == original.keys()
+    for key in tuned:
+        np.testing.assert_array_equal(tuned[key], original[key], err_msg=key)
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--train_batch_size=-8"], "'train_batch_size'"),
+    (["--optimizer=rmsprop"], "lars,momentum,adam"),
+    (["--dataset=not_a_dataset"], "not_a_dataset"),
+    (["--train_batch_size=100000"], "100000"),
+    (["--config=/nonexistent.yaml"], "not found"),
+])
+def test_bad_flags_fail_without_touching_model_dir(tmp_path, flags, fragment):
+    model_dir = tmp_path / "existing"
+    model_dir.mkdir()
+    (model_dir / "keep.txt").write_text("precious")
+    proc = run_cli("--mode=train_then_eval", f"--config={SMOKE}",
+                   f"--model_dir={model_dir}", *flags, check=False)
+    assert proc.returncode != 0
+    assert fragment in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert sorted(os.listdir(model_dir)) == ["keep.txt"]
+    assert (model_dir / "keep.txt").read_text() == "precious"
+
+
+def test_incompatible_model_dir_is_refused(tmp_path, pretrained):
+    src, _ = pretrained
+    before = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(src, "**"),
+                                                         recursive=True)}
+    proc = run_cli("--mode=train", f"--config={SMOKE}", "--resnet_depth=34",
+                   f"--model_dir={src}", check=False)
+    assert proc.returncode != 0
+    assert "resnet_depth" in proc.stderr and "new --model_dir" in proc.stderr
+    after = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(src, "**"),
+                                                       recursive=True)}
+    assert before == after

@@ -1,0 +1,113 @@
+"""Config precedence, validation messages and YAML round trips."""
+
+import glob
+import os
+
+import pytest
+import yaml
+
+from simclr_tf import config as config_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _write(tmp_path, values, name="exp.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+def test_precedence_defaults_then_yaml_then_flags(tmp_path):
+    path = _write(tmp_path, {"train_batch_size": 64, "temperature": 0.2})
+    cfg = config_lib.resolve(path, {"temperature": 0.7})
+    assert cfg.train_batch_size == 64          # from YAML
+    assert cfg.temperature == 0.7              # flag beats YAML
+    assert cfg.resnet_depth == config_lib.Config().resnet_depth  # default kept
+
+
+def test_every_shipped_config_is_valid_and_uses_known_keys():
+    files = sorted(glob.glob(os.path.join(REPO, "configs", "*.yaml")))
+    assert {os.path.basename(f) for f in files} >= {
+        "default.yaml", "smoke.yaml", "cifar10_resnet18.yaml",
+        "imagenet_resnet50_tpu.yaml"}
+    for f in files:
+        config_lib.resolve(f)
+
+
+def test_default_yaml_matches_builtin_defaults():
+    from_file = config_lib.resolve(os.path.join(REPO, "configs", "default.yaml"))
+    assert from_file == config_lib.Config()
+
+
+def test_paper_recipes():
+    cifar = config_lib.resolve(os.path.join(REPO, "configs", "cifar10_resnet18.yaml"))
+    assert (cifar.train_batch_size, cifar.train_epochs, cifar.learning_rate,
+            cifar.weight_decay, cifar.temperature) == (512, 1000, 1.0, 1e-4, 0.5)
+    assert cifar.resolved_color_jitter_strength == 0.5 and not cifar.resolved_use_blur
+    imnet = config_lib.resolve(
+        os.path.join(REPO, "configs", "imagenet_resnet50_tpu.yaml"))
+    assert (imnet.train_batch_size, imnet.learning_rate, imnet.weight_decay,
+            imnet.temperature, imnet.train_epochs) == (4096, 0.3, 1e-6, 0.1, 100)
+    assert imnet.resolved_use_blur and imnet.resolved_color_jitter_strength == 1.0
+    assert imnet.learning_rate * imnet.train_batch_size / 256 == pytest.approx(4.8)
+
+
+@pytest.mark.parametrize("values,fragment", [
+    ({"train_batch_size": -4}, "'train_batch_size'"),
+    ({"train_batch_size": 0}, ">= 1"),
+    ({"temperature": 0.0}, "'temperature'"),
+    ({"optimizer": "sgd"}, "lars, momentum, adam"),
+    ({"resnet_depth": 20}, "18, 34, 50, 101, 152, 200"),
+    ({"proj_head_mode": "mlp"}, "nonlinear, linear, none"),
+    ({"mode": "fit"}, "train_then_eval"),
+    ({"train_epochs": 0, "train_steps": 0}, "train_steps"),
+    ({"dataset": "image_folder"}, "data_dir"),
+    ({"proj_head_mode": "linear", "ft_proj_selector": 2}, "0..1"),
+    ({"fine_tune_after_block": 7}, "fine_tune_after_block"),
+    ({"learning_rate": "fast"}, "expected float"),
+])
+def test_invalid_values_name_the_key(values, fragment):
+    with pytest.raises(config_lib.ConfigError) as err:
+        config_lib.resolve(None, values)
+    assert fragment in str(err.value)
+
+
+def test_unknown_key_suggests_the_closest(tmp_path):
+    path = _write(tmp_path, {"train_batchsize": 8})
+    with pytest.raises(config_lib.ConfigError, match="Did you mean 'train_batch_size'"):
+        config_lib.resolve(path)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(config_lib.ConfigError, match="not found"):
+        config_lib.resolve(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(config_lib.ConfigError, match="not valid YAML"):
+        config_lib.resolve(str(bad))
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(config_lib.ConfigError, match="mapping"):
+        config_lib.resolve(str(lst))
+
+
+def test_save_yaml_round_trip(tmp_path):
+    cfg = config_lib.resolve(None, {"width_multiplier": 0.25, "use_blur": True})
+    path = str(tmp_path / "config.yaml")
+    config_lib.save_yaml(cfg, path)
+    assert config_lib.resolve(path) == cfg
+    assert not os.path.exists(path + ".tmp")
+
+
+def test_derived_presets():
+    small = config_lib.Config(image_size=32)
+    large = config_lib.Config(image_size=224)
+    assert small.cifar_stem and not large.cifar_stem
+    assert (small.resolved_color_jitter_strength, small.resolved_use_blur) == (0.5, False)
+    assert (large.resolved_color_jitter_strength, large.resolved_use_blur) == (1.0, True)
+
+
+def test_flag_table_lists_every_field():
+    table = config_lib.flag_table()
+    for name in config_lib.FIELDS:
+        assert f"`--{name}`" in table

@@ -1,0 +1,485 @@
+"""Tests for simclr_tf.optimizers (LARS, WarmUpAndCosine, helpers)."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from multidevice import run_with_devices
+from simclr_tf.optimizers import (DEFAULT_EXCLUDE, LARS, WarmUpAndCosine,
+                                  build_optimizer, is_excluded, total_steps,
+                                  weight_decay_l2)
+
+
+# --------------------------------------------------------------------------
+# A small nested model, so variable paths look like real ones
+# ("outer/encoder/batch_normalization/gamma") while names are short ("gamma").
+
+
+class Outer(keras.Model):
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = keras.Sequential([
+            keras.layers.Dense(4, name="dense"),
+            keras.layers.BatchNormalization(name="batch_normalization"),
+        ], name="encoder")
+        self.proj = keras.layers.Dense(3, use_bias=False, name="proj",
+                                       kernel_initializer="zeros")
+        self.head = keras.layers.Dense(2, name="head_supervised")
+
+    def call(self, x, training=None):
+        h = self.encoder(x, training=training)
+        return self.proj(h), self.head(h)
+
+
+def build_model(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = Outer(name="outer")
+    model(tf.zeros([2, 5]))
+    # Non-trivial BN parameters.
+    rng = np.random.default_rng(seed)
+    bn = model.encoder.layers[1]
+    bn.gamma.assign(1.0 + 0.1 * rng.normal(size=bn.gamma.shape))
+    bn.beta.assign(0.1 * rng.normal(size=bn.beta.shape))
+    return model
+
+
+def excluded_by_meaning(path):
+    # The test's own statement of what must be excluded (not is_excluded()).
+    return (path.endswith("bias") or "/batch_normalization/" in path
+            or path.startswith("outer/head_supervised/"))
+
+
+def lars_reference(weights, grads_per_step, lr, momentum, wd, eta, excluded,
+                   nesterov=False):
+    """LARS of You et al. (2017) with classic momentum, in float64."""
+    w = [np.array(x, np.float64) for x in weights]
+    v = [np.zeros_like(x) for x in w]
+    for grads in grads_per_step:
+        for k, g in enumerate(grads):
+            g = np.array(g, np.float64)
+            if not excluded[k]:
+                g = g + wd * w[k]
+                wn, gn = np.linalg.norm(w[k]), np.linalg.norm(g)
+                trust = eta * wn / gn if (wn > 0 and gn > 0) else 1.0
+            else:
+                trust = 1.0
+            v[k] = momentum * v[k] + lr * trust * g
+            step = momentum * v[k] + lr * trust * g if nesterov else v[k]
+            w[k] = w[k] - step
+    return w
+
+
+@pytest.mark.parametrize("nesterov,eta", [(False, 0.001), (True, 0.05)])
+def test_lars_matches_numpy_reference(nesterov, eta):
+    model = build_model()
+    variables = model.trainable_variables
+    paths = [v.path for v in variables]
+    excluded = [excluded_by_meaning(p) for p in paths]
+    # The model has both kinds, and a zero-norm weight that is adapted.
+    assert any(excluded) and not all(excluded)
+    assert np.all(model.proj.kernel.numpy() == 0.0)
+    assert not excluded_by_meaning(model.proj.kernel.path)
+
+    lr, momentum, wd = 0.5, 0.9, 0.01
+    opt = LARS(lr, momentum=momentum, weight_decay=wd, trust_coefficient=eta,
+               nesterov=nesterov)
+    rng = np.random.default_rng(1)
+    steps = [[rng.normal(size=v.shape).astype(np.float32) for v in variables]
+             for _ in range(3)]
+    w0 = [v.numpy() for v in variables]
+    for grads in steps:
+        opt.apply_gradients(zip([tf.constant(g) for g in grads], variables))
+    expected = lars_reference(w0, steps, lr, momentum, wd, eta, excluded,
+                              nesterov)
+    for var, exp, w_init in zip(variables, expected, w0):
+        np.testing.assert_allclose(var.numpy(), exp, rtol=1e-5, atol=1e-6,
+                                   err_msg=var.path)
+        assert not np.allclose(var.numpy(), w_init), var.path
+    assert int(opt.iterations) == 3
+
+
+def test_zero_norm_weight_uses_trust_one():
+    model = build_model()
+    kernel = model.proj.kernel  # zeros, not excluded
+    opt = LARS(0.1, momentum=0.0, weight_decay=0.5, trust_coefficient=0.001)
+    g = np.full(kernel.shape, 2.0, np.float32)
+    opt.apply_gradients([(tf.constant(g), kernel)])
+    # ||w|| = 0 -> trust 1, and wd * w = 0: a plain SGD step.
+    np.testing.assert_allclose(kernel.numpy(), -0.1 * g, rtol=1e-6)
+
+
+def test_zero_gradient_and_zero_weight_give_no_nan():
+    v = keras.Variable(np.zeros([3], np.float32), name="kernel")
+    opt = LARS(0.1, weight_decay=0.1)
+    opt.apply_gradients([(tf.zeros([3]), v)])
+    assert np.all(np.isfinite(v.numpy())) and np.all(v.numpy() == 0.0)
+
+
+def test_bn_gamma_in_nested_model_is_excluded_by_path():
+    model = build_model()
+    gamma = model.encoder.layers[1].gamma
+    # Keras 3: the short name would not match "batch_normalization" ...
+    assert gamma.name == "gamma"
+    assert "batch_normalization" not in gamma.name
+    # ... the path does.
+    assert gamma.path == "outer/encoder/batch_normalization/gamma"
+
+    lr, momentum = 0.2, 0.9
+    opt = LARS(lr, momentum=momentum, weight_decay=0.3)
+    opt.build(model.trainable_variables)
+    assert not opt.uses_weight_decay(gamma)
+    assert not opt.uses_layer_adaptation(gamma)
+    assert opt.uses_weight_decay(model.encoder.layers[0].kernel)
+    assert not opt.uses_weight_decay(model.encoder.layers[0].bias)
+    assert not opt.uses_weight_decay(model.head.kernel)
+
+    # Numerically: plain momentum SGD, no decay, no trust ratio.
+    g0 = gamma.numpy().copy()
+    grad = np.linspace(-1, 1, gamma.shape[0]).astype(np.float32)
+    opt.apply_gradients([(tf.constant(grad), gamma)])
+    opt.apply_gradients([(tf.constant(grad), gamma)])
+    v1 = lr * grad
+    v2 = momentum * v1 + lr * grad
+    np.testing.assert_allclose(gamma.numpy(), g0 - v1 - v2, rtol=1e-6)
+
+
+def test_exclusion_lists_are_configurable():
+    model = build_model()
+    kernel = model.encoder.layers[0].kernel
+    opt = LARS(0.1, weight_decay=0.1, exclude_from_weight_decay=("dense",),
+               exclude_from_layer_adaptation=())
+    opt.build(model.trainable_variables)
+    assert not opt.uses_weight_decay(kernel)
+    assert opt.uses_layer_adaptation(kernel)
+    gamma = model.encoder.layers[1].gamma
+    assert opt.uses_weight_decay(gamma) and opt.uses_layer_adaptation(gamma)
+
+
+def test_weight_decay_is_applied_exactly_once():
+    # Layer adaptation off for the kernel, momentum 0, zero gradient: one step
+    # must be w <- w - lr * wd * w. Keras' own decoupled decay on top would
+    # give w * (1 - lr*wd)^2.
+    model = build_model()
+    kernel = model.encoder.layers[0].kernel
+    w0 = kernel.numpy().copy()
+    lr, wd = 0.1, 0.5
+    opt = LARS(lr, momentum=0.0, weight_decay=wd,
+               exclude_from_layer_adaptation=("kernel",))
+    opt.apply_gradients([(tf.zeros_like(kernel), kernel)])
+    np.testing.assert_allclose(kernel.numpy(), w0 * (1 - lr * wd), rtol=1e-6)
+    assert opt.weight_decay == wd
+    assert opt.get_config()["weight_decay"] == wd
+
+
+def test_lars_config_round_trip_with_schedule():
+    sched = WarmUpAndCosine(0.3, 1000, 100, 10, 2)
+    opt = LARS(sched, momentum=0.8, weight_decay=1e-4, trust_coefficient=0.002,
+               exclude_from_weight_decay=("bias",), nesterov=True)
+    config = opt.get_config()
+    clone = LARS.from_config(config)
+    assert clone.momentum == 0.8 and clone.nesterov
+    assert clone.weight_decay == 1e-4 and clone.trust_coefficient == 0.002
+    assert clone.get_config()["exclude_from_weight_decay"] == ["bias"]
+    assert clone.get_config()["exclude_from_layer_adaptation"] == ["bias"]
+    assert isinstance(clone._learning_rate, WarmUpAndCosine)
+    # Also through keras' registry.
+    again = keras.optimizers.deserialize(keras.optimizers.serialize(opt))
+    assert isinstance(again, LARS) and again.trust_coefficient == 0.002
+
+
+def test_lars_learning_rate_follows_schedule_in_tf_function():
+    model = build_model()
+    variables = model.trainable_variables
+    sched = WarmUpAndCosine(1.0, num_examples=256, batch_size=256,
+                            train_epochs=4, warmup_epochs=2)
+    opt = LARS(sched, momentum=0.0, weight_decay=0.0)
+    bias = model.encoder.layers[0].bias  # excluded: plain SGD step
+    grads = [tf.ones_like(v) for v in variables]
+
+    @tf.function
+    def step():
+        opt.apply_gradients(zip(grads, variables))
+
+    before = []
+    for _ in range(4):
+        before.append(bias.numpy().copy())
+        step()
+    before.append(bias.numpy().copy())
+    used = [float(before[i][0] - before[i + 1][0]) for i in range(4)]
+    expected = [float(sched(i)) for i in range(4)]
+    np.testing.assert_allclose(used, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(expected, [0.0, 0.5, 1.0, 0.5], atol=1e-6)
+
+
+def test_lars_rejects_bad_momentum_and_accepts_int_lr():
+    with pytest.raises(ValueError, match="momentum"):
+        LARS(0.1, momentum=1.5)
+    opt = LARS(1)
+    assert float(opt.learning_rate) == 1.0
+
+
+# --------------------------------------------------------------------------
+# Schedule
+
+
+def test_schedule_warmup_and_cosine_closed_form():
+    base, n, b = 0.3, 1000, 100
+    s = WarmUpAndCosine(base, n, b, train_epochs=10, warmup_epochs=2)
+    peak = base * b / 256
+    assert s.warmup_steps == 20 and s.total_steps == 100
+    np.testing.assert_allclose(s.scaled_learning_rate, peak)
+    values = {k: float(s(k)) for k in (0, 10, 19, 20, 40, 60, 100, 150)}
+    np.testing.assert_allclose(values[0], 0.0, atol=1e-8)
+    np.testing.assert_allclose(values[10], peak / 2, rtol=1e-6)
+    np.testing.assert_allclose(values[19], peak * 19 / 20, rtol=1e-6)
+    np.testing.assert_allclose(values[20], peak, rtol=1e-6)  # warmup end
+    np.testing.assert_allclose(
+        values[40], peak * 0.5 * (1 + math.cos(math.pi * 20 / 80)), rtol=1e-5)
+    np.testing.assert_allclose(values[60], peak / 2, rtol=1e-5)  # cos middle
+    np.testing.assert_allclose(values[100], 0.0, atol=1e-7)  # end
+    np.testing.assert_allclose(values[150], 0.0, atol=1e-7)  # stays at 0
+
+
+def test_schedule_sqrt_scaling():
+    lin = WarmUpAndCosine(0.3, 1000, 100, 10, 0)
+    sq = WarmUpAndCosine(0.075, 1000, 100, 10, 0, learning_rate_scaling="sqrt")
+    np.testing.assert_allclose(float(lin(0)), 0.3 * 100 / 256, rtol=1e-6)
+    np.testing.assert_allclose(float(sq(0)), 0.075 * 10.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="learning_rate_scaling"):
+        WarmUpAndCosine(0.3, 1000, 100, 10, 0, learning_rate_scaling="log")
+
+
+def test_schedule_without_warmup():
+    s = WarmUpAndCosine(0.256, 1000, 256, train_epochs=10, warmup_epochs=0)
+    assert s.warmup_steps == 0 and s.total_steps == 39
+    np.testing.assert_allclose(float(s(0)), 0.256, rtol=1e-6)
+    np.testing.assert_allclose(
+        float(s(13)), 0.256 * 0.5 * (1 + math.cos(math.pi * 13 / 39)),
+        rtol=1e-5)
+    np.testing.assert_allclose(float(s(39)), 0.0, atol=1e-7)
+
+
+@pytest.mark.parametrize("epochs,warmup", [(1, 2), (2, 2), (0, 0), (0, 1)])
+def test_schedule_total_steps_at_most_warmup(epochs, warmup):
+    s = WarmUpAndCosine(0.3, 1000, 100, train_epochs=epochs,
+                        warmup_epochs=warmup)
+    assert s.total_steps <= s.warmup_steps
+    values = np.array([float(s(k)) for k in range(0, 40)])
+    assert np.all(np.isfinite(values)) and np.all(values >= 0)
+    peak = 0.3 * 100 / 256
+    for k in range(min(s.total_steps, s.warmup_steps)):
+        np.testing.assert_allclose(values[k], peak * k / s.warmup_steps,
+                                   rtol=1e-6, atol=1e-9)
+    assert values.max() <= peak * (1 + 1e-6)
+
+
+def test_schedule_train_steps_override_and_rounding():
+    s = WarmUpAndCosine(0.3, 1000, 100, train_epochs=10, warmup_epochs=2,
+                        train_steps=50)
+    assert s.total_steps == 50
+    peak = 0.3 * 100 / 256
+    np.testing.assert_allclose(float(s(35)), peak / 2, rtol=1e-5)
+    np.testing.assert_allclose(float(s(50)), 0.0, atol=1e-7)
+    # warmup_steps = round(epochs * N / B): 1000/600 = 1.67 -> 2 (not floor 1).
+    assert WarmUpAndCosine(0.3, 1000, 600, 10, 1).warmup_steps == 2
+    # train_steps=0 means "not set", like the official flag.
+    assert WarmUpAndCosine(0.3, 1000, 100, 10, 2, train_steps=0).total_steps == 100
+
+
+def test_schedule_step_types_and_tf_function():
+    s = WarmUpAndCosine(0.3, 1000, 100, 10, 2)
+    ref = float(s(10))
+    for step in (10, 10.0, tf.constant(10), tf.constant(10, tf.int64),
+                 tf.constant(10.0), tf.Variable(10, dtype=tf.int64)):
+        np.testing.assert_allclose(float(s(step)), ref, rtol=1e-7)
+    fn = tf.function(lambda k: s(k))
+    np.testing.assert_allclose(float(fn(tf.constant(60, tf.int64))),
+                               float(s(60)), rtol=1e-7)
+    np.testing.assert_allclose(float(fn(tf.constant(5, tf.int64))),
+                               float(s(5)), rtol=1e-7)
+    assert s(3).dtype == tf.float32
+
+
+def test_schedule_config_round_trip():
+    s = WarmUpAndCosine(0.3, 1000, 100, 10, 2, learning_rate_scaling="sqrt",
+                        train_steps=70)
+    clone = WarmUpAndCosine.from_config(s.get_config())
+    for k in (0, 7, 20, 45, 70):
+        assert float(clone(k)) == float(s(k))
+    again = keras.optimizers.schedules.deserialize(
+        keras.optimizers.schedules.serialize(s))
+    assert isinstance(again, WarmUpAndCosine) and again.total_steps == 70
+
+
+# --------------------------------------------------------------------------
+# Helpers
+
+
+def test_total_steps():
+    assert total_steps(50000, 512, 100) == 50000 * 100 // 512
+    assert total_steps(50000, 512, 100, train_steps=7) == 7
+    assert total_steps(50000, 512, 100, train_steps=0) == 9765
+    assert total_steps(10, 4, 3) == 7
+
+
+def test_is_excluded():
+    assert is_excluded("a/batch_normalization/gamma", DEFAULT_EXCLUDE)
+    assert is_excluded("a/dense/bias", DEFAULT_EXCLUDE)
+    assert is_excluded("head_supervised/kernel", DEFAULT_EXCLUDE)
+    assert not is_excluded("a/conv2d/kernel", DEFAULT_EXCLUDE)
+    assert not is_excluded("a/dense/bias", None)
+    assert not is_excluded("a/dense/bias", ())
+    assert is_excluded("a/dense/bias", "bias")
+    model = build_model()
+    assert is_excluded(model.encoder.layers[1].gamma, DEFAULT_EXCLUDE)
+
+
+def test_weight_decay_l2_excludes_by_path():
+    model = build_model()
+    model.proj.kernel.assign(np.full(model.proj.kernel.shape, 0.5, np.float32))
+    wd = 0.01
+    kept = [model.encoder.layers[0].kernel, model.proj.kernel]
+    expected = wd * sum(np.sum(v.numpy().astype(np.float64) ** 2) / 2
+                        for v in kept)
+    got = weight_decay_l2(model.trainable_variables, wd)
+    np.testing.assert_allclose(float(got), expected, rtol=1e-6)
+    # Its gradient is wd * w, the decay LARS adds to the gradient.
+    with tf.GradientTape() as tape:
+        reg = weight_decay_l2(model.trainable_variables, wd)
+    g = tape.gradient(reg, model.encoder.layers[0].kernel)
+    np.testing.assert_allclose(g.numpy(),
+                               wd * model.encoder.layers[0].kernel.numpy(),
+                               rtol=1e-6)
+    assert float(weight_decay_l2(model.trainable_variables, 0.0)) == 0.0
+    everything = weight_decay_l2(model.trainable_variables, wd, exclude=())
+    assert float(everything) > float(got)
+
+
+def test_build_optimizer_choices():
+    lars = build_optimizer("lars", 0.1, momentum=0.8, weight_decay=1e-6)
+    assert isinstance(lars, LARS)
+    assert lars.momentum == 0.8 and lars.weight_decay == 1e-6
+
+    sgd = build_optimizer("momentum", 0.1, momentum=0.9, weight_decay=1e-6)
+    assert type(sgd) is keras.optimizers.SGD
+    assert sgd.momentum == 0.9 and not sgd.nesterov
+    assert not sgd.weight_decay  # weight decay goes into the loss instead
+
+    adam = build_optimizer("Adam", 1e-3, weight_decay=1e-6)
+    assert type(adam) is keras.optimizers.Adam
+    assert not adam.weight_decay
+    np.testing.assert_allclose(float(adam.learning_rate), 1e-3)
+
+    sched = WarmUpAndCosine(0.3, 1000, 100, 10, 2)
+    assert build_optimizer("lars", sched)._learning_rate is sched
+
+
+def test_build_optimizer_unknown_name():
+    with pytest.raises(ValueError) as err:
+        build_optimizer("rmsprop", 0.1)
+    msg = str(err.value)
+    assert "rmsprop" in msg
+    for name in ("lars", "momentum", "adam"):
+        assert name in msg
+
+
+# --------------------------------------------------------------------------
+# Multi-replica behaviour (subprocess with two logical CPUs)
+
+MULTI_DEVICE_BODY = r"""
+import json
+import numpy as np
+import keras
+from simclr_tf.optimizers import LARS, WarmUpAndCosine
+
+rng = np.random.default_rng(0)
+N = 8
+X = rng.normal(size=(N, 4)).astype("float32")
+Y = rng.normal(size=(N, 3)).astype("float32")
+W0 = rng.normal(size=(4, 3)).astype("float32")
+B0 = rng.normal(size=(3,)).astype("float32")
+
+def train(strategy, make_opt, steps, divide):
+    R = strategy.num_replicas_in_sync
+    with strategy.scope():
+        layer = keras.layers.Dense(
+            3, kernel_initializer=keras.initializers.Constant(W0),
+            bias_initializer=keras.initializers.Constant(B0))
+        layer.build((None, 4))
+        opt = make_opt()
+        # Built eagerly in the scope: Keras 3.15 fails to create optimizer
+        # slots lazily inside strategy.run under tf.function.
+        opt.build(layer.trainable_variables)
+    per = N // R
+
+    def value_fn(ctx):
+        i = ctx.replica_id_in_sync_group
+        return tf.constant(X[i * per:(i + 1) * per]), tf.constant(Y[i * per:(i + 1) * per])
+
+    data = strategy.experimental_distribute_values_from_function(value_fn)
+
+    @tf.function
+    def step(data):
+        def replica_fn(xy):
+            x, y = xy
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean(tf.square(layer(x) - y))
+                if divide:
+                    loss = loss / R
+            grads = tape.gradient(loss, layer.trainable_variables)
+            opt.apply_gradients(zip(grads, layer.trainable_variables))
+        strategy.run(replica_fn, args=(data,))
+
+    for _ in range(steps):
+        step(data)
+    return layer.kernel.numpy(), layer.bias.numpy()
+
+one = tf.distribute.OneDeviceStrategy("/cpu:0")
+def two():
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+out = {}
+sgd = lambda: keras.optimizers.SGD(0.1)
+k1, _ = train(one, sgd, 1, False)
+k2, _ = train(two(), sgd, 1, False)
+k2d, _ = train(two(), sgd, 1, True)
+out["sgd_ratio_no_divide"] = float(np.median((W0 - k2) / (W0 - k1)))
+out["sgd_err_divided"] = float(np.max(np.abs(k2d - k1)))
+
+sched = lambda: WarmUpAndCosine(0.4, num_examples=N, batch_size=N,
+                                train_epochs=4, warmup_epochs=1)
+lars = lambda: LARS(sched(), momentum=0.9, weight_decay=0.05,
+                    trust_coefficient=0.01)
+(lk1, lb1) = train(one, lars, 3, False)
+(lk2, lb2) = train(two(), lars, 3, True)
+out["lars_kernel_err"] = float(np.max(np.abs(lk2 - lk1)))
+out["lars_bias_err"] = float(np.max(np.abs(lb2 - lb1)))
+out["lars_kernel_moved"] = float(np.max(np.abs(lk1 - W0)))
+out["lars_bias_moved"] = float(np.max(np.abs(lb1 - B0)))
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def two_replica_result():
+    return run_with_devices(MULTI_DEVICE_BODY, n_devices=2)
+
+
+def test_keras_optimizer_sums_gradients_across_replicas(two_replica_result):
+    # Per-replica mean loss without dividing by the number of replicas: the
+    # applied gradient is the SUM of the 2 replica gradients, i.e. twice the
+    # global-batch gradient (for one plain SGD step from the same weights).
+    r = two_replica_result
+    np.testing.assert_allclose(r["sgd_ratio_no_divide"], 2.0, rtol=1e-4)
+    assert r["sgd_err_divided"] < 1e-6
+
+
+def test_lars_two_replicas_match_one_device(two_replica_result):
+    r = two_replica_result
+    assert r["lars_kernel_moved"] > 1e-4 and r["lars_bias_moved"] > 1e-3
+    assert r["lars_kernel_err"] < 1e-6
+    assert r["lars_bias_err"] < 1e-6

@@ -1,0 +1,260 @@
+"""Tests for simclr_tf.data.pipeline (tf.data input pipelines)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from simclr_tf.data import augment
+from simclr_tf.data import datasets
+from simclr_tf.data import offline
+from simclr_tf.data import pipeline
+
+NAME = "offline_shapes"
+SPLIT = "train[:128]"  # 128 examples: 4 steps of 32 per epoch
+N = 128
+B = 32
+S = 32
+
+
+def _take(ds, n):
+    xs, ys = [], []
+    for x, y in ds.take(n):
+        xs.append(x.numpy())
+        ys.append(y.numpy())
+    return xs, ys
+
+
+def _raw_view(image, key):
+    """A view function without augmentation: exposes which example is where."""
+    del key
+    return tf.cast(image, tf.float32)
+
+
+def _raw_stream(batch_size=B, **kw):
+    kw.setdefault("data_dir", None)
+    kw.setdefault("seed", 0)
+    kw.setdefault("start_epoch", 0)
+    kw.setdefault("cache", False)
+    kw.setdefault("num_shards", 1)
+    kw.setdefault("shard_index", 0)
+    kw.setdefault("shuffle_buffer", None)
+    return pipeline._build_stream(NAME, SPLIT, batch_size, _raw_view, **kw)
+
+
+def _example_ids(images):
+    """Maps raw uint8 images (as float) to their index in the offline train split."""
+    x, _ = offline.generate("train")
+    lookup = {img.tobytes(): i for i, img in enumerate(x[:N])}
+    return [lookup[img.astype(np.uint8).tobytes()] for img in images]
+
+
+def test_steps_per_epoch():
+    assert pipeline.steps_per_epoch(10_000, 256) == 39
+    assert pipeline.steps_per_epoch(512, 256) == 2
+    assert pipeline.steps_per_epoch(100, 256) == 0
+    with pytest.raises(ValueError):
+        pipeline.steps_per_epoch(100, 0)
+
+
+def test_train_batches_shapes_ranges_and_views():
+    ds, info = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=0)
+    assert info.num_examples == N and info.num_classes == 10
+    assert ds.element_spec[0].shape.as_list() == [B, S, S, 6]
+    assert ds.element_spec[0].dtype == tf.float32
+    assert ds.element_spec[1].shape.as_list() == [B]
+    assert ds.element_spec[1].dtype == tf.int32
+    assert ds.cardinality() == tf.data.INFINITE_CARDINALITY
+    (x,), (y,) = _take(ds, 1)
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    assert ((y >= 0) & (y < 10)).all()
+    view1, view2 = x[..., :3], x[..., 3:]
+    per_example_diff = np.abs(view1 - view2).mean(axis=(1, 2, 3))
+    assert (per_example_diff > 1e-3).all()
+    # Labels follow the images: every label is an offline train label.
+    assert set(np.unique(y)) <= set(range(10))
+
+
+def test_train_same_seed_same_stream_and_different_seed_differs():
+    a, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=7)
+    b, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=7)
+    c, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=8)
+    xa, ya = _take(a, 2)
+    xb, yb = _take(b, 2)
+    xc, yc = _take(c, 2)
+    for i in range(2):
+        np.testing.assert_array_equal(xa[i], xb[i])
+        np.testing.assert_array_equal(ya[i], yb[i])
+    assert not np.array_equal(ya[0], yc[0])
+    assert np.abs(xa[0] - xc[0]).mean() > 1e-2
+
+
+def test_global_tf_seed_does_not_change_the_stream():
+    a, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=1)
+    (xa,), (ya,) = _take(a, 1)
+    tf.random.set_seed(1234)
+    try:
+        b, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=1)
+        (xb,), (yb,) = _take(b, 1)
+    finally:
+        tf.random.set_seed(None)
+    np.testing.assert_array_equal(ya, yb)
+    np.testing.assert_array_equal(xa, xb)
+
+
+def test_resume_from_epoch_matches_uninterrupted_stream():
+    steps = pipeline.steps_per_epoch(N, B)
+    assert steps == 4
+    full, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=3)
+    xs, ys = _take(full, 2 * steps)
+    resumed, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=3, start_epoch=1)
+    (xr, xr2), (yr, yr2) = _take(resumed, 2)
+    np.testing.assert_array_equal(yr, ys[steps])
+    np.testing.assert_array_equal(xr, xs[steps])
+    np.testing.assert_array_equal(yr2, ys[steps + 1])
+    np.testing.assert_array_equal(xr2, xs[steps + 1])
+    # Resuming inside an epoch: skip the batches already seen.
+    mid, _ = pipeline.build_train_dataset(
+        NAME, SPLIT, B, S, seed=3, start_epoch=1, skip_batches=2)
+    (xm, xm2), (ym, ym2) = _take(mid, 2)
+    np.testing.assert_array_equal(ym, ys[steps + 2])
+    np.testing.assert_array_equal(xm, xs[steps + 2])
+    np.testing.assert_array_equal(xm2, xs[steps + 3])
+    # Epochs are reshuffled: epoch 1 does not repeat epoch 0's order.
+    assert not np.array_equal(np.concatenate(ys[:steps]), np.concatenate(ys[steps:]))
+
+
+def test_epochs_are_permutations_and_cache_gives_same_stream():
+    ds, _ = _raw_stream()
+    xs, _ = _take(ds, 8)
+    epoch0 = _example_ids(np.concatenate(xs[:4]))
+    epoch1 = _example_ids(np.concatenate(xs[4:]))
+    assert sorted(epoch0) == list(range(N))  # each example exactly once per epoch
+    assert sorted(epoch1) == list(range(N))
+    assert epoch0 != epoch1 and epoch0 != list(range(N))
+    # cache=True caches decoded images before shuffling; the stream is unchanged.
+    cached, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=0, cache=True)
+    plain, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=0, cache=False)
+    (xc, xc2), (yc, yc2) = _take(cached, 2)
+    (xp, xp2), (yp, yp2) = _take(plain, 2)
+    np.testing.assert_array_equal(yc, yp)
+    np.testing.assert_array_equal(xc, xp)
+    np.testing.assert_array_equal(xc2, xp2)
+
+
+def test_epoch_drops_the_tail_so_epochs_stay_aligned():
+    # 128 examples, batch 48: 2 steps (96 examples) per epoch, 32 dropped.
+    ds, _ = _raw_stream(batch_size=48)
+    xs, _ = _take(ds, 4)
+    epoch0 = _example_ids(np.concatenate(xs[:2]))
+    epoch1 = _example_ids(np.concatenate(xs[2:]))
+    assert len(set(epoch0)) == 96 and len(set(epoch1)) == 96
+    assert set(epoch0) != set(epoch1)  # a different random tail is dropped
+    resumed, _ = _raw_stream(batch_size=48, start_epoch=1)
+    (xr,), _ = _take(resumed, 1)
+    np.testing.assert_array_equal(xr, xs[2])
+
+
+def test_train_sharding_partitions_each_epoch():
+    ids = []
+    for shard in range(2):
+        ds, _ = _raw_stream(batch_size=16, num_shards=2, shard_index=shard)
+        xs, _ = _take(ds, 4)  # 128 / (16 * 2) = 4 steps per epoch
+        ids.append(_example_ids(np.concatenate(xs)))
+    assert set(ids[0]).isdisjoint(ids[1])
+    assert sorted(ids[0] + ids[1]) == list(range(N))
+    assert set(ids[0]) == set(range(0, N, 2))  # shard before shuffle: i % 2 == 0
+
+
+def test_eval_dataset_keeps_partial_batch_and_matches_eval_preprocessing():
+    ds, info = pipeline.build_eval_dataset(NAME, "test[:150]", 64, S)
+    xs, ys = _take(ds, 10)
+    assert [len(y) for y in ys] == [64, 64, 22]
+    assert sum(len(y) for y in ys) == info.num_examples == 150
+    x = np.concatenate(xs)
+    y = np.concatenate(ys)
+    assert x.dtype == np.float32 and x.shape == (150, S, S, 3) and y.dtype == np.int32
+    raw, labels = offline.generate("test")
+    np.testing.assert_array_equal(y, labels[:150])
+    ref = np.stack([augment.preprocess_for_eval(tf.constant(img), S).numpy() for img in raw[:3]])
+    np.testing.assert_allclose(x[:3], ref, atol=1e-6)
+    # Second path: at 32 px the eval transform is just scaling to [0, 1].
+    np.testing.assert_allclose(x, raw[:150] / 255.0, atol=1e-5)
+    # One pass: the dataset ends.
+    assert ds.cardinality() == 3
+
+
+def test_eval_sharding_partitions_the_split():
+    raw, _ = offline.generate("test")
+    lookup = {img.tobytes(): i for i, img in enumerate(raw[:150])}
+    ids = []
+    for shard in range(2):
+        ds, _ = pipeline.build_eval_dataset(
+            NAME, "test[:150]", 16, S, num_shards=2, shard_index=shard, cache=True)
+        for _ in range(2):  # a cached second pass gives the same examples
+            images = np.concatenate([x.numpy() for x, _ in ds])
+            got = [lookup[np.round(img * 255).astype(np.uint8).tobytes()] for img in images]
+        ids.append(got)
+    assert set(ids[0]).isdisjoint(ids[1])
+    assert sorted(ids[0] + ids[1]) == list(range(150))
+
+
+def test_finetune_dataset():
+    ds, info = pipeline.build_finetune_dataset(NAME, SPLIT, B, S, seed=0)
+    assert ds.element_spec[0].shape.as_list() == [B, S, S, 3]
+    (x,), (y,) = _take(ds, 1)
+    assert x.min() >= 0.0 and x.max() <= 1.0 and y.dtype == np.int32
+    # Crop + flip only: no view is turned gray, unlike 20% of SimCLR views.
+    spread = (x.max(axis=-1) - x.min(axis=-1)).max(axis=(1, 2))
+    assert (spread > 0.05).all()
+    again, _ = pipeline.build_finetune_dataset(NAME, SPLIT, B, S, seed=0)
+    (x2,), (y2,) = _take(again, 1)
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(y, y2)
+
+
+def test_batch_larger_than_dataset_raises():
+    with pytest.raises(ValueError) as e:
+        pipeline.build_train_dataset(NAME, "test[:50]", 64, S)
+    assert "64" in str(e.value) and "50" in str(e.value) and "batch size" in str(e.value)
+    with pytest.raises(ValueError, match="num_shards"):
+        pipeline.build_train_dataset(NAME, "test[:50]", 32, S, num_shards=2)
+    with pytest.raises(ValueError):
+        pipeline.build_train_dataset(NAME, SPLIT, B, S, num_shards=2, shard_index=2)
+
+
+def test_tfds_mock_through_pipelines(tmp_path):
+    with tfds.testing.mock_data(num_examples=20):
+        train, info = pipeline.build_train_dataset(
+            "cifar10", "train", 8, 24, data_dir=str(tmp_path), seed=0)
+        assert info.num_examples == 20 and info.num_classes == 10
+        (x, x2), (y, _) = _take(train, 2)
+        ev, _ = pipeline.build_eval_dataset("cifar10", "test", 8, 24, data_dir=str(tmp_path))
+        eval_batches = _take(ev, 10)
+    assert x.shape == (8, 24, 24, 6) and x.dtype == np.float32 and y.dtype == np.int32
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert [len(b) for b in eval_batches[1]] == [8, 8, 4]
+    assert eval_batches[0][0].shape == (8, 24, 24, 3)
+
+
+def test_image_folder_through_pipelines(tmp_path, monkeypatch):
+    pil = pytest.importorskip("PIL.Image")
+    monkeypatch.setenv(datasets.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    root = tmp_path / "root"
+    for cls in ("a", "b"):
+        (root / "train" / cls).mkdir(parents=True)
+        for i in range(5):
+            h, w = rng.integers(20, 60, 2)
+            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            pil.fromarray(img).save(root / "train" / cls / f"{i}.png")
+    (root / "train" / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff junk")
+    for cache in (False, True):
+        ds, info = pipeline.build_train_dataset(
+            "image_folder", "train", 4, 16, data_dir=str(root), cache=cache)
+        assert info.num_examples == 10 and info.skipped == 1
+        (x, _), (y, _) = _take(ds, 2)
+        assert x.shape == (4, 16, 16, 6)
+    ev, _ = pipeline.build_eval_dataset("image_folder", "train", 4, 16, data_dir=str(root))
+    labels = np.concatenate([y.numpy() for _, y in ev])
+    np.testing.assert_array_equal(labels, [0] * 5 + [1] * 5)

@@ -1,0 +1,239 @@
+"""SimCLRModel: train_step/test_step, distribution, freezing and config."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from multidevice import run_with_devices
+from simclr_tf import config as config_lib
+from simclr_tf import optimizers
+from simclr_tf.models import simclr_model
+
+TINY = dict(resnet_depth=18, width_multiplier=0.25, image_size=16, proj_out_dim=16,
+            num_proj_layers=2, temperature=0.5)
+
+
+def _model(num_classes=5, **overrides):
+    cfg = config_lib.Config(**{**TINY, **overrides})
+    return simclr_model.build_model(cfg, num_classes)
+
+
+def _batch(n=8, size=16, seed=0, views=2, num_classes=5):
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(size=(n, size, size, 3 * views)).astype("float32")
+    labels = rng.integers(0, num_classes, size=n).astype("int32")
+    return tf.constant(images), tf.constant(labels)
+
+
+def test_call_outputs_and_shapes():
+    model = _model()
+    out = model(tf.zeros([2, 16, 16, 3]))
+    assert set(out) == {"final_avg_pool", "proj_head_output", "proj_head_hidden_1",
+                        "proj_head_hidden_2", "logits_sup"}
+    assert out["final_avg_pool"].shape == (2, model.encoder.feature_dim)
+    assert out["proj_head_output"].shape == (2, 16)
+    assert out["logits_sup"].shape == (2, 5)
+
+
+def test_probe_does_not_change_the_encoder_update():
+    """The linear probe reads stop_gradient(h): encoder updates are identical
+    with and without it."""
+    data = _batch()
+    weights = []
+    for probe in (True, False):
+        tf.keras.utils.set_random_seed(1)
+        model = _model(lineareval_while_pretraining=probe)
+        model.compile(optimizer=optimizers.LARS(0.5, weight_decay=1e-4))
+        model(tf.zeros([1, 16, 16, 3]))
+        model.train_step(data)
+        weights.append([v.numpy() for v in model.encoder.trainable_variables])
+    for a, b in zip(*weights):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_pretrain_logs_and_probe_learns_on_a_fixed_batch():
+    tf.keras.utils.set_random_seed(0)
+    model = _model()
+    model.compile(optimizer=optimizers.LARS(1.0, weight_decay=1e-6))
+    data = _batch()
+    first = {k: float(v) for k, v in model.train_step(data).items()}
+    assert {"loss", "contrast_loss", "contrast_acc", "contrast_entropy", "sup_loss",
+            "sup_acc", "weight_decay"} <= set(first)
+    # Before any update the contrastive loss is near ln(2N-1) for a random net
+    # and the entropy is at most ln(2N-1).
+    assert first["contrast_entropy"] <= np.log(2 * 8 - 1) + 1e-4
+
+
+def test_l2_weight_decay_for_non_lars_optimizers():
+    model = _model(weight_decay=1e-3, optimizer="momentum")
+    model.compile(optimizer=optimizers.build_optimizer("momentum", 0.1))
+    model(tf.zeros([1, 16, 16, 3]))
+    _, results = model.compute_train_losses(_batch())
+    expected = sum(1e-3 * float(tf.reduce_sum(tf.square(v))) / 2
+                   for v in model.trainable_variables
+                   if "batch_normalization" not in v.path and "bias" not in v.path)
+    np.testing.assert_allclose(float(results["weight_decay"]), expected, rtol=1e-5)
+    lars_model = _model(weight_decay=1e-3)
+    lars_model.compile(optimizer=optimizers.LARS(0.1, weight_decay=1e-3))
+    lars_model(tf.zeros([1, 16, 16, 3]))
+    loss, results = lars_model.compute_train_losses(_batch())
+    # LARS decays inside its update: the penalty is reported, not added.
+    assert float(results["weight_decay"]) > 0
+    np.testing.assert_allclose(
+        float(loss), float(results["contrast_loss"] + results["sup_loss"]), rtol=1e-6)
+
+
+def test_finetune_freezes_blocks_and_their_bn_statistics():
+    model = _model(train_mode="finetune", fine_tune_after_block=2, ft_proj_selector=1)
+    model.compile(optimizer=optimizers.build_optimizer("momentum", 0.1))
+    model(tf.zeros([1, 16, 16, 3]))
+    frozen = model.encoder.stem.weights + model.encoder.block_groups[0].weights + \
+        model.encoder.block_groups[1].weights
+    free = model.encoder.block_groups[3].weights
+    before_frozen = [v.numpy().copy() for v in frozen]
+    before_free = [v.numpy().copy() for v in free]
+    model.train_step(_batch(views=1))
+    for v, old in zip(frozen, before_frozen):
+        np.testing.assert_array_equal(v.numpy(), old, err_msg=v.path)
+    assert any(not np.array_equal(v.numpy(), old) for v, old in zip(free, before_free))
+
+
+def test_linear_eval_mode_only_trains_the_head():
+    model = _model(train_mode="finetune", fine_tune_after_block=4)
+    model.compile(optimizer=optimizers.build_optimizer("momentum", 0.1))
+    model(tf.zeros([1, 16, 16, 3]))
+    encoder_before = [v.numpy().copy() for v in model.encoder.weights]
+    model.train_step(_batch(views=1))
+    for v, old in zip(model.encoder.weights, encoder_before):
+        np.testing.assert_array_equal(v.numpy(), old)
+    assert [v.path for v in model.trainable_variables
+            if "encoder" in v.path] == []
+
+
+def test_test_step_top1_top5_match_numpy():
+    model = _model(num_classes=7)
+    images, _ = _batch(n=32, views=1)
+    labels = tf.constant(np.random.default_rng(3).integers(0, 7, 32), tf.int32)
+    metrics = model.test_step((images, labels))
+    logits = model(images)["logits_sup"].numpy()
+    order = np.argsort(-logits, axis=1)
+    top1 = np.mean(order[:, 0] == labels.numpy())
+    top5 = np.mean([labels.numpy()[i] in order[i, :5] for i in range(32)])
+    assert float(metrics["top1"]) == pytest.approx(top1)
+    assert float(metrics["top5"]) == pytest.approx(top5)
+
+
+def test_unlabelled_examples_are_masked_from_the_probe():
+    model = _model()
+    model(tf.zeros([1, 16, 16, 3]))
+    images, labels = _batch()
+    _, all_labelled = model.compute_train_losses((images, labels), training=False)
+    masked = tf.concat([labels[:4], -tf.ones([4], tf.int32)], 0)
+    _, half = model.compute_train_losses((images, masked), training=False)
+    _, first_half = model.compute_train_losses((images[:4], labels[:4]),
+                                               training=False)
+    # Eval-mode BN makes each example independent of the others.
+    np.testing.assert_allclose(float(half["sup_loss"]), float(first_half["sup_loss"]),
+                               rtol=1e-5)
+    assert float(all_labelled["sup_loss"]) != pytest.approx(float(half["sup_loss"]))
+
+
+def test_get_config_round_trip_gives_identical_outputs():
+    model = _model(train_mode="finetune", ft_proj_selector=1)
+    images = tf.random.uniform([2, 16, 16, 3], seed=1)
+    out = model(images)
+    clone = simclr_model.SimCLRModel.from_config(model.get_config())
+    clone(images)
+    clone.set_weights(model.get_weights())
+    out2 = clone(images)
+    for key in out:
+        np.testing.assert_allclose(out[key].numpy(), out2[key].numpy(), rtol=1e-6)
+    assert clone.train_mode == "finetune" and clone.ft_proj_selector == 1
+
+
+_TWO_REPLICA_STEP = """
+import json, numpy as np, tensorflow as tf
+from simclr_tf import config as config_lib, optimizers
+from simclr_tf.models import simclr_model
+cfg = config_lib.Config(resnet_depth=18, width_multiplier=0.25, image_size=16,
+                        proj_out_dim=16, temperature=0.5, global_bn=True)
+rng = np.random.default_rng(0)
+images = rng.uniform(size=(8, 16, 16, 6)).astype("float32")
+labels = rng.integers(0, 5, size=8).astype("int32")
+
+def one_step(strategy):
+    tf.keras.utils.set_random_seed(4)
+    with strategy.scope():
+        model = simclr_model.build_model(cfg, 5)
+        model.compile(optimizer=optimizers.LARS(0.5, weight_decay=1e-4))
+        model(tf.zeros([1, 16, 16, 3]))
+        model.optimizer.build(model.trainable_variables)
+    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    dist = strategy.experimental_distribute_dataset(ds)
+    @tf.function
+    def step(batch):
+        return strategy.run(model.train_step, args=(batch,))
+    logs = step(next(iter(dist)))
+    logs = {k: float(strategy.reduce("MEAN", v, axis=None)) for k, v in logs.items()}
+    moving = np.concatenate([v.numpy().ravel()
+                             for v in model.encoder.non_trainable_variables]).tolist()
+    return logs, [v.numpy() for v in model.trainable_variables], moving, \\
+        [v.path for v in model.trainable_variables]
+
+devices = tf.config.list_logical_devices("CPU")
+one = one_step(tf.distribute.OneDeviceStrategy(devices[0].name))
+two = one_step(tf.distribute.MirroredStrategy([d.name for d in devices]))
+diffs = [float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-12))
+         for a, b in zip(one[1], two[1])]
+print(json.dumps({"loss": [one[0]["contrast_loss"], two[0]["contrast_loss"]],
+                  "sup": [one[0]["sup_loss"], two[0]["sup_loss"]],
+                  "max_rel_diff": max(diffs),
+                  "worst": one[3][int(np.argmax(diffs))],
+                  "moving": [one[2], two[2]]}))
+"""
+
+
+@pytest.mark.slow
+def test_one_device_and_two_replicas_take_the_same_step():
+    """Global BN + all-gathered negatives + loss scaling: a step on 2 replicas
+    equals the step on one device with the global batch."""
+    out = run_with_devices(_TWO_REPLICA_STEP, n_devices=2)
+    np.testing.assert_allclose(out["loss"][0], out["loss"][1], rtol=1e-5)
+    np.testing.assert_allclose(out["sup"][0], out["sup"][1], rtol=1e-5)
+    assert out["max_rel_diff"] < 1e-4, out["worst"]
+    # Synchronised BN: the moving statistics match the global batch's too.
+    np.testing.assert_allclose(out["moving"][0], out["moving"][1], rtol=1e-4,
+                               atol=1e-6)
+
+
+_MIRRORED_FIT = """
+import json, numpy as np, tensorflow as tf
+from simclr_tf import config as config_lib, optimizers
+from simclr_tf.models import simclr_model
+cfg = config_lib.Config(resnet_depth=18, width_multiplier=0.25, image_size=16,
+                        proj_out_dim=16, temperature=0.5, global_bn=True)
+strategy = tf.distribute.MirroredStrategy(
+    [d.name for d in tf.config.list_logical_devices("CPU")])
+tf.keras.utils.set_random_seed(0)
+rng = np.random.default_rng(0)
+images = rng.uniform(size=(16, 16, 16, 6)).astype("float32")
+labels = rng.integers(0, 5, size=16).astype("int32")
+with strategy.scope():
+    model = simclr_model.build_model(cfg, 5)
+    model.compile(optimizer=optimizers.LARS(0.3, weight_decay=1e-6))
+ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16).repeat()
+hist = model.fit(ds, steps_per_epoch=1, epochs=8, verbose=0)
+bn = [l for l in model.encoder._flatten_layers() if "batch_normalization" in l.name]
+print(json.dumps({"loss": hist.history["contrast_loss"],
+                  "replicas": strategy.num_replicas_in_sync,
+                  "synchronized": all(l.synchronized for l in bn)}))
+"""
+
+
+@pytest.mark.slow
+def test_fit_under_mirrored_strategy_with_global_bn_decreases_the_loss():
+    out = run_with_devices(_MIRRORED_FIT, n_devices=2)
+    losses = out["loss"]
+    assert out["replicas"] == 2 and out["synchronized"]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < losses[0] - 0.05, losses

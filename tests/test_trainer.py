@@ -1,0 +1,79 @@
+"""The training driver in-process: TFDS datasets (mocked offline) and the loop."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from simclr_tf import config as config_lib
+from simclr_tf import trainer
+
+
+def _cfg(tmp_path, **overrides):
+    values = dict(dataset="cifar10", train_split="train", eval_split="test",
+                  image_size=16, resnet_depth=18, width_multiplier=0.25,
+                  train_batch_size=16, eval_batch_size=32, train_steps=3,
+                  warmup_epochs=0.0, proj_out_dim=16, model_dir=str(tmp_path / "run"))
+    values.update(overrides)
+    return config_lib.resolve(None, values)
+
+
+def test_tfds_dataset_trains_and_evaluates_offline(tmp_path):
+    cfg = _cfg(tmp_path)
+    with tfds.testing.mock_data(num_examples=64):
+        session = trainer.Session(cfg)
+        assert session.num_classes == 10
+        assert session.total_steps == 3 and session.steps_per_epoch == 4
+        os.makedirs(cfg.model_dir)
+        session.train()
+        result = session.evaluate()
+    assert session.step == 3
+    with open(os.path.join(cfg.model_dir, "result.json")) as f:
+        saved = json.load(f)
+    assert saved == result and saved["global_step"] == 3
+    # 64 mocked test images, ten classes: top-1 is a multiple of 1/64.
+    assert abs(saved["top1"] * 64 - round(saved["top1"] * 64)) < 1e-4
+
+
+def test_learning_rate_follows_the_schedule(tmp_path):
+    cfg = _cfg(tmp_path, optimizer="momentum", learning_rate=0.4, train_steps=4,
+               warmup_epochs=0.5)
+    with tfds.testing.mock_data(num_examples=64):
+        session = trainer.Session(cfg)
+        # 64 examples / batch 16 = 4 steps per epoch; warmup 0.5 epochs = 2 steps.
+        peak = 0.4 * 16 / 256
+        expected = [0.0, peak / 2, peak, peak * (1 + np.cos(np.pi * 1 / 2)) / 2]
+        got = [float(session.schedule(s)) for s in range(4)]
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
+
+
+def test_eval_without_labels_is_refused(tmp_path):
+    cfg = _cfg(tmp_path)
+    with tfds.testing.mock_data(num_examples=64):
+        session = trainer.Session(cfg)
+    session.model.supervised_head = None
+    with pytest.raises(trainer.RunError, match="no labels"):
+        session.evaluate()
+
+
+def test_non_finite_loss_stops_with_the_step(tmp_path):
+    cfg = _cfg(tmp_path, learning_rate=1e30, optimizer="momentum", train_steps=4,
+               checkpoint_steps=1)
+    with tfds.testing.mock_data(num_examples=64):
+        session = trainer.Session(cfg)
+        os.makedirs(cfg.model_dir)
+        with pytest.raises(trainer.RunError, match=r"at step \d+"):
+            session.train()
+
+
+def test_batch_not_divisible_by_replicas_is_refused(tmp_path):
+    cfg = _cfg(tmp_path, train_batch_size=15)
+
+    class TwoReplicas:
+        num_replicas_in_sync = 2
+
+    with pytest.raises(config_lib.ConfigError, match="divisible by the number of replicas"):
+        trainer.Session(cfg, strategy=TwoReplicas())
