@@ -29,6 +29,9 @@ PROJ_HEAD_MODES = ("nonlinear", "linear", "none")
 LR_SCALINGS = ("linear", "sqrt")
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 COLOR_JITTER_IMPLS = ("v1", "v2")
+NONFINITE_POLICIES = ("stop", "skip")
+PRECISIONS = ("float32", "bfloat16")
+JIT_COMPILE = ("auto", "true", "false")
 
 
 class ConfigError(ValueError):
@@ -79,7 +82,7 @@ class Config:
     # Batches and length.
     train_batch_size: int = _field(128, "Global training batch size.", minimum=1)
     eval_batch_size: int = _field(256, "Global eval batch size.", minimum=1)
-    train_epochs: int = _field(10, "Training epochs (used when train_steps is 0).",
+    train_epochs: int = _field(4, "Training epochs (used when train_steps is 0).",
                                minimum=0)
     train_steps: int = _field(0, "Training steps; overrides train_epochs when > 0.",
                               minimum=0)
@@ -104,7 +107,7 @@ class Config:
     # Model.
     resnet_depth: int = _field(18, "ResNet depth.", RESNET_DEPTHS)
     width_multiplier: float = _field(
-        0.5, "ResNet width multiplier (fractions such as 0.25 allowed).",
+        0.25, "ResNet width multiplier (fractions such as 0.25 allowed).",
         minimum=0.0, exclusive_min=True)
     sk_ratio: float = _field(0.0, "Selective-kernel ratio (SimCLR v2 uses 0.0625; "
                              "0 disables).", minimum=0.0)
@@ -125,6 +128,10 @@ class Config:
         "also freezes block groups 1..k (4 = linear evaluation).", minimum=-1)
     zero_init_logits_layer: bool = _field(
         False, "Zero-initialise the supervised head.")
+    feature_linear_eval: bool = _field(
+        True, "After pretraining, also fit a logistic regression on frozen features "
+        "h of train_split and report its eval_split accuracy (the paper's "
+        "frozen-feature protocol; costs one forward pass over both splits).")
 
     # Checkpoints and outputs.
     model_dir: str = _field("runs/default", "Where checkpoints, TensorBoard logs, "
@@ -137,11 +144,36 @@ class Config:
         0, "Save a checkpoint every N steps; overrides checkpoint_epochs when > 0.",
         minimum=0)
     keep_checkpoint_max: int = _field(5, "Checkpoints kept.", minimum=1)
+    log_every_steps: int = _field(
+        50, "Report the training metrics (progress bar, TensorBoard, "
+        "model_dir/train_log.jsonl) every N steps; the host waits for the devices "
+        "only at these points and at checkpoints.", minimum=1)
+
+    # Reliability.
+    nonfinite_policy: str = _field(
+        "stop", "A non-finite loss or gradient: stop ends the run with an error "
+        "naming the step and keeps the last good checkpoint; skip leaves the weights "
+        "unchanged for that step and counts it (skipped_steps in the logs).",
+        NONFINITE_POLICIES)
+    deterministic: bool = _field(
+        False, "Bit-reproducible runs on the same machine and device setup: seeds "
+        "Python, NumPy, TF and Keras from seed and enables TF op determinism "
+        "(slower; see docs/distributed.md).")
 
     # Devices.
     use_tpu: bool = _field(False, "Train on a TPU.")
     tpu_name: Optional[str] = _field(
         None, "TPU name or address; 'local' on a TPU VM (Colab).")
+
+    # Performance (see BENCHMARKS.md).
+    precision: str = _field(
+        "float32", "bfloat16: the encoder computes in bfloat16 (Keras policy "
+        "mixed_bfloat16); variables, BN statistics, heads, loss and optimizer stay "
+        "float32. Pays on TPUs, GPUs and CPUs with AMX or AVX512-BF16.", PRECISIONS)
+    jit_compile: str = _field(
+        "auto", "XLA-compile the training step. auto: on for one GPU, off on CPU "
+        "(measured slower) and with several GPU replicas; a TPU compiles the step "
+        "with XLA anyway.", JIT_COMPILE)
 
     def validate(self):
         """Raises ConfigError for any invalid value; returns self."""
@@ -226,6 +258,9 @@ def _coerce(name, value):
     if origin:  # Optional[T]
         base = [t for t in origin if t is not type(None)][0]
     try:
+        if base is str and isinstance(value, bool) and "true" in (
+                FIELDS[name].metadata["choices"] or ()):
+            return "true" if value else "false"  # YAML `jit_compile: true`
         if base is bool:
             if isinstance(value, bool):
                 return value
@@ -268,14 +303,23 @@ def from_dict(values, base=None):
 
 def load_yaml(path):
     """Reads a YAML experiment file into a dict, with clear errors."""
-    if not os.path.isfile(path):
+    if "://" in path:  # gs:// and other TF file systems
+        import tensorflow as tf
+
+        if not tf.io.gfile.exists(path):
+            raise ConfigError(f"Config file not found: {path!r}.")
+        with tf.io.gfile.GFile(path) as f:
+            text = f.read()
+    elif not os.path.isfile(path):
         raise ConfigError(f"Config file not found: {path!r}. Pass --config=PATH.yaml "
                           "with an existing file (see configs/).")
-    with open(path, encoding="utf-8") as f:
-        try:
-            values = yaml.safe_load(f)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"Config file {path!r} is not valid YAML: {e}") from None
+    else:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config file {path!r} is not valid YAML: {e}") from None
     if values is None:
         return {}
     if not isinstance(values, dict):
@@ -296,6 +340,13 @@ def resolve(config_path=None, overrides=None):
 def save_yaml(cfg, path):
     """Writes the resolved config atomically (write to a temp file, rename)."""
     tmp = path + ".tmp"
+    if "://" in path:  # gs:// and other TF file systems
+        import tensorflow as tf
+
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+        return
     with open(tmp, "w", encoding="utf-8") as f:
         yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
     os.replace(tmp, path)

@@ -7,6 +7,7 @@ written; errors print one line naming the key and the fix and exit with
 status 2.
 """
 
+import logging as py_logging
 import os
 import sys
 import typing
@@ -49,6 +50,19 @@ def _fail(message):
     sys.exit(2)
 
 
+class _OwnInfoOnly(py_logging.Filter):
+    """Keeps our INFO lines and everyone's warnings; drops TF's INFO chatter."""
+
+    def filter(self, record):
+        return (record.levelno >= py_logging.WARNING
+                or f"{os.sep}simclr_tf{os.sep}" in record.pathname)
+
+
+def _quiet_library_info_logs():
+    logging.get_absl_handler().addFilter(_OwnInfoOnly())
+    py_logging.getLogger("tensorflow").setLevel(py_logging.WARNING)
+
+
 def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments {argv[1:]}: every setting is a --flag=value.")
@@ -59,12 +73,17 @@ def main(argv):
     except config_lib.ConfigError as e:
         _fail(str(e))
 
-    # Heavy imports only after the config is known to be valid.
-    import logging as py_logging
+    if not cfg.use_tpu:
+        # TF's BFC allocator for host tensors (read at the first TF op): the
+        # default allocator hands large tensors back to the OS and faults them
+        # in again every step, which cost ~14% of a CPU training step (see
+        # BENCHMARKS.md). TF_CPU_ALLOCATOR_USE_BFC=false opts out.
+        os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
+    # Heavy imports only after the config is known to be valid.
     import keras
 
-    py_logging.getLogger("tensorflow").setLevel(py_logging.WARNING)
+    _quiet_library_info_logs()
 
     from simclr_tf import trainer
 
@@ -75,9 +94,15 @@ def main(argv):
     except (config_lib.ConfigError, trainer.RunError, ValueError) as e:
         _fail(str(e))
 
-    os.makedirs(cfg.model_dir, exist_ok=True)
-    if session.is_chief and cfg.mode != "export":  # export keeps the run's config
-        config_lib.save_yaml(cfg, os.path.join(cfg.model_dir, "config.yaml"))
+    try:
+        import tensorflow as tf
+
+        tf.io.gfile.makedirs(cfg.model_dir)  # also gs:// paths
+        if session.is_chief and cfg.mode != "export":  # export keeps the run's config
+            config_lib.save_yaml(cfg, os.path.join(cfg.model_dir, "config.yaml"))
+    except (OSError, tf.errors.OpError) as e:
+        _fail(f"Cannot write to model_dir {cfg.model_dir!r} "
+              f"({getattr(e, 'strerror', None) or e}). Pass a writable --model_dir.")
     from simclr_tf import export
 
     try:
@@ -91,13 +116,23 @@ def main(argv):
             if cfg.mode == "eval":
                 logging.info("%s", session.restore())
             result = session.evaluate()
-            print(f"result: top1={result['top1']:.4f} top5={result['top5']:.4f} "
-                  f"global_step={result['global_step']} "
+            line = f"result: top1={result['top1']:.4f} top5={result['top5']:.4f}"
+            if "feature_linear_eval" in result:
+                line += (" feature_linear_eval_top1="
+                         f"{result['feature_linear_eval']['top1']:.4f}")
+            print(f"{line} global_step={result['global_step']} "
                   f"({os.path.join(cfg.model_dir, 'result.json')})")
             if session.is_chief:
                 print("exported:", " ".join(export.export_run(session).values()))
+        session.sync_workers()  # no worker exits while the chief still writes
     except trainer.RunError as e:
         _fail(str(e))
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:
+        if not session.multi_worker:
+            raise
+        _fail("Lost contact with another worker of the cluster "
+              f"({trainer.short_tf_error(e)}). Restart every worker with the same "
+              "command: training resumes from the last checkpoint in model_dir.")
 
 
 def run():

@@ -111,7 +111,7 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, pretrained):
     ckpt_dir.mkdir(parents=True)
     for path in glob.glob(os.path.join(src, "checkpoints", "ckpt-3*")):
         os.link(path, ckpt_dir / os.path.basename(path))
-    tf.train.update_checkpoint_state(str(ckpt_dir), str(ckpt_dir / "ckpt-3"))
+    tf.compat.v1.train.update_checkpoint_state(str(ckpt_dir), str(ckpt_dir / "ckpt-3"))
     os.link(os.path.join(src, "config.yaml"), model_dir / "config.yaml")
     proc = run_cli("--mode=train_then_eval", f"--config={SMOKE}",
                    f"--model_dir={model_dir}")
@@ -150,7 +150,7 @@ def test_finetune_from_a_pretrain_checkpoint(tmp_path, pretrained, selector):
 
 @pytest.mark.parametrize("flags,fragment", [
     (["--train_batch_size=-8"], "'train_batch_size'"),
-    (["--optimizer=rmsprop"], "lars,momentum,adam"),
+    (["--optimizer=rmsprop"], "lars|momentum|adam"),
     (["--dataset=not_a_dataset"], "not_a_dataset"),
     (["--train_batch_size=100000"], "100000"),
     (["--config=/nonexistent.yaml"], "not found"),

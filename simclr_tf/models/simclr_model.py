@@ -52,6 +52,11 @@ class SimCLRModel(keras.Model):
             stem and block groups up to that index when fine-tuning.
         weight_decay: coefficient of the L2 term for non-LARS optimisers.
         lineareval_while_pretraining: train the probe during pretraining.
+        nonfinite_policy: ``"stop"`` (default) applies every update; the
+            caller checks the loss and stops. ``"skip"``: a step whose loss or
+            gradients are non-finite on any replica changes no weight (nor
+            optimizer slot or BN statistic), only ``optimizer.iterations``
+            advances, and the ``skipped_steps`` metric counts it.
 
     Example:
 
@@ -76,8 +81,12 @@ class SimCLRModel(keras.Model):
     def __init__(self, encoder, projection_head, supervised_head=None, *,
                  train_mode="pretrain", temperature=0.1, hidden_norm=True,
                  ft_proj_selector=0, fine_tune_after_block=-1, weight_decay=0.0,
-                 lineareval_while_pretraining=True, **kwargs):
+                 lineareval_while_pretraining=True, nonfinite_policy="stop",
+                 **kwargs):
         super().__init__(**kwargs)
+        if nonfinite_policy not in ("stop", "skip"):
+            raise ValueError(f"nonfinite_policy must be 'stop' or 'skip', got "
+                             f"{nonfinite_policy!r}.")
         if train_mode not in ("pretrain", "finetune"):
             raise ValueError(f"train_mode must be 'pretrain' or 'finetune', got "
                              f"{train_mode!r}.")
@@ -94,6 +103,7 @@ class SimCLRModel(keras.Model):
         self.fine_tune_after_block = fine_tune_after_block
         self.weight_decay = weight_decay
         self.lineareval_while_pretraining = lineareval_while_pretraining
+        self.nonfinite_policy = nonfinite_policy
         if train_mode == "finetune":
             self.encoder.freeze(fine_tune_after_block)
         names = ["loss"]
@@ -103,6 +113,8 @@ class SimCLRModel(keras.Model):
             names += ["sup_loss", "sup_acc"]
         names.append("weight_decay")
         self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
+        if nonfinite_policy == "skip":
+            self._trackers["skipped_steps"] = keras.metrics.Sum(name="skipped_steps")
         self._top1 = keras.metrics.SparseTopKCategoricalAccuracy(k=1, name="top1")
         self._top5 = keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")
 
@@ -194,6 +206,9 @@ class SimCLRModel(keras.Model):
 
     def train_step(self, data):
         num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        bn_state = None
+        if self.nonfinite_policy == "skip":  # snapshot before the forward pass
+            bn_state = [tf.identity(v) for v in self._bn_state()]
         with tf.GradientTape() as tape:
             loss, results = self.compute_train_losses(data, training=True)
             # Each replica holds the mean over its own anchors; gradients are
@@ -203,12 +218,71 @@ class SimCLRModel(keras.Model):
         grads = tape.gradient(scaled_loss, variables)
         # Unused weights (the probe when it is off, projection layers above
         # ft_proj_selector when fine-tuning) have no gradient.
-        self.optimizer.apply_gradients(
-            [(g, v) for g, v in zip(grads, variables) if g is not None])
+        grads_and_vars = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        if self.nonfinite_policy == "skip":
+            self._apply_or_skip(loss, grads_and_vars, results, bn_state, num_replicas)
+        else:
+            self.optimizer.apply_gradients(grads_and_vars)
+            for name, value in results.items():
+                if name in self._trackers:
+                    self._trackers[name].update_state(value)
+        return {name: t.result() for name, t in self._trackers.items()}
+
+    def _bn_state(self):
+        """The variables a training-mode forward pass updates (BN statistics)."""
+        return [v for v in self.non_trainable_variables
+                if v.name in ("moving_mean", "moving_variance")]
+
+    def _apply_or_skip(self, loss, grads_and_vars, results, bn_state, num_replicas):
+        """nonfinite_policy="skip": the update unless the step is non-finite.
+
+        The decision is all-reduced, so every replica (and worker) takes the
+        same branch. A skipped step restores the BN statistics its forward pass
+        changed, leaves weights and optimizer slots alone and only advances
+        ``optimizer.iterations`` (so the step keeps pointing at the same batch
+        of the data stream when the run resumes).
+        """
+        optimizer = self.optimizer
+        if not optimizer.built:  # no variable creation inside tf.cond
+            optimizer.build(self.trainable_variables)
+        finite = tf.math.is_finite(tf.cast(loss, tf.float32))
+        for g, _ in grads_and_vars:
+            finite = tf.logical_and(finite, tf.reduce_all(
+                tf.math.is_finite(tf.convert_to_tensor(g))))
+        bad_replicas = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
+        skip = bad_replicas > 0
+
+        def apply_fn(pairs):
+            optimizer.apply_gradients(pairs)
+
+        def skip_fn():
+            optimizer.iterations.assign_add(1)
+
+        if tf.__internal__.distribute.strategy_supports_no_merge_call():
+            tf.cond(skip, skip_fn, lambda: apply_fn(grads_and_vars))
+        else:
+            # As keras.optimizers.LossScaleOptimizer: a strategy cannot run a
+            # tf.cond whose branch calls merge_call (apply_gradients does) in
+            # a replica context, so branch in the cross-replica context.
+            def merge_fn(strategy, skip, pairs):
+                skip = strategy.experimental_local_results(skip)[0]
+                tf.cond(skip, skip_fn, lambda: strategy.extended.call_for_each_replica(
+                    apply_fn, args=(pairs,)))
+
+            tf.distribute.get_replica_context().merge_call(
+                merge_fn, args=(skip, grads_and_vars))
+        for v, old in zip(self._bn_state(), bn_state):
+            v.assign(tf.where(skip, old, v))
+        keep = 1.0 - tf.cast(skip, tf.float32)
         for name, value in results.items():
             if name in self._trackers:
-                self._trackers[name].update_state(value)
-        return {name: t.result() for name, t in self._trackers.items()}
+                value = tf.cast(value, tf.float32)
+                self._trackers[name].update_state(
+                    tf.where(skip, tf.zeros_like(value), value), sample_weight=keep)
+        # Sum metrics add up their replicas when read: count each step once.
+        self._trackers["skipped_steps"].update_state(
+            tf.cast(skip, tf.float32) / num_replicas)
 
     def test_step(self, data):
         images, labels = data
@@ -218,8 +292,12 @@ class SimCLRModel(keras.Model):
         outputs = self(images, training=False)
         labels = tf.cast(labels, tf.int32)
         logits = tf.cast(outputs["logits_sup"], tf.float32)
-        self._top1.update_state(labels, logits)
-        self._top5.update_state(labels, logits)
+        # Unlabelled examples (label -1) do not count; metric ``count`` is the
+        # number of labelled ones.
+        valid = tf.cast(labels >= 0, tf.float32)
+        labels = tf.maximum(labels, 0)
+        self._top1.update_state(labels, logits, sample_weight=valid)
+        self._top5.update_state(labels, logits, sample_weight=valid)
         return {"top1": self._top1.result(), "top5": self._top5.result()}
 
     # ------------------------------------------------------------------ config
@@ -237,6 +315,7 @@ class SimCLRModel(keras.Model):
             "fine_tune_after_block": self.fine_tune_after_block,
             "weight_decay": self.weight_decay,
             "lineareval_while_pretraining": self.lineareval_while_pretraining,
+            "nonfinite_policy": self.nonfinite_policy,
         }
 
     @classmethod
@@ -273,22 +352,34 @@ def build_model(cfg, num_classes):
     """Builds the SimCLRModel described by a ``simclr_tf.config.Config``.
 
     ``num_classes`` of 0 builds no supervised head (unlabelled data).
+
+    ``cfg.precision == "bfloat16"`` gives the encoder the Keras policy
+    ``mixed_bfloat16`` (bfloat16 compute, float32 variables; Keras' BN computes
+    its statistics in float32) and keeps the heads in float32, so z, the
+    logits and the losses are float32. No global policy is set; with
+    ``"float32"`` every part follows the global policy, as before.
     """
     from simclr_tf.models import heads, resnet
 
+    encoder_dtype = head_dtype = None
+    if getattr(cfg, "precision", "float32") == "bfloat16":
+        encoder_dtype, head_dtype = "mixed_bfloat16", "float32"
     encoder = resnet.ResNet(
         cfg.resnet_depth, width_multiplier=cfg.width_multiplier,
         cifar_stem=cfg.cifar_stem, sk_ratio=cfg.sk_ratio,
         batch_norm_decay=cfg.batch_norm_decay, global_bn=cfg.global_bn,
-        name="encoder")
+        name="encoder", dtype=encoder_dtype)
     projection_head = heads.ProjectionHead(
         cfg.proj_head_mode, proj_out_dim=cfg.proj_out_dim,
         num_proj_layers=cfg.num_proj_layers, batch_norm_decay=cfg.batch_norm_decay,
-        global_bn=cfg.global_bn, name="projection_head")
+        global_bn=cfg.global_bn, name="projection_head", dtype=head_dtype)
     supervised_head = None
     if num_classes > 0:
         supervised_head = heads.SupervisedHead(
-            num_classes, zero_init=cfg.zero_init_logits_layer, name="head_supervised")
+            num_classes, zero_init=cfg.zero_init_logits_layer,
+            input_batch_norm=cfg.train_mode == "pretrain",
+            batch_norm_decay=cfg.batch_norm_decay, global_bn=cfg.global_bn,
+            name="head_supervised", dtype=head_dtype)
     return SimCLRModel(
         encoder, projection_head, supervised_head, train_mode=cfg.train_mode,
         temperature=cfg.temperature, hidden_norm=cfg.hidden_norm,
@@ -296,4 +387,5 @@ def build_model(cfg, num_classes):
         fine_tune_after_block=cfg.fine_tune_after_block,
         weight_decay=cfg.weight_decay,
         lineareval_while_pretraining=cfg.lineareval_while_pretraining,
+        nonfinite_policy=getattr(cfg, "nonfinite_policy", "stop"),
         name="simclr")

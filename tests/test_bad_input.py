@@ -1,0 +1,356 @@
+"""Bad input gives a clear message or a counted skip, never a traceback or a damaged dir.
+
+One test per kind of bad input. Each checks the message (or the skip count and
+its warning) and that the files that were there before are untouched.
+"""
+
+import hashlib
+import io
+import logging
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import subprocs
+from simclr_tf import config as config_lib
+from simclr_tf import trainer
+from simclr_tf.data import datasets
+
+
+@pytest.fixture(autouse=True)
+def _private_manifest_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(datasets.CACHE_DIR_ENV, str(tmp_path / "manifests"))
+
+
+def _image(size=(24, 24), seed=0, offset=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((rng.uniform(size=size + (3,)) * 120 + offset).astype("uint8"))
+
+
+def _folder(root, classes=("cats", "dogs"), n=4, splits=("train", "test")):
+    """ROOT/<split>/<class>/img<i>.png with ``n`` good images per class."""
+    for split in splits:
+        for c, name in enumerate(classes):
+            d = root / split / name
+            d.mkdir(parents=True)
+            for i in range(n):
+                _image(seed=10 * c + i, offset=100 * c).save(d / f"img{i}.png")
+    return root
+
+
+def _snapshot(root):
+    """{relative path: sha1} of every file under ``root`` (symlinks not followed)."""
+    out = {}
+    for dirpath, _, filenames in os.walk(root):
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            with open(p, "rb") as fh:
+                out[os.path.relpath(p, root)] = hashlib.sha1(fh.read()).hexdigest()
+    return out
+
+
+def _cfg(tmp_path, **overrides):
+    values = dict(dataset="image_folder", image_size=8, resnet_depth=18,
+                  width_multiplier=0.25, train_batch_size=4, eval_batch_size=64,
+                  train_steps=2, warmup_epochs=0.0, proj_out_dim=8,
+                  feature_linear_eval=False, log_every_steps=1,
+                  data_dir=str(tmp_path / "data"), model_dir=str(tmp_path / "run"))
+    values.update(overrides)
+    return config_lib.resolve(None, values)
+
+
+# ------------------------------------------------------------ unreadable images
+
+def _encoded(fmt):
+    buf = io.BytesIO()
+    _image((32, 32)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _first_half(data):
+    return data[: len(data) // 2]
+
+
+UNREADABLE = {
+    "corrupt.jpg": lambda: b"\xff\xd8 this is not a jpeg " * 20,
+    "truncated.jpg": lambda: _first_half(_encoded("JPEG")),
+    "truncated.png": lambda: _first_half(_encoded("PNG")),
+    "zero_bytes.png": lambda: b"",
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNREADABLE))
+def test_unreadable_image_is_skipped_with_a_count(tmp_path, caplog, name):
+    root = _folder(tmp_path / "data")
+    (root / "train" / "dogs" / name).write_bytes(UNREADABLE[name]())
+    before = _snapshot(root)
+    with caplog.at_level(logging.WARNING):
+        ds, info = datasets.load("image_folder", "train", str(root))
+    assert info.skipped == 1 and info.num_examples == 8
+    assert "skipped 1 unreadable image file(s)" in caplog.text and name in caplog.text
+    images = [ex["image"].numpy() for ex in ds]
+    assert len(images) == 8 and all(im.shape == (24, 24, 3) for im in images)
+    assert _snapshot(root) == before
+
+
+# --------------------------------------------------- unusual but valid images
+
+def _write_png(array):
+    return lambda path: path.write_bytes(tf.io.encode_png(tf.constant(array)).numpy())
+
+
+def _pil(mode, color, size=(20, 16), fmt=None):
+    return lambda path: Image.new(mode, size, color).save(path, format=fmt)
+
+
+UNUSUAL = {
+    # name: (writer, expected RGB of every pixel, tolerance, expected (H, W))
+    "cmyk.jpg": (_pil("CMYK", (0, 255, 255, 0), fmt="JPEG"), (255, 0, 0), 3, (16, 20)),
+    "gray16.png": (_write_png(np.full((16, 20, 1), 40000, np.uint16)), (156, 156, 156), 1,
+                   (16, 20)),
+    "rgb16.png": (_write_png(np.stack([np.full((16, 20), 65535), np.zeros((16, 20)),
+                                       np.full((16, 20), 32768)], -1).astype(np.uint16)),
+                  (255, 0, 128), 1, (16, 20)),
+    "gray.png": (_pil("L", 77), (77, 77, 77), 0, (16, 20)),
+    "gray.jpg": (_pil("L", 77, fmt="JPEG"), (77, 77, 77), 2, (16, 20)),
+    "rgba.png": (_pil("RGBA", (10, 200, 30, 0)), (10, 200, 30), 0, (16, 20)),
+    "huge.png": (_pil("RGB", (1, 2, 250), size=(6000, 4000)), (1, 2, 250), 0, (4000, 6000)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNUSUAL))
+def test_unusual_image_decodes_to_rgb_uint8(tmp_path, name):
+    writer, rgb, tolerance, hw = UNUSUAL[name]
+    root = _folder(tmp_path / "data", classes=("b_good",), n=2, splits=("train",))
+    (root / "train" / "a_odd").mkdir()
+    writer(root / "train" / "a_odd" / name)
+    before = _snapshot(root)
+    ds, info = datasets.load("image_folder", "train", str(root))
+    assert info.skipped == 0 and info.num_examples == 3 and info.num_classes == 2
+    first = next(iter(ds))  # class a_odd sorts first
+    image = first["image"].numpy()
+    assert int(first["label"]) == 0
+    assert image.dtype == np.uint8 and image.shape == hw + (3,)
+    np.testing.assert_allclose(image.reshape(-1, 3).min(0), rgb, atol=tolerance)
+    np.testing.assert_allclose(image.reshape(-1, 3).max(0), rgb, atol=tolerance)
+    assert _snapshot(root) == before
+
+
+def test_training_runs_on_a_folder_of_every_kind_of_image(tmp_path):
+    """All the odd files above in one folder: 2 steps of training and an eval."""
+    root = _folder(tmp_path / "data", n=3)
+    for name, make in sorted(UNREADABLE.items()):
+        (root / "train" / "cats" / name).write_bytes(make())
+    for i, (name, (writer, *_)) in enumerate(sorted(UNUSUAL.items())):
+        writer(root / "train" / ("cats", "dogs")[i % 2] / name)
+    before = _snapshot(root)
+    cfg = _cfg(tmp_path, data_dir=str(root))  # image_size=8: the smallest allowed
+    session = trainer.Session(cfg)
+    assert session.train_info.skipped == len(UNREADABLE)
+    assert session.train_info.num_examples == 6 + len(UNUSUAL)
+    os.makedirs(cfg.model_dir)
+    session.train()
+    result = session.evaluate()
+    assert session.step == 2 and result["global_step"] == 2
+    assert 0.0 <= result["top1"] <= 1.0
+    assert _snapshot(root) == before
+
+
+# ----------------------------------------------------------------- folders
+
+@pytest.mark.parametrize("layout,message", [
+    ("empty_class_folders", "No images found in"),
+    ("images_without_class_folders", "No class folders found"),
+    ("empty_root", "not found for dataset 'image_folder'"),
+    ("missing_root", "does not exist"),
+])
+def test_empty_or_misarranged_folder_is_a_clear_error(tmp_path, layout, message):
+    root = tmp_path / "data"
+    if layout == "empty_class_folders":
+        (root / "train" / "cats").mkdir(parents=True)
+        (root / "train" / "dogs").mkdir(parents=True)
+        (root / "train" / "dogs" / "notes.txt").write_text("not an image")
+    elif layout == "images_without_class_folders":
+        (root / "train").mkdir(parents=True)
+        _image().save(root / "train" / "img.png")
+    elif layout == "empty_root":
+        root.mkdir()
+    before = _snapshot(root) if root.exists() else None
+    with pytest.raises(ValueError, match=message) as info:
+        datasets.load("image_folder", "train", str(root))
+    assert "ROOT/<split>/<class>/<image>" in str(info.value)
+    if before is not None:
+        assert _snapshot(root) == before
+
+
+def test_empty_folder_through_the_cli_fails_in_one_line(tmp_path):
+    (tmp_path / "data" / "train" / "cats").mkdir(parents=True)
+    model_dir = tmp_path / "existing"
+    model_dir.mkdir()
+    (model_dir / "keep.txt").write_text("precious")
+    child = subprocs.run([f"--config={subprocs.SMOKE}", "--dataset=image_folder",
+                          f"--data_dir={tmp_path / 'data'}", f"--model_dir={model_dir}"],
+                         str(tmp_path), "cli", timeout=300, check=False)
+    assert child.proc.returncode == 2
+    assert "No images found in" in child.stderr and "Traceback" not in child.stderr
+    assert _snapshot(model_dir) == {"keep.txt": hashlib.sha1(b"precious").hexdigest()}
+
+
+def test_a_single_class_trains_with_a_warning(tmp_path, caplog):
+    root = _folder(tmp_path / "data", classes=("only",), n=6)
+    cfg = _cfg(tmp_path, data_dir=str(root))
+    with caplog.at_level(logging.WARNING):
+        session = trainer.Session(cfg)
+    assert session.num_classes == 1
+    assert "single class" in caplog.text and "trivially 1.0" in caplog.text
+    os.makedirs(cfg.model_dir)
+    result = session.evaluate()  # one logit: top-1 is trivially right
+    assert result["top1"] == 1.0 and result["top5"] == 1.0
+
+
+# ------------------------------------------------------------------- labels
+
+def _unlabelled(monkeypatch):
+    """Makes the dataset loader report a split without labels (like stl10/unlabelled)."""
+    real = datasets.load
+
+    def load(name, split, data_dir=None, **kwargs):
+        ds, info = real(name, split, data_dir, **kwargs)
+        return ds, info.__class__(**{**info.__dict__, "num_classes": 0,
+                                     "class_names": None})
+
+    monkeypatch.setattr(trainer.datasets, "load", load)
+
+
+def test_finetune_without_labels_is_refused(tmp_path, monkeypatch):
+    root = _folder(tmp_path / "data")
+    _unlabelled(monkeypatch)
+    with pytest.raises(ValueError, match="needs a supervised_head.*must have labels"):
+        trainer.Session(_cfg(tmp_path, data_dir=str(root), train_mode="finetune"))
+
+
+def test_linear_eval_without_labels_is_refused(tmp_path, monkeypatch):
+    root = _folder(tmp_path / "data")
+    _unlabelled(monkeypatch)
+    session = trainer.Session(_cfg(tmp_path, data_dir=str(root), mode="eval"))
+    with pytest.raises(trainer.RunError, match="has no labels, so there is no supervised"):
+        session.evaluate()
+
+
+def test_eval_split_with_only_missing_labels_is_refused(tmp_path):
+    root = _folder(tmp_path / "data")
+    cfg = _cfg(tmp_path, data_dir=str(root), mode="eval")
+    session = trainer.Session(cfg)
+    from simclr_tf.data import pipeline
+    ds, _ = pipeline.build_eval_dataset(cfg.dataset, cfg.eval_split, cfg.eval_batch_size,
+                                        cfg.image_size, data_dir=cfg.data_dir)
+    # Labels of -1, as TFDS gives for unlabelled splits (stl10's "unlabelled").
+    ds = ds.map(lambda images, labels: (images, -tf.ones_like(labels)))
+    session.eval_dataset = lambda: session.strategy.experimental_distribute_dataset(ds)
+    os.makedirs(cfg.model_dir)
+    with pytest.raises(trainer.RunError, match="no labelled examples"):
+        session.evaluate()
+    assert not os.path.exists(os.path.join(cfg.model_dir, "result.json"))
+
+
+# ----------------------------------------------------------------- settings
+
+def test_image_size_below_the_minimum_is_refused_before_anything_runs(tmp_path):
+    model_dir = tmp_path / "existing"
+    model_dir.mkdir()
+    (model_dir / "keep.txt").write_text("precious")
+    child = subprocs.run([f"--config={subprocs.SMOKE}", "--image_size=4",
+                          f"--model_dir={model_dir}"], str(tmp_path), "cli", timeout=120,
+                         check=False)
+    assert child.proc.returncode == 2
+    assert "Invalid value 4 for 'image_size': it must be >= 8." in child.stderr
+    assert "Traceback" not in child.stderr
+    assert sorted(os.listdir(model_dir)) == ["keep.txt"]
+
+
+def test_batch_larger_than_the_dataset_is_refused(tmp_path):
+    root = _folder(tmp_path / "data", n=3)  # 6 training images
+    with pytest.raises(config_lib.ConfigError,
+                       match="'train_batch_size'.*has only 6 examples.*<= 6"):
+        trainer.Session(_cfg(tmp_path, data_dir=str(root), train_batch_size=8))
+    assert not os.path.exists(tmp_path / "run")
+
+
+@pytest.mark.parametrize("where", ["file_as_model_dir", "file_as_parent"])
+def test_unwritable_model_dir_is_refused(tmp_path, where):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("precious")
+    model_dir = blocker if where == "file_as_model_dir" else blocker / "run"
+    cfg = _cfg(tmp_path, model_dir=str(model_dir))
+    with pytest.raises(trainer.RunError, match="is a file"):
+        trainer.check_model_dir(cfg)
+    assert blocker.read_text() == "precious"
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
+                    reason="root may write to read-only directories")
+def test_read_only_model_dir_is_refused(tmp_path):
+    parent = tmp_path / "ro"
+    parent.mkdir()
+    parent.chmod(0o555)
+    try:
+        with pytest.raises(trainer.RunError, match="not writable"):
+            trainer.check_model_dir(_cfg(tmp_path, model_dir=str(parent / "run")))
+    finally:
+        parent.chmod(0o755)
+
+
+def test_unwritable_model_dir_through_the_cli_fails_in_one_line(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("precious")
+    child = subprocs.run([f"--config={subprocs.SMOKE}", f"--model_dir={blocker}/run"],
+                         str(tmp_path), "cli", timeout=300, check=False)
+    assert child.proc.returncode == 2
+    assert "is a file" in child.stderr and "Traceback" not in child.stderr
+    assert blocker.read_text() == "precious"
+
+
+def test_model_dir_of_an_incompatible_run_is_refused(tmp_path):
+    old = _cfg(tmp_path, dataset="offline_shapes", resnet_depth=18)
+    directory = os.path.join(old.model_dir, "checkpoints")
+    os.makedirs(directory)
+    config_lib.save_yaml(old, os.path.join(old.model_dir, "config.yaml"))
+    with open(os.path.join(directory, "ckpt-5.index"), "wb") as f:
+        f.write(b"index")
+    with open(os.path.join(directory, "checkpoint"), "w") as f:
+        f.write('model_checkpoint_path: "ckpt-5"\nall_model_checkpoint_paths: "ckpt-5"\n')
+    before = _snapshot(old.model_dir)
+    with pytest.raises(trainer.RunError, match=r"resnet_depth: 18 -> 34.*new --model_dir"):
+        trainer.check_model_dir(old.replace(resnet_depth=34))
+    trainer.check_model_dir(old.replace(learning_rate=0.1))  # compatible: resumes
+    assert _snapshot(old.model_dir) == before
+
+
+# --------------------------------------------------------------- SavedModels
+
+def test_loading_a_directory_without_a_saved_model_is_a_clear_error(tmp_path):
+    from simclr_tf import export
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(FileNotFoundError, match="No SavedModel at .*--mode=export"):
+        export.load_encoder(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+
+
+def test_loading_a_foreign_saved_model_is_a_clear_error(tmp_path):
+    from simclr_tf import export
+
+    class Doubler(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+        def double(self, x):
+            return {"y": 2 * x}
+
+    module = Doubler()
+    path = str(tmp_path / "foreign")
+    tf.saved_model.save(module, path, signatures={"serving_default": module.double})
+    before = _snapshot(path)
+    with pytest.raises(ValueError, match="endpoint 'serve'.*serving_default"):
+        export.load_encoder(path)
+    assert _snapshot(path) == before

@@ -1,0 +1,431 @@
+"""SavedModel / .keras export: reload without simclr_tf, fine-tune, atomicity.
+
+The exported artifacts are compared against the in-process model they came
+from (same images, same weights), never against stored numbers.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import types
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf import config as config_lib
+from simclr_tf import export
+from simclr_tf.data import augment
+from simclr_tf.models import simclr_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(REPO, "configs", "smoke.yaml")
+# Above 32 px so the uint8 endpoint's centre crop is exercised (the smoke
+# config's 16 px uses the CIFAR path: resize only; the CLI test covers it).
+IMAGE_SIZE = 40
+NUM_CLASSES = 5
+ATOL = 1e-5
+
+
+def _randomize_bn_statistics(model, rng):
+    """Non-trivial moving statistics, so inference-mode BN is distinguishable."""
+    for v in model.non_trainable_weights:
+        if "moving_mean" in v.path:
+            v.assign(rng.normal(0.0, 0.3, v.shape).astype("float32"))
+        elif "moving_variance" in v.path:
+            v.assign(rng.uniform(0.5, 2.0, v.shape).astype("float32"))
+
+
+def _build(rng, **overrides):
+    cfg = config_lib.resolve(SMOKE, dict(image_size=IMAGE_SIZE, **overrides))
+    model = simclr_model.build_model(cfg, NUM_CLASSES)
+    model(tf.zeros([1, IMAGE_SIZE, IMAGE_SIZE, 3]))
+    _randomize_bn_statistics(model, rng)
+    return model
+
+
+def _np(outputs):
+    return {k: np.asarray(v) for k, v in outputs.items()}
+
+
+# A process that must never import simclr_tf: an import hook makes any attempt
+# fail loudly, and the result records that the package was never loaded.
+_RELOAD_SCRIPT = textwrap.dedent('''
+    import importlib.abc, json, os, sys
+
+    class _Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "simclr_tf" or name.startswith("simclr_tf."):
+                raise ImportError("this process must not import simclr_tf")
+            return None
+
+    sys.meta_path.insert(0, _Block())
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    import numpy as np
+    import tensorflow as tf
+    import keras
+
+    sm_path, data_path, out_path = sys.argv[1:4]
+    data = np.load(data_path)
+    x, u8 = data["x"], data["u8"]
+    results, arrays = {}, {}
+
+    def save(prefix, outputs):
+        for k, v in outputs.items():
+            arrays[f"{prefix}/{k}"] = np.asarray(v)
+
+    # 1. tf.saved_model.load: the three endpoints and the TF-Serving signature.
+    loaded = tf.saved_model.load(sm_path)
+    save("load_serve", loaded.serve(tf.constant(x)))
+    save("load_signature", loaded.signatures["serving_default"](images=tf.constant(x)))
+    save("load_uint8", loaded.serve_uint8(tf.constant(u8)))
+    results["signatures"] = sorted(loaded.signatures.keys())
+
+    # 2. TFSMLayer, inference and training mode.
+    layer = keras.layers.TFSMLayer(sm_path, call_endpoint="serve",
+                                   call_training_endpoint="serve_training",
+                                   trainable=True)
+    save("layer_serve", layer(x))
+    save("layer_train", layer(x, training=True))
+
+    # 3. Fine-tune the TFSMLayer inside model.fit.
+    layer = keras.layers.TFSMLayer(sm_path, call_endpoint="serve",
+                                   call_training_endpoint="serve_training",
+                                   trainable=True)
+    inputs = keras.Input(x.shape[1:])
+    features = layer(inputs)["final_avg_pool"]
+    logits = keras.layers.Dense(3)(features)
+    classifier = keras.Model(inputs, logits)
+    classifier.compile(optimizer=keras.optimizers.SGD(0.5),
+                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    serve_before = np.asarray(layer(x)["final_avg_pool"])
+    trainable_before = [np.array(w) for w in layer.trainable_weights]
+    frozen_before = [np.array(w) for w in layer.non_trainable_weights]
+    rng = np.random.default_rng(1)
+    xt = rng.uniform(size=(16,) + x.shape[1:]).astype("float32")
+    yt = rng.integers(0, 3, 16)
+    history = classifier.fit(xt, yt, batch_size=8, epochs=2, verbose=0)
+    serve_after = np.asarray(layer(x)["final_avg_pool"])
+    results["num_trainable"] = len(layer.trainable_weights)
+    results["num_non_trainable"] = len(layer.non_trainable_weights)
+    results["trainable_changed"] = sum(
+        not np.array_equal(a, np.array(w)) for a, w in zip(trainable_before, layer.trainable_weights))
+    results["non_trainable_changed"] = sum(
+        not np.array_equal(a, np.array(w))
+        for a, w in zip(frozen_before, layer.non_trainable_weights))
+    results["serve_changed_by"] = float(np.abs(serve_after - serve_before).max())
+    results["losses"] = [float(v) for v in history.history["loss"]]
+    results["dtypes"] = sorted({w.dtype for w in layer.weights})
+    results["simclr_tf_imported"] = any(m.split(".")[0] == "simclr_tf" for m in sys.modules)
+    np.savez(out_path + ".npz", **arrays)
+    print(json.dumps(results))
+''')
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A tiny exported model, its inputs, the in-process references and a
+    reload in a fresh process without simclr_tf."""
+    tmp = tmp_path_factory.mktemp("export")
+    model_dir = str(tmp / "run")
+    rng = np.random.default_rng(0)
+    model = _build(rng)
+    paths = export.export_model(model, model_dir, IMAGE_SIZE)
+
+    x = rng.uniform(size=(4, IMAGE_SIZE, IMAGE_SIZE, 3)).astype("float32")
+    u8 = rng.integers(0, 256, size=(3, 53, 67, 3), dtype=np.uint8)
+    by_hand = tf.stack([augment.preprocess_for_eval(image, IMAGE_SIZE) for image in u8])
+    refs = {"serve": _np(model(x, training=False)),
+            "uint8": _np(model(by_hand, training=False))}
+    # Training-mode reference on a copy, so the model's statistics stay put.
+    twin = simclr_model.SimCLRModel.from_config(model.get_config())
+    twin(tf.zeros([1, IMAGE_SIZE, IMAGE_SIZE, 3]))
+    twin.set_weights(model.get_weights())
+    refs["train"] = _np(twin(x, training=True))
+
+    data_path = str(tmp / "inputs.npz")
+    np.savez(data_path, x=x, u8=u8)
+    script = tmp / "reload.py"
+    script.write_text(_RELOAD_SCRIPT)
+    out_path = str(tmp / "reloaded")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    proc = subprocess.run([sys.executable, str(script), paths["saved_model"], data_path,
+                           out_path], capture_output=True, text=True, cwd=str(tmp),
+                          env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    arrays = np.load(out_path + ".npz")
+    reloaded = {}
+    for key in arrays.files:
+        prefix, name = key.split("/", 1)
+        reloaded.setdefault(prefix, {})[name] = arrays[key]
+    return dict(model=model, model_dir=model_dir, paths=paths, x=x, u8=u8, refs=refs,
+                results=results, reloaded=reloaded)
+
+
+def _assert_outputs_close(actual, expected, atol=ATOL):
+    assert sorted(actual) == sorted(expected)
+    for key in expected:
+        np.testing.assert_allclose(actual[key], expected[key], atol=atol, rtol=0,
+                                   err_msg=key)
+
+
+def test_layout_and_output_names(exported):
+    model_dir = exported["model_dir"]
+    assert sorted(os.listdir(model_dir)) == ["saved_model", "simclr.keras"]
+    assert os.path.isfile(os.path.join(model_dir, "saved_model", "saved_model.pb"))
+    expected = {"final_avg_pool", "proj_head_output", "proj_head_hidden_1",
+                "proj_head_hidden_2", "logits_sup"}
+    assert set(exported["refs"]["serve"]) == expected
+    with open(os.path.join(model_dir, "saved_model", "assets.extra",
+                           "simclr_tf.json")) as f:
+        info = json.load(f)
+    assert info["image_size"] == IMAGE_SIZE and set(info["outputs"]) == expected
+
+
+def test_reloaded_without_simclr_tf_matches_in_process_model(exported):
+    results, reloaded, refs = exported["results"], exported["reloaded"], exported["refs"]
+    assert results["simclr_tf_imported"] is False
+    assert {"serve", "serve_training", "serve_uint8", "serving_default"} <= set(
+        results["signatures"])
+    for name in ("load_serve", "load_signature", "layer_serve"):
+        _assert_outputs_close(reloaded[name], refs["serve"])
+    assert refs["serve"]["logits_sup"].shape == (4, NUM_CLASSES)
+    assert results["dtypes"] == ["float32"]
+
+
+def test_serve_training_runs_batchnorm_in_training_mode(exported):
+    reloaded, refs = exported["reloaded"], exported["refs"]
+    _assert_outputs_close(reloaded["layer_train"], refs["train"], atol=1e-4)
+    # Batch statistics differ from the (randomised) moving statistics.
+    diff = np.abs(refs["train"]["final_avg_pool"] - refs["serve"]["final_avg_pool"]).max()
+    assert diff > 1e-2
+
+
+def test_uint8_endpoint_preprocesses_like_evaluation(exported):
+    _assert_outputs_close(exported["reloaded"]["load_uint8"], exported["refs"]["uint8"])
+
+
+def test_tfsmlayer_fine_tunes_inside_fit(exported):
+    results, model = exported["results"], exported["model"]
+    assert results["num_trainable"] == len(model.trainable_weights)
+    assert results["num_non_trainable"] == len(model.non_trainable_weights)
+    # Gradients reach the whole encoder (the heads are unused by this classifier)...
+    assert results["trainable_changed"] == len(model.encoder.trainable_weights)
+    # ... BN moving statistics were updated by serve_training ...
+    assert results["non_trainable_changed"] > 0
+    # ... and the serving endpoint sees the fine-tuned variables.
+    assert results["serve_changed_by"] > 1e-4
+    assert all(np.isfinite(results["losses"]))
+
+
+def test_keras_file_round_trip_gives_identical_outputs(exported):
+    restored = keras.models.load_model(exported["paths"]["keras"])
+    assert isinstance(restored, simclr_model.SimCLRModel)
+    x = exported["x"]
+    expected = exported["refs"]["serve"]
+    actual = _np(restored(x, training=False))
+    assert sorted(actual) == sorted(expected)
+    for key in expected:
+        np.testing.assert_array_equal(actual[key], expected[key], err_msg=key)
+    for a, b in zip(restored.get_weights(), exported["model"].get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def _fit(encoder_output, inputs, x, optimizer):
+    logits = keras.layers.Dense(2)(encoder_output)
+    classifier = keras.Model(inputs, logits)
+    classifier.compile(optimizer, keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    classifier.fit(x, np.array([0, 1] * (len(x) // 2)), epochs=2, verbose=0)
+
+
+def test_load_encoder_frozen(exported):
+    """Frozen: inference mode even when the caller trains, weights untouched."""
+    x = exported["x"]
+    frozen = export.load_encoder(exported["model_dir"])
+    assert not frozen.trainable_weights
+    np.testing.assert_allclose(frozen(x, training=True),
+                               exported["refs"]["serve"]["final_avg_pool"],
+                               atol=ATOL, rtol=0)
+    before = [np.array(w) for w in frozen.weights]
+    inputs = keras.Input([IMAGE_SIZE, IMAGE_SIZE, 3])
+    _fit(frozen(inputs), inputs, x, "sgd")  # a linear classifier on top
+    for a, w in zip(before, frozen.weights):
+        np.testing.assert_array_equal(a, np.array(w))
+    with pytest.raises(ValueError, match="not an output"):
+        export.load_encoder(exported["model_dir"], output="nope")
+    with pytest.raises(FileNotFoundError):
+        export.load_encoder(os.path.dirname(exported["model_dir"]))
+
+
+def test_load_encoder_fine_tunes_with_adam(exported):
+    """A plain TFSMLayer fails with optimizers that keep per-weight slots
+    (Keras 3.15: ':' in the slot names); load_encoder's layer does not."""
+    encoder = export.load_encoder(exported["paths"]["saved_model"], output=None,
+                                  trainable=True)
+    model = exported["model"]
+    assert len(encoder.trainable_weights) == len(model.trainable_weights)
+    _assert_outputs_close(_np(encoder(exported["x"])), exported["refs"]["serve"])
+    before = [np.array(w) for w in encoder.trainable_weights]
+    inputs = keras.Input([IMAGE_SIZE, IMAGE_SIZE, 3])
+    _fit(encoder(inputs)["final_avg_pool"], inputs, exported["x"],
+         keras.optimizers.Adam(1e-2))
+    changed = sum(not np.array_equal(a, np.array(w))
+                  for a, w in zip(before, encoder.trainable_weights))
+    assert changed == len(model.encoder.trainable_weights)
+
+
+def test_frozen_finetune_run_exports_a_trainable_encoder(tmp_path):
+    """A linear-eval run (encoder frozen) still exports training-mode BN."""
+    model = _build(np.random.default_rng(2), train_mode="finetune",
+                   fine_tune_after_block=4)
+    assert not model.encoder.trainable_weights
+    path = export.export_model(model, str(tmp_path), IMAGE_SIZE,
+                               keras_file=False)["saved_model"]
+    loaded = tf.saved_model.load(path)
+    x = np.random.default_rng(3).uniform(size=(4, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(
+        "float32")
+    _assert_outputs_close(_np(loaded.serve(x)), _np(model(x, training=False)))
+    train_h = loaded.serve_training(x)["final_avg_pool"]
+    assert np.abs(train_h - loaded.serve(x)["final_avg_pool"]).max() > 1e-2
+    # Every weight but the BN moving statistics is trainable in the export.
+    assert len(loaded.trainable_variables) == sum(
+        "moving_" not in v.path for v in model.weights)
+    assert not model.encoder.trainable_weights  # the run's model is not modified
+
+
+def test_an_export_killed_mid_swap_is_recovered(tmp_path):
+    """Killed between moving the old export aside and moving the new one in:
+    the next export starts by putting the old one back and dropping partial files."""
+    old = tmp_path / ".saved_model.old-123-abc"
+    old.mkdir()
+    (old / "saved_model.pb").write_bytes(b"good")
+    (tmp_path / ".saved_model.tmp-123-abc").mkdir()
+    (tmp_path / ".simclr.keras.tmp-123-abc.keras").write_bytes(b"partial")
+    export._recover(str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == ["saved_model"]
+    assert (tmp_path / "saved_model" / "saved_model.pb").read_bytes() == b"good"
+
+
+def _tree_digest(path):
+    digest = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(path)):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            digest.update(os.path.relpath(full, path).encode())
+            with open(full, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()
+
+
+def _file_digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.mark.slow
+def test_cli_exports_after_eval_and_in_export_mode_and_failures_keep_it(
+        tmp_path, monkeypatch):
+    from simclr_tf import trainer
+
+    model_dir = str(tmp_path / "run")
+    sm = os.path.join(model_dir, "saved_model")
+    keras_path = os.path.join(model_dir, "simclr.keras")
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+
+    # Two steps are enough here; skip the optional feature eval where it exists.
+    quick = ["--train_steps=2"] + (["--feature_linear_eval=false"]
+                                   if "feature_linear_eval" in config_lib.FIELDS else [])
+
+    def cli(*flags):
+        proc = subprocess.run(
+            [sys.executable, "-m", "simclr_tf.run", f"--config={SMOKE}",
+             f"--model_dir={model_dir}", *quick, *flags],
+            capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-5000:]
+        return proc
+
+    def layout():
+        return sorted(os.listdir(model_dir))
+
+    # 1. train_then_eval exports after the eval.
+    cli("--mode=train_then_eval")
+    assert os.path.isfile(os.path.join(sm, "saved_model.pb"))
+    assert os.path.isfile(keras_path)
+    files = layout()
+    assert {"checkpoints", "result.json", "saved_model", "simclr.keras"} <= set(files)
+    assert not [name for name in files if name.startswith(".")]  # no temporaries
+
+    # 2. The export holds the checkpointed weights (smoke config: 16 px, the
+    # CIFAR path of the uint8 endpoint: resize only).
+    cfg = config_lib.resolve(SMOKE, {"model_dir": model_dir, "mode": "export",
+                                     "train_steps": 2})
+    session = trainer.Session(cfg)
+    export.restore_latest(session)
+    assert session.step == 2
+    rng = np.random.default_rng(4)
+    x = rng.uniform(size=(3, 16, 16, 3)).astype("float32")
+    u8 = rng.integers(0, 256, size=(2, 20, 24, 3), dtype=np.uint8)
+    loaded = tf.saved_model.load(sm)
+    _assert_outputs_close(_np(loaded.serve(x)), _np(session.model(x, training=False)))
+    by_hand = tf.stack([augment.preprocess_for_eval(image, 16) for image in u8])
+    _assert_outputs_close(_np(loaded.serve_uint8(u8)),
+                          _np(session.model(by_hand, training=False)))
+    del loaded
+    # simclr.keras loads in a fresh process once simclr_tf.export is imported.
+    np.save(tmp_path / "x.npy", x)
+    proc = subprocess.run(
+        [sys.executable, "-c",
+         "import sys, json, keras, numpy as np; import simclr_tf.export; "
+         "m = keras.models.load_model(sys.argv[1]); "
+         "print(json.dumps(m(np.load(sys.argv[2]))['final_avg_pool'].numpy().tolist()))",
+         keras_path, str(tmp_path / "x.npy")],
+        capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    np.testing.assert_allclose(np.array(json.loads(proc.stdout.splitlines()[-1])),
+                               session.model(x, training=False)["final_avg_pool"],
+                               atol=ATOL, rtol=0)
+
+    # Export mode refuses a model_dir without checkpoints (run.py turns the
+    # RunError into this message and exit status 2).
+    empty = types.SimpleNamespace(cfg=cfg.replace(model_dir=str(tmp_path / "empty")))
+    with pytest.raises(trainer.RunError, match="holds no checkpoint. Train first"):
+        export.export_run(empty, restore=True)
+    assert not os.path.exists(tmp_path / "empty")
+
+    # 3. A failing export (SavedModel complete, .keras half-written) changes
+    # nothing and leaves no temporary files.
+    sm_digest, keras_digest = _tree_digest(sm), _file_digest(keras_path)
+
+    def broken_write_keras(model, path):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(export, "_write_keras", broken_write_keras)
+    for v in session.model.trainable_weights:  # what a new export would change
+        v.assign(v * 0.5)
+    with pytest.raises(trainer.RunError, match="previous export there is unchanged"):
+        export.export_run(session)
+    monkeypatch.undo()
+    assert _tree_digest(sm) == sm_digest
+    assert _file_digest(keras_path) == keras_digest
+    assert layout() == files
+
+    # 4. --mode=export replaces the export with the latest checkpoint and
+    # keeps the run's config.yaml.
+    config_before = open(os.path.join(model_dir, "config.yaml")).read()
+    inode = os.stat(sm).st_ino
+    os.remove(keras_path)
+    proc = cli("--mode=export")
+    assert "exported:" in proc.stdout
+    assert os.stat(sm).st_ino != inode
+    assert os.path.isfile(keras_path)
+    assert open(os.path.join(model_dir, "config.yaml")).read() == config_before
+    assert layout() == files

@@ -1,0 +1,174 @@
+"""MultiWorkerMirroredStrategy from TF_CONFIG: two worker processes on loopback.
+
+One scenario, run once and checked by the tests below:
+
+1. Two workers pretrain (worker 0 is the chief; worker 1 gets its own, empty
+   model_dir so that anything it writes would show). After the first
+   checkpoint worker 1 is SIGKILLed; the chief then fails by itself with a
+   one-line "lost contact" error.
+2. Both are restarted while worker 1 still cannot see the chief's
+   checkpoints: both refuse to go on (they would resume at different steps).
+3. Both are restarted with worker 1 reading the chief's checkpoints (a
+   symlink, standing in for shared storage): they resume from the last
+   checkpoint, finish, evaluate, and the chief exports.
+
+A single-process run on the same global batches (both workers' shards
+concatenated) gives the reference losses of the first steps.
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import subprocs
+from multidevice import run_with_devices
+
+pytestmark = pytest.mark.slow
+
+TOTAL_STEPS = 8
+OVERRIDES = dict(train_split="train[:64]", eval_split="test[:256]", train_batch_size=16,
+                 train_steps=TOTAL_STEPS, checkpoint_steps=3, log_every_steps=1,
+                 optimizer="momentum", learning_rate=4.0, seed=3,
+                 feature_linear_eval=False)
+FLAGS = [f"--config={subprocs.SMOKE}", "--mode=train_then_eval"] + [
+    f"--{k}={v}" for k, v in OVERRIDES.items()]
+TIMEOUT = 900
+
+
+def _start_cluster(root, name, model_dirs):
+    ports = subprocs.free_ports(2)
+    return [subprocs.Child(FLAGS + [f"--model_dir={model_dirs[i]}"], root, f"{name}{i}",
+                           env={"TF_CONFIG": subprocs.tf_config(ports, i)})
+            for i in range(2)]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("cluster"))
+    chief_dir, worker_dir = os.path.join(root, "chief"), os.path.join(root, "worker1")
+    out = {"chief_dir": chief_dir, "worker_dir": worker_dir}
+    children = []
+    try:
+        # 1. Train; kill worker 1 once step 4 is logged (checkpoint 3 exists).
+        children = _start_cluster(root, "first", [chief_dir, worker_dir])
+        subprocs.wait_until(
+            lambda: any(s >= 4 for s in subprocs.logged_steps(chief_dir)),
+            timeout=TIMEOUT, children=children)
+        children[1].kill()
+        out["worker_dir_after_kill"] = sorted(os.listdir(worker_dir))
+        out["first_chief_rc"] = children[0].wait(timeout=300)
+        out["first_chief_stderr"] = children[0].stderr
+        out["killed_log"] = subprocs.read_log(chief_dir)
+
+        # 2. Restart while worker 1 cannot see the chief's checkpoints.
+        children = _start_cluster(root, "unshared", [chief_dir, worker_dir])
+        out["unshared"] = [(c.wait(TIMEOUT), c.stderr) for c in children]
+
+        # 3. Restart with the checkpoints shared.
+        os.symlink(os.path.join(chief_dir, "checkpoints"),
+                   os.path.join(worker_dir, "checkpoints"))
+        children = _start_cluster(root, "resumed", [chief_dir, worker_dir])
+        out["resumed"] = [(c.wait(TIMEOUT), c.stdout, c.stderr) for c in children]
+        for rc, stdout, stderr in out["resumed"]:
+            assert rc == 0, f"exit {rc}\n{stdout[-2000:]}\n{stderr[-5000:]}"
+    finally:
+        subprocs.stop(children)
+    return out
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """Losses of the first two steps in one process on the same global batches."""
+    model_dir = str(tmp_path_factory.mktemp("reference") / "run")
+    body = f"""
+import json
+import keras
+from simclr_tf import config as config_lib, trainer
+from simclr_tf.data import pipeline
+
+cfg = config_lib.resolve({subprocs.SMOKE!r}, dict({OVERRIDES!r}, model_dir={model_dir!r}))
+keras.utils.set_random_seed(cfg.seed)
+session = trainer.Session(cfg)
+assert session.num_replicas == 1
+shards = [iter(pipeline.build_train_dataset(
+    cfg.dataset, cfg.train_split, cfg.train_batch_size // 2, cfg.image_size,
+    data_dir=cfg.data_dir, seed=cfg.seed, num_shards=2, shard_index=i,
+    color_jitter_strength=cfg.resolved_color_jitter_strength,
+    use_blur=cfg.resolved_use_blur, color_jitter_impl=cfg.color_jitter_impl)[0])
+    for i in range(2)]
+model = session.model
+step = tf.function(model.train_step)
+logs = []
+for _ in range(2):
+    parts = [next(it) for it in shards]  # replica 0 = worker 0, replica 1 = worker 1
+    batch = (tf.concat([p[0] for p in parts], 0), tf.concat([p[1] for p in parts], 0))
+    for m in model.metrics:
+        m.reset_state()
+    step(batch)
+    logs.append({{m.name: float(m.result()) for m in model.metrics
+                 if m.name in ("loss", "contrast_loss", "contrast_acc")}})
+print(json.dumps(logs))
+"""
+    return run_with_devices(body, n_devices=1, timeout=TIMEOUT)
+
+
+def test_two_workers_compute_the_single_process_global_batch_loss(cluster, reference):
+    """Negatives from both workers, synchronized BN, summed gradients (step 2)."""
+    logged = {e["step"]: e for e in cluster["killed_log"]}
+    for step, ref in enumerate(reference, start=1):
+        for key, value in ref.items():
+            np.testing.assert_allclose(logged[step][key], value, rtol=1e-4,
+                                       err_msg=f"step {step} {key}")
+
+
+def test_a_killed_worker_stops_the_chief_with_a_clear_message(cluster):
+    assert cluster["first_chief_rc"] == 2
+    err = cluster["first_chief_stderr"]
+    assert "Lost contact with another worker" in err and "Restart every worker" in err
+    assert "Traceback" not in err
+
+
+def test_workers_that_restore_different_steps_refuse_to_train(cluster):
+    for rc, stderr in cluster["unshared"]:
+        assert rc == 2, stderr[-3000:]
+        assert "workers restored different steps" in stderr
+        assert "Traceback" not in stderr
+
+
+def test_restarted_workers_resume_from_the_last_checkpoint(cluster):
+    killed_at = cluster["killed_log"][-1]["step"]
+    resumed_steps = []
+    for _, _, stderr in cluster["resumed"]:
+        line = stderr.split("resumed from ")[1].splitlines()[0]
+        resumed_steps.append(int(line.split(" at step ")[1].split()[0]))
+    assert resumed_steps[0] == resumed_steps[1]
+    resumed_at = resumed_steps[0]
+    assert resumed_at % 3 == 0 and 3 <= resumed_at <= killed_at
+    log = subprocs.read_log(cluster["chief_dir"])
+    assert [e["step"] for e in log] == list(range(1, TOTAL_STEPS + 1))
+    # Steps the killed run had already done are redone identically.
+    before = {e["step"]: e for e in cluster["killed_log"]}
+    for entry in log:
+        if entry["step"] in before:
+            np.testing.assert_allclose(entry["loss"], before[entry["step"]]["loss"],
+                                       rtol=1e-6, err_msg=str(entry["step"]))
+    with open(os.path.join(cluster["chief_dir"], "result.json")) as f:
+        assert json.load(f)["global_step"] == TOTAL_STEPS
+    # The learning rate ends where an uninterrupted run's schedule ends.
+    peak = 4.0 * 16 / 256
+    assert log[-1]["lr"] == pytest.approx(peak * (1 + np.cos(np.pi * 7 / 8)) / 2, rel=1e-5)
+
+
+def test_only_the_chief_writes_results_and_scratch_is_removed(cluster):
+    chief_files = set(os.listdir(cluster["chief_dir"]))
+    assert {"checkpoints", "config.yaml", "result.json", "train_log.jsonl", "train",
+            "eval", "saved_model"} <= chief_files
+    assert not [f for f in chief_files if f.startswith("worker_")]
+    # Worker 1 wrote nothing but scratch checkpoints, removed when it finished.
+    assert cluster["worker_dir_after_kill"] == ["worker_1_tmp"]  # killed: left behind
+    assert os.listdir(cluster["worker_dir"]) == ["checkpoints"]  # just the symlink
+    chief_out, worker_out = cluster["resumed"][0][1], cluster["resumed"][1][1]
+    assert "exported:" in chief_out and "exported:" not in worker_out
+    assert "result: top1=" in worker_out  # it took part in the evaluation

@@ -1,0 +1,175 @@
+"""bfloat16 mixed precision (``--precision=bfloat16``) and ``--jit_compile``.
+
+The bf16 path is checked against the float32 path on the same batch and the
+same weights: the step's loss and its weight updates must agree to bfloat16
+accuracy, while everything that must stay float32 (variables, optimizer
+slots, z, logits, losses) is checked by dtype. NT-Xent's float32 computation
+is checked against a float64 NumPy reference of Eq. 1 on the bf16-rounded
+embeddings: a loss computed in bfloat16 would miss it by ~1e-2.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf import config as config_lib
+from simclr_tf import losses, optimizers, trainer
+from simclr_tf.models import simclr_model
+
+SIZE = 16
+BATCH = 16
+
+
+@pytest.fixture(autouse=True)
+def float32_policy():
+    keras.mixed_precision.set_global_policy("float32")
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def _cfg(**overrides):
+    values = dict(resnet_depth=18, width_multiplier=0.25, image_size=SIZE,
+                  proj_out_dim=16, weight_decay=1e-4)
+    values.update(overrides)
+    return config_lib.resolve(None, values)
+
+
+def _build(precision):
+    keras.utils.set_random_seed(0)
+    model = simclr_model.build_model(_cfg(precision=precision), num_classes=10)
+    model.compile(optimizer=optimizers.LARS(0.5, momentum=0.9, weight_decay=1e-4))
+    model(tf.zeros([1, SIZE, SIZE, 3]))
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def _batch():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(size=(BATCH, SIZE, SIZE, 6)).astype("float32")
+    labels = rng.integers(0, 10, size=BATCH).astype("int32")
+    return tf.constant(images), tf.constant(labels)
+
+
+def _one_step(model, batch):
+    """One step through the trainer's loop; returns its metrics."""
+    before = [v.numpy() for v in model.trainable_variables]
+    steps = trainer.make_train_steps(model, tf.distribute.get_strategy())
+    steps(iter(tf.data.Dataset.from_tensors(batch).repeat()), tf.constant(1))
+    assert int(model.optimizer.iterations.numpy()) == 1
+    assert any(np.any(v.numpy() != b) for v, b in zip(model.trainable_variables, before))
+    return {m.name: float(m.result()) for m in model.metrics}
+
+
+def _gradients(model, batch):
+    with tf.GradientTape() as tape:
+        loss, _ = model.compute_train_losses(batch, training=True)
+    grads = tape.gradient(loss, model.trainable_variables)
+    assert all(g.dtype == tf.float32 for g in grads)
+    return [g.numpy().ravel() for g in grads]
+
+
+def _nt_xent_reference(z1, z2, temperature):
+    """Eq. 1 of SimCLR in float64 NumPy (single device, hidden_norm=True)."""
+    z = np.concatenate([z1, z2]).astype(np.float64)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    n = len(z1)
+    sim = z @ z.T / temperature
+    np.fill_diagonal(sim, -np.inf)
+    positives = np.concatenate([np.arange(n, 2 * n), np.arange(n)])
+    log_prob = sim - np.log(np.exp(sim).sum(axis=1, keepdims=True))
+    return -log_prob[np.arange(2 * n), positives].mean()
+
+
+def test_precision_and_jit_compile_flags_are_validated():
+    cfg = config_lib.resolve(None, {})
+    assert (cfg.precision, cfg.jit_compile) == ("float32", "auto")
+    with pytest.raises(config_lib.ConfigError, match="precision"):
+        config_lib.resolve(None, {"precision": "float16"})
+    with pytest.raises(config_lib.ConfigError, match="jit_compile"):
+        config_lib.resolve(None, {"jit_compile": "yes"})
+    # A YAML boolean (`jit_compile: true`) means the same as the string.
+    assert config_lib.resolve(None, {"jit_compile": True}).jit_compile == "true"
+    assert config_lib.resolve(None, {"jit_compile": False}).jit_compile == "false"
+
+
+def test_jit_compile_resolution():
+    strategy = tf.distribute.get_strategy()
+    assert trainer.resolve_jit_compile("true", strategy) is True
+    assert trainer.resolve_jit_compile("false", strategy) is False
+    on_gpu = bool(tf.config.list_logical_devices("GPU"))
+    assert trainer.resolve_jit_compile("auto", strategy) is on_gpu
+
+
+def test_bfloat16_model_dtypes():
+    model = _build("bfloat16")
+    assert keras.mixed_precision.global_policy().name == "float32"  # not leaked
+    assert model.encoder.dtype_policy.name == "mixed_bfloat16"
+    assert all(v.dtype == "float32" for v in model.variables)
+    slots = [v for v in model.optimizer.variables if v.dtype != "int64"]
+    assert slots and all(v.dtype == "float32" for v in slots)
+    # BN keeps float32 moving statistics.
+    bn = [v for v in model.encoder.non_trainable_variables if "moving" in v.path]
+    assert bn and all(v.dtype == "float32" for v in bn)
+    outputs = model(tf.random.uniform([4, SIZE, SIZE, 3]), training=False)
+    assert outputs["final_avg_pool"].dtype == tf.bfloat16  # the encoder runs in bf16
+    assert outputs["proj_head_output"].dtype == tf.float32
+    assert outputs["logits_sup"].dtype == tf.float32
+    # float32 builds are unchanged.
+    assert _build("float32").encoder.dtype_policy.name == "float32"
+
+
+def test_bfloat16_train_step_matches_float32():
+    batch = _batch()
+    reference = _build("float32")
+    model = _build("bfloat16")
+    model.set_weights(reference.get_weights())
+
+    # Gradients of the same loss on the same batch and weights (before the
+    # step; BN statistics are not updated outside the step's trainable path).
+    grads32 = _gradients(reference, batch)
+    grads16 = _gradients(model, batch)
+    model.set_weights(reference.get_weights())  # undo the BN moving-average updates
+
+    logs32 = _one_step(reference, batch)
+    logs16 = _one_step(model, batch)
+
+    assert all(np.isfinite(v) for v in logs16.values())
+    assert all(v.dtype == "float32" for v in model.variables)
+    assert all(v.dtype != "bfloat16" for v in model.optimizer.variables)
+    for name in ("loss", "contrast_loss", "sup_loss"):
+        np.testing.assert_allclose(logs16[name], logs32[name], rtol=5e-3, err_msg=name)
+
+    # bf16 gradients point where float32's do. (Residual branches whose last BN
+    # gamma starts at zero have zero gradient in both and are skipped.)
+    compared = 0
+    for variable, a, b in zip(model.trainable_variables, grads32, grads16):
+        if np.linalg.norm(a) == 0:
+            assert np.linalg.norm(b) == 0, variable.path
+            continue
+        cosine = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+        assert cosine > 0.9, (variable.path, cosine)
+        np.testing.assert_allclose(np.linalg.norm(b), np.linalg.norm(a), rtol=0.15,
+                                   err_msg=variable.path)
+        compared += 1
+    assert compared > 20
+
+
+def test_nt_xent_under_bfloat16_policy_is_float32():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    rng = np.random.default_rng(1)
+    z1 = rng.normal(size=(32, 128)).astype("float32")
+    z2 = (z1 + 0.5 * rng.normal(size=(32, 128))).astype("float32")
+    z1_16, z2_16 = tf.cast(z1, tf.bfloat16), tf.cast(z2, tf.bfloat16)
+
+    loss16, logits16, _ = losses.nt_xent_loss(z1_16, z2_16, temperature=0.1)
+    loss32, _, _ = losses.nt_xent_loss(z1, z2, temperature=0.1)
+
+    assert loss16.dtype == tf.float32 and logits16.dtype == tf.float32
+    # Same as the float32 loss up to the rounding of z to bfloat16 ...
+    np.testing.assert_allclose(float(loss16), float(loss32), rtol=2e-2)
+    # ... and computed in float32 from the rounded z: a bf16 computation would
+    # be off by about 1e-2 here.
+    rounded = [tf.cast(z, tf.float32).numpy() for z in (z1_16, z2_16)]
+    np.testing.assert_allclose(float(loss16), _nt_xent_reference(*rounded, 0.1),
+                               rtol=1e-5)
