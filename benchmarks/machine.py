@@ -42,6 +42,15 @@ def cpu_info():
     return info
 
 
+def _onednn_active():
+    """Whether TF runs its oneDNN kernels (TF_ENABLE_ONEDNN_OPTS or TF's CPU check)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        return None
+
+
 def _rate(fn, flops, repeats):
     stats = common.summary(*common.timed(fn, repeats, warmup=2))
     per_cpu_s = flops / stats["cpu_min_s"] / 1e9
@@ -76,7 +85,8 @@ def run(smoke=False, precisions=("float32", "bfloat16"), repeats=None):
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
         "python": platform.python_version(),
-        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on for x86 Linux)"),
+        "onednn_env": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "unset"),
+        "onednn_active": _onednn_active(),
         "cpu_allocator_bfc": os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "unset"),
         "cores_used": common.cores(),
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads() or "default",

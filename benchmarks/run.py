@@ -82,6 +82,11 @@ def parse_args(argv=None):
                    help="TF's CPU allocator: bfc (what python -m simclr_tf.run uses on "
                    "CPU/GPU) sets TF_CPU_ALLOCATOR_USE_BFC=true, system sets it false, "
                    "inherit leaves the environment as it is")
+    p.add_argument("--onednn", choices=("default", "on", "off"), default="default",
+                   help="TF_ENABLE_ONEDNN_OPTS: default leaves TF's choice (on for CPUs "
+                   "with AVX512-VNNI/BF16 or AMX, off otherwise), on=1, off=0")
+    p.add_argument("--batch_size", type=int, default=None,
+                   help="override the train_step/profile batch size of every model")
     p.add_argument("--report", default=None, metavar="PATH",
                    help="print the Markdown tables of a results file and exit")
     args = p.parse_args(argv)
@@ -142,12 +147,12 @@ def run_sections(args, log=print):
                                   jits=args.jit, steps=args.steps, warmup=args.warmup,
                                   smoke=smoke, peaks=peaks,
                                   pipeline_rows=not (smoke or args.no_pipeline_rows),
-                                  log=log)
+                                  batch_size=args.batch_size, log=log)
             data["peaks_gflops"] = peaks
         elif section == "profile":
             from benchmarks import train_step
             data = train_step.breakdown(precisions=args.precisions, steps=args.steps,
-                                        smoke=smoke, log=log)
+                                        smoke=smoke, batch_size=args.batch_size, log=log)
         elif section == "input_pipeline":
             from benchmarks import input_pipeline
             data = input_pipeline.run(smoke=smoke, log=log)
@@ -168,10 +173,21 @@ def run_sections(args, log=print):
                         "load_average_start": load_start,
                         "load_average_end": common.load_average(),
                         "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-                        "git": _git_commit(), "command": " ".join(sys.argv)}
+                        "git": _git_commit(), "command": " ".join(sys.argv),
+                        "onednn_active": _onednn_active(),
+                        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
+                        "TF_CPU_ALLOCATOR_USE_BFC": os.environ.get(
+                            "TF_CPU_ALLOCATOR_USE_BFC")}
         results[section] = data
         _write(results, args.out)
     return results
+
+
+def _onednn_active():
+    if "tensorflow" not in sys.modules:
+        return None
+    from benchmarks import machine
+    return machine._onednn_active()  # pylint: disable=protected-access
 
 
 def _write(results, path):
@@ -220,7 +236,9 @@ def report(results):
     if m:
         flags = ", ".join(k for k, v in m["cpu"].get("flags", {}).items() if v) or "-"
         out.append(f"**Machine**: {m['cpu']['model']}, {m['cpu']['cores']} cores "
-                   f"(flags: {flags}); TensorFlow {m['tensorflow']}, Keras {m['keras']}.")
+                   f"(flags: {flags}); TensorFlow {m['tensorflow']}, Keras {m['keras']}; "
+                   f"oneDNN kernels {'on' if m.get('onednn_active') else 'off'}, "
+                   f"TF_CPU_ALLOCATOR_USE_BFC={m.get('cpu_allocator_bfc')}.")
         rows = [[name, _f(m["matmul"][name]["gflops_best"]),
                  _f(m["matmul"][name].get("gflops_per_cpu_s")),
                  _f(m["conv3x3"][name]["gflops_best"]),
@@ -328,6 +346,8 @@ def main(argv=None):
         return 0
     if args.allocator != "inherit":  # before TensorFlow initialises its devices
         os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = str(args.allocator == "bfc").lower()
+    if args.onednn != "default":  # before TensorFlow is imported
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if args.onednn == "on" else "0"
     start = time.perf_counter()
     results = run_sections(args)
     print()

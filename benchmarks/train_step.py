@@ -35,9 +35,12 @@ MODELS = {
 }
 
 
-def make_config(model, precision, smoke, model_dir, jit_compile="false"):
+def make_config(model, precision, smoke, model_dir, jit_compile="false", batch_size=None):
     full, small = MODELS[model]
-    values = dict(small if smoke else full, dataset="offline_shapes", mode="train",
+    values = dict(small if smoke else full)
+    if batch_size:
+        values["train_batch_size"] = batch_size
+    values = dict(values, dataset="offline_shapes", mode="train",
                   train_steps=1000, precision=precision, jit_compile=jit_compile,
                   model_dir=model_dir, proj_out_dim=128, num_proj_layers=2)
     return config_lib.resolve(None, values)
@@ -114,7 +117,7 @@ def _row(session, flops, peaks, precision, jit, source, first, wall, cpu):
 
 def run(models=("resnet18", "resnet50"), precisions=("float32", "bfloat16"),
         jits=(False, True), steps=3, warmup=1, smoke=False, peaks=None,
-        pipeline_rows=True, log=print):
+        pipeline_rows=True, batch_size=None, log=print):
     """Returns {"configs": [...], "ratios": {...}}; ``peaks``: conv GFLOP/s."""
     peaks = peaks or {}
     configs = []
@@ -123,7 +126,8 @@ def run(models=("resnet18", "resnet50"), precisions=("float32", "bfloat16"),
         for precision in precisions:
             model_dir = tempfile.mkdtemp(prefix="simclr_bench_")
             try:
-                session = trainer.Session(make_config(model, precision, smoke, model_dir))
+                session = trainer.Session(make_config(model, precision, smoke, model_dir,
+                                                      batch_size=batch_size))
                 if entry is None:
                     cfg = session.cfg
                     entry = {"model": model, "resnet_depth": cfg.resnet_depth,
@@ -186,7 +190,7 @@ def _ratios(configs):
 
 # ------------------------------------------------------------------ breakdown
 def breakdown(model="resnet18", precisions=("float32", "bfloat16"), steps=3, smoke=False,
-              profile=True, log=print):
+              profile=True, batch_size=None, log=print):
     """Times the parts of one step separately, and profiles one step by op type.
 
     Parts (each its own ``tf.function``, median of ``steps`` calls): forward
@@ -201,7 +205,8 @@ def breakdown(model="resnet18", precisions=("float32", "bfloat16"), steps=3, smo
     for precision in precisions:
         model_dir = tempfile.mkdtemp(prefix="simclr_bench_")
         try:
-            session = trainer.Session(make_config(model, precision, smoke, model_dir))
+            session = trainer.Session(make_config(model, precision, smoke, model_dir,
+                                                  batch_size=batch_size))
             results.append(_breakdown_one(session, precision, steps, profile, log))
         finally:
             shutil.rmtree(model_dir, ignore_errors=True)
