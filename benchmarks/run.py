@@ -82,9 +82,11 @@ def parse_args(argv=None):
                    help="TF's CPU allocator: bfc (what python -m simclr_tf.run uses on "
                    "CPU/GPU) sets TF_CPU_ALLOCATOR_USE_BFC=true, system sets it false, "
                    "inherit leaves the environment as it is")
-    p.add_argument("--onednn", choices=("default", "on", "off"), default="default",
-                   help="TF_ENABLE_ONEDNN_OPTS: default leaves TF's choice (on for CPUs "
-                   "with AVX512-VNNI/BF16 or AMX, off otherwise), on=1, off=0")
+    p.add_argument("--onednn", choices=("package", "tf", "on", "off"), default="package",
+                   help="TF's oneDNN CPU kernels: package = what importing simclr_tf "
+                   "chooses (on for x86-64 CPUs with AVX2, see simclr_tf/_tf_env.py); "
+                   "tf = TensorFlow's own default for this CPU; on/off = "
+                   "TF_ENABLE_ONEDNN_OPTS=1/0")
     p.add_argument("--batch_size", type=int, default=None,
                    help="override the train_step/profile batch size of every model")
     p.add_argument("--report", default=None, metavar="PATH",
@@ -178,9 +180,54 @@ def run_sections(args, log=print):
                         "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
                         "TF_CPU_ALLOCATOR_USE_BFC": os.environ.get(
                             "TF_CPU_ALLOCATOR_USE_BFC")}
+        if section == "train_step" and args.merge and "train_step" in results:
+            data = _merge_train_step(results["train_step"], data)
         results[section] = data
+        if args.merge and os.path.isfile(args.out):
+            # Another run may have written other sections meanwhile: keep them.
+            with open(args.out, encoding="utf-8") as f:
+                results = dict(json.load(f), **{section: data})
         _write(results, args.out)
     return results
+
+
+def _merge_train_step(old, new):
+    """Adds the new rows to the old section (same row key: replaced); new meta."""
+    from benchmarks import train_step
+
+    def key(c):
+        return (c["model"], c["width_multiplier"], c["image_size"], c["batch_size"])
+
+    def row_key(r):
+        return (r["precision"], r["jit_compile"], r["input"])
+
+    configs = {key(c): c for c in old.get("configs", [])}
+    for c in configs.values():
+        for r in c["rows"]:
+            r.setdefault("meta", old.get("meta"))
+    for c in new["configs"]:
+        if key(c) in configs:
+            rows = {row_key(r): r for r in configs[key(c)]["rows"]}
+            rows.update({row_key(r): dict(r, meta=new["meta"]) for r in c["rows"]})
+            configs[key(c)]["rows"] = list(rows.values())
+        else:
+            configs[key(c)] = dict(c, rows=[dict(r, meta=new["meta"]) for r in c["rows"]])
+    merged = dict(new, configs=list(configs.values()))
+    merged["ratios"] = train_step._ratios(merged["configs"])  # pylint: disable=protected-access
+    merged["meta"] = dict(new["meta"], merged_with=old.get("meta"))
+    return merged
+
+
+def _set_onednn(mode):
+    """Fixes TF_ENABLE_ONEDNN_OPTS before TF is imported (subprocesses inherit it)."""
+    if mode in ("on", "off"):
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if mode == "on" else "0"
+    elif mode == "package":
+        import simclr_tf  # noqa: F401  (sets it as the CLI does, then imports TF)
+    else:  # TF's own choice, made explicit for the subprocesses
+        os.environ.pop("TF_ENABLE_ONEDNN_OPTS", None)
+        import tensorflow  # noqa: F401
+        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if _onednn_active() else "0"
 
 
 def _onednn_active():
@@ -346,8 +393,7 @@ def main(argv=None):
         return 0
     if args.allocator != "inherit":  # before TensorFlow initialises its devices
         os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = str(args.allocator == "bfc").lower()
-    if args.onednn != "default":  # before TensorFlow is imported
-        os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if args.onednn == "on" else "0"
+    _set_onednn(args.onednn)
     start = time.perf_counter()
     results = run_sections(args)
     print()

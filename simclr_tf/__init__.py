@@ -17,6 +17,7 @@ if os.environ.get(_BACKEND_ENV, "tensorflow") != "tensorflow":
     )
 os.environ.setdefault(_BACKEND_ENV, "tensorflow")
 
+from simclr_tf import _tf_env  # noqa: E402,F401  (oneDNN on AVX2 CPUs; before TF)
 import keras  # noqa: E402
 
 if keras.backend.backend() != "tensorflow":

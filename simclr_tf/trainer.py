@@ -223,6 +223,18 @@ def resolve_jit_compile(setting, strategy):
         strategy.num_replicas_in_sync == 1)
 
 
+def warn_slow_bfloat16(precision, strategy):
+    """Warns when bfloat16 runs on a CPU without bfloat16 arithmetic (it is slower)."""
+    if precision != "bfloat16" or _is_tpu(strategy) or tf.config.list_logical_devices("GPU"):
+        return
+    from simclr_tf import _tf_env
+    if not _tf_env.cpu_has_native_bf16():
+        logging.warning(
+            "--precision=bfloat16 on a CPU without AVX512-BF16 or AMX-BF16: the step "
+            "is several times slower than float32 here (see BENCHMARKS.md). Use "
+            "--precision=float32 on this machine.")
+
+
 def make_train_steps(model, strategy, jit_compile=False, nonfinite_step=None):
     """The ``tf.function(iterator, num_steps)`` that runs ``num_steps`` steps.
 
@@ -285,6 +297,7 @@ class Session:
                     f"number of replicas ({self.num_replicas}).")
         self.is_chief = distribute_lib.is_chief(self.strategy)
         self.jit_compile = resolve_jit_compile(cfg.jit_compile, self.strategy)
+        warn_slow_bfloat16(cfg.precision, self.strategy)
         _, self.train_info = datasets.load(cfg.dataset, cfg.train_split, cfg.data_dir)
         self.num_classes = self.train_info.num_classes
         if self.num_classes == 1:

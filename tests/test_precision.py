@@ -8,6 +8,8 @@ is checked against a float64 NumPy reference of Eq. 1 on the bf16-rounded
 embeddings: a loss computed in bfloat16 would miss it by ~1e-2.
 """
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -173,3 +175,33 @@ def test_nt_xent_under_bfloat16_policy_is_float32():
     rounded = [tf.cast(z, tf.float32).numpy() for z in (z1_16, z2_16)]
     np.testing.assert_allclose(float(loss16), _nt_xent_reference(*rounded, 0.1),
                                rtol=1e-5)
+
+
+def test_onednn_default_only_fills_an_unset_variable(monkeypatch):
+    import types
+
+    from simclr_tf import _tf_env
+
+    # TensorFlow is already imported here, so nothing may change.
+    monkeypatch.delenv(_tf_env.ONEDNN_ENV, raising=False)
+    assert _tf_env.prefer_onednn() is False
+    assert _tf_env.ONEDNN_ENV not in os.environ
+
+    # A fresh process on an x86-64 Linux CPU with AVX2 + FMA.
+    monkeypatch.setattr(_tf_env, "sys", types.SimpleNamespace(modules={}))
+    monkeypatch.setattr(_tf_env.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(_tf_env.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(_tf_env, "cpu_flags", lambda: {"avx2", "fma", "sse4_2"})
+    assert _tf_env.prefer_onednn() is True
+    assert os.environ[_tf_env.ONEDNN_ENV] == "1"
+    # A user's choice wins.
+    monkeypatch.setenv(_tf_env.ONEDNN_ENV, "0")
+    assert _tf_env.prefer_onednn() is False
+    assert os.environ[_tf_env.ONEDNN_ENV] == "0"
+    # No AVX2: left to TensorFlow.
+    monkeypatch.delenv(_tf_env.ONEDNN_ENV)
+    monkeypatch.setattr(_tf_env, "cpu_flags", lambda: {"sse4_2"})
+    assert _tf_env.prefer_onednn() is False
+    assert not _tf_env.cpu_has_native_bf16()
+    monkeypatch.setattr(_tf_env, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert _tf_env.cpu_has_native_bf16()
