@@ -307,13 +307,15 @@ def report(results):
                              _f(r.get("images_per_s_idle_estimate"), 2),
                              _f(c["flops_per_image"] / 1e9, 2),
                              _f(r.get("model_gflops_per_cpu_s")),
+                             _f(r.get("peak_fraction"), 2),
+                             _f(r.get("peak_fraction_fp32"), 2),
                              _f(r.get("peak_fraction_cpu"), 2),
-                             _f(r.get("peak_fraction_cpu_fp32"), 2),
                              _f(r["first_call_s"])])
         out.append(_table(["config", "precision", "XLA", "input", "images/s (wall)",
                            "step s (wall)", "step CPU-s", "images/s idle est.",
-                           "GFLOP/image", "GFLOP per CPU-s", "of conv peak (same prec.)",
-                           "of fp32 conv peak", "first call s"], rows))
+                           "GFLOP/image", "GFLOP per CPU-s", "of conv peak (wall, same prec.)",
+                           "of fp32 conv peak (wall)", "of conv peak (per CPU-s, same prec.)",
+                           "first call s"], rows))
         if t.get("ratios"):
             out.append(_table(["ratio (same run)", "value"],
                               [[k, _f(v, 2)] for k, v in t["ratios"].items()]))
