@@ -283,3 +283,35 @@ def test_student_distilled_from_a_confident_teacher_beats_its_random_init(tmp_pa
 
 TEACHER_STEPS = 600
 STUDENT_STEPS = 200
+
+
+TWO_REPLICA_SESSION_BODY = r"""
+import json, sys, tempfile
+from simclr_tf import config as config_lib, export, trainer
+from simclr_tf.models import simclr_model
+
+root = tempfile.mkdtemp()
+small = dict(image_size=16, proj_out_dim=8, train_batch_size=8, eval_batch_size=250)
+teacher = simclr_model.build_model(
+    config_lib.Config(train_mode="finetune", global_bn=False, **small), 10)
+teacher(tf.zeros([1, 16, 16, 3]))
+export.export_model(teacher, root + "/teacher", 16, keras_file=False)
+cfg = config_lib.resolve(None, dict(
+    small, train_mode="distill", teacher_checkpoint=root + "/teacher", train_steps=2,
+    eval_split="test[:500]", distill_label_weight=0.5, label_fraction=0.1,
+    model_dir=root + "/student"))
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+session = trainer.Session(cfg, strategy=strategy)
+session.train()
+result = session.evaluate()
+print(json.dumps({"step": session.step, "num_labeled": result["num_labeled_examples"],
+                  "replicas": session.num_replicas, "top1": result["top1"]}))
+"""
+
+
+@pytest.mark.slow
+def test_distill_session_trains_under_mirrored_strategy_with_two_replicas():
+    r = run_with_devices(TWO_REPLICA_SESSION_BODY, n_devices=2)
+    assert r["replicas"] == 2 and r["step"] == 2
+    assert r["num_labeled"] == 1000  # 10% of 10,000, class-balanced
+    assert 0.0 <= r["top1"] <= 1.0
