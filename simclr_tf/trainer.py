@@ -47,7 +47,8 @@ CHECKPOINT_SUBDIR = "checkpoints"
 # Keys whose change makes an existing checkpoint meaningless for a run.
 _MODEL_KEYS = ("train_mode", "resnet_depth", "width_multiplier", "sk_ratio",
                "proj_head_mode", "proj_out_dim", "num_proj_layers", "image_size",
-               "dataset", "optimizer")
+               "dataset", "optimizer", "label_fraction", "label_subset_file",
+               "teacher_checkpoint")
 _LOG_EVERY = 50
 TRAIN_LOG = "train_log.jsonl"
 
