@@ -23,7 +23,7 @@ import yaml
 
 DATASET_SHORTCUTS = ("offline_shapes", "image_folder")
 MODES = ("train", "eval", "train_then_eval", "export")
-TRAIN_MODES = ("pretrain", "finetune")
+TRAIN_MODES = ("pretrain", "finetune", "distill")
 OPTIMIZERS = ("lars", "momentum", "adam")
 PROJ_HEAD_MODES = ("nonlinear", "linear", "none")
 LR_SCALINGS = ("linear", "sqrt")
@@ -54,7 +54,8 @@ class Config:
     train_mode: str = _field(
         "pretrain", "pretrain: SimCLR contrastive pretraining (plus the linear probe "
         "when labels exist); finetune: supervised training of the head (and the "
-        "encoder above fine_tune_after_block).", TRAIN_MODES)
+        "encoder above fine_tune_after_block); distill: a fresh student learns "
+        "teacher_checkpoint's soft labels on train_split (SimCLR v2).", TRAIN_MODES)
     seed: int = _field(0, "Seed of the data order, augmentations and initialisation.")
 
     # Data.
@@ -128,6 +129,27 @@ class Config:
         "also freezes block groups 1..k (4 = linear evaluation).", minimum=-1)
     zero_init_logits_layer: bool = _field(
         False, "Zero-initialise the supervised head.")
+    # Semi-supervised learning and distillation (SimCLR v2).
+    label_fraction: float = _field(
+        1.0, "Fraction of train_split's labels to use, class-balanced (same number "
+        "per class, at least 1; chosen from seed). finetune trains on that subset; "
+        "distill (label loss), the pretraining probe and feature_linear_eval see "
+        "only its labels. 1.0: all labels.", minimum=0.0, exclusive_min=True)
+    label_subset_file: Optional[str] = _field(
+        None, "Text file of the labelled examples, one id per line (like the "
+        "official ImageNet 1%/10% files): image_folder paths relative to the split "
+        "folder or bare file names, the TFDS file_name feature, else example "
+        "indices. Used like label_fraction (exclusive with it).")
+    teacher_checkpoint: Optional[str] = _field(
+        None, "distill: the teacher, an exported run (model_dir or its "
+        "saved_model/) whose outputs include logits_sup (a fine-tuned model).")
+    distill_temperature: float = _field(
+        1.0, "distill: temperature T of softmax(teacher/T) and "
+        "log_softmax(student/T).", minimum=0.0, exclusive_min=True)
+    distill_label_weight: float = _field(
+        0.0, "distill: weight of the cross-entropy on true labels (where the "
+        "example has one) added to the distillation loss; 0 = pure distillation.",
+        minimum=0.0)
     feature_linear_eval: bool = _field(
         True, "After pretraining, also fit a logistic regression on frozen features "
         "h of train_split and report its eval_split accuracy (the paper's "
@@ -218,7 +240,34 @@ class Config:
                               "values are -1 (train all), 0 (stem frozen) .. 4.")
         if self.batch_norm_decay >= 1.0:
             raise ConfigError("'batch_norm_decay' must be < 1.")
+        self._validate_semi_supervised()
         return self
+
+    def _validate_semi_supervised(self):
+        if self.label_fraction > 1.0:
+            raise ConfigError(f"Invalid value {self.label_fraction!r} for "
+                              "'label_fraction': it must be in (0, 1].")
+        if self.label_subset_file:
+            if self.label_fraction < 1.0:
+                raise ConfigError("Set either 'label_fraction' < 1 or "
+                                  "'label_subset_file', not both.")
+            if "://" not in self.label_subset_file and not os.path.isfile(
+                    self.label_subset_file):
+                raise ConfigError(f"Invalid value {self.label_subset_file!r} for "
+                                  "'label_subset_file': the file does not exist.")
+        if self.train_mode == "distill":
+            if not self.teacher_checkpoint:
+                raise ConfigError("train_mode=distill needs 'teacher_checkpoint': the "
+                                  "model_dir (or saved_model/) of an exported, "
+                                  "fine-tuned run whose outputs include logits_sup.")
+            from simclr_tf import teacher
+            try:
+                teacher.check_export(self.teacher_checkpoint, self.image_size)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
+        elif self.teacher_checkpoint:
+            raise ConfigError(f"'teacher_checkpoint' is only used with "
+                              f"train_mode=distill (train_mode is {self.train_mode!r}).")
 
     # Derived values -------------------------------------------------------
     @property

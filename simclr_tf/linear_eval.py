@@ -80,21 +80,25 @@ def topk_accuracy(logits, labels, k):
     return float(np.mean(np.any(top == labels[:, None], axis=1)))
 
 
-def evaluate(encoder, cfg, num_classes):
+def evaluate(encoder, cfg, num_classes, train_indices=None):
     """Linear evaluation of ``encoder`` on ``cfg``'s dataset.
 
     Returns ``{"top1", "top5", "num_train", "num_eval"}``: a classifier fitted
-    on frozen features of ``cfg.train_split`` (unlabelled examples dropped),
-    scored on ``cfg.eval_split``.
+    on frozen features of ``cfg.train_split`` (unlabelled examples dropped;
+    only the examples at ``train_indices``, e.g. a
+    :class:`simclr_tf.data.subsets.LabelSubset`'s, when given), scored on
+    ``cfg.eval_split``.
     """
-    def split_features(split):
+    def split_features(split, indices=None):
         ds, _ = pipeline.build_eval_dataset(cfg.dataset, split, cfg.eval_batch_size,
                                             cfg.image_size, data_dir=cfg.data_dir)
         feats, labels = extract_features(encoder, ds)
+        if indices is not None:
+            feats, labels = feats[indices], labels[indices]
         keep = labels >= 0
         return feats[keep], labels[keep]
 
-    train_x, train_y = split_features(cfg.train_split)
+    train_x, train_y = split_features(cfg.train_split, train_indices)
     eval_x, eval_y = split_features(cfg.eval_split)
     if len(train_x) == 0 or len(eval_x) == 0:
         raise ValueError(

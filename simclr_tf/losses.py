@@ -27,7 +27,7 @@ single device with the global batch.
 
 import tensorflow as tf
 
-__all__ = ["nt_xent_loss", "contrastive_metrics", "LARGE_NUM"]
+__all__ = ["nt_xent_loss", "contrastive_metrics", "distillation_loss", "LARGE_NUM"]
 
 # Value written into an anchor's own column of the logits. Finite (not -inf) so
 # that `p * log p` stays 0 (not NaN) in the entropy metric; exp(-1e9) is 0.
@@ -179,3 +179,55 @@ def contrastive_metrics(logits, labels):
     log_p = tf.nn.log_softmax(logits, axis=-1)
     entropy = -tf.reduce_mean(tf.reduce_sum(tf.exp(log_p) * log_p, axis=-1))
     return {"contrast_acc": acc, "contrast_entropy": entropy}
+
+
+def distillation_loss(teacher_logits, student_logits, temperature=1.0):
+    """Soft-label cross-entropy of SimCLR v2 self-training (distillation).
+
+    Eq. 2 of Chen et al., "Big Self-Supervised Models are Strong
+    Semi-Supervised Learners", NeurIPS 2020 (arXiv:2006.10029)::
+
+        L = -1/N * sum_i sum_y P_T(y|x_i; T) log P_S(y|x_i; T)
+        P_T = softmax(teacher_logits / T),  log P_S = log_softmax(student_logits / T)
+
+    averaged over the N examples of the *global* batch. No ``T**2`` factor
+    (Hinton et al. scale by ``T**2`` to keep gradient magnitudes comparable
+    across temperatures when mixing with a hard-label loss; the SimCLR v2
+    paper's Eq. 2 has none, and ``distill_label_weight`` sets the mix).
+    The teacher side gets no gradient.
+
+    In a replica context with R replicas, the value returned on each replica
+    is ``R * (sum of its per-example losses) / N_global`` (N_global gathered
+    with an all-reduce), so the mean over replicas is exactly the global-batch
+    loss, also when replicas hold different numbers of examples; with equal
+    batches it is the local mean, as ``nt_xent_loss`` returns. The train step
+    divides by R before taking gradients, which the optimizer then sums.
+    Outside a strategy (or in a cross-replica context) it is the plain mean.
+    Computed in float32 whatever the input dtypes.
+
+    Args:
+        teacher_logits: [B, C] logits of the teacher (temperature not applied).
+        student_logits: [B, C] logits of the student.
+        temperature: positive float T.
+
+    Returns:
+        float32 scalar.
+
+    Example:
+        >>> teacher = tf.constant([[4.0, 0.0], [0.0, 4.0]])
+        >>> student = tf.zeros([2, 2])                  # uniform: loss log(2)
+        >>> round(float(distillation_loss(teacher, student, temperature=2.0)), 4)
+        0.6931
+    """
+    temperature = tf.cast(temperature, tf.float32)
+    targets = tf.stop_gradient(
+        tf.nn.softmax(tf.cast(teacher_logits, tf.float32) / temperature, axis=-1))
+    log_probs = tf.nn.log_softmax(tf.cast(student_logits, tf.float32) / temperature,
+                                  axis=-1)
+    local_sum = -tf.reduce_sum(targets * log_probs)
+    local_size = tf.cast(tf.shape(log_probs)[0], tf.float32)
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync <= 1:
+        return local_sum / tf.maximum(local_size, 1.0)
+    global_size = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_size)
+    return local_sum * ctx.num_replicas_in_sync / tf.maximum(global_size, 1.0)

@@ -24,6 +24,7 @@ checkpoint of the diverged weights is written (``nonfinite_policy="stop"``)
 or skips the step (``"skip"``); ``deterministic`` turns on TF op determinism.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -38,14 +39,16 @@ from simclr_tf import config as config_lib
 from simclr_tf import distribute as distribute_lib
 from simclr_tf import linear_eval
 from simclr_tf import optimizers as optimizers_lib
-from simclr_tf.data import datasets, pipeline
+from simclr_tf import teacher as teacher_lib
+from simclr_tf.data import datasets, pipeline, subsets
 from simclr_tf.models import simclr_model
 
 CHECKPOINT_SUBDIR = "checkpoints"
 # Keys whose change makes an existing checkpoint meaningless for a run.
 _MODEL_KEYS = ("train_mode", "resnet_depth", "width_multiplier", "sk_ratio",
                "proj_head_mode", "proj_out_dim", "num_proj_layers", "image_size",
-               "dataset", "optimizer")
+               "dataset", "optimizer", "label_fraction", "label_subset_file",
+               "teacher_checkpoint")
 _LOG_EVERY = 50
 TRAIN_LOG = "train_log.jsonl"
 
@@ -300,6 +303,10 @@ class Session:
         warn_slow_bfloat16(cfg.precision, self.strategy)
         _, self.train_info = datasets.load(cfg.dataset, cfg.train_split, cfg.data_dir)
         self.num_classes = self.train_info.num_classes
+        self._select_labels()
+        self.teacher = None
+        if cfg.train_mode == "distill":
+            self._load_teacher()
         if self.num_classes == 1:
             logging.warning(
                 "The %r split of %r has a single class: pretraining works, but the "
@@ -310,8 +317,8 @@ class Session:
             raise config_lib.ConfigError(
                 f"Invalid value {cfg.train_batch_size} for 'train_batch_size': the "
                 f"{cfg.train_split!r} split of {cfg.dataset!r} has only "
-                f"{self.train_info.num_examples} examples. Use a batch size <= "
-                f"{self.train_info.num_examples}.")
+                f"{self.train_info.num_examples} examples{self._subset_note}. Use a "
+                f"batch size <= {self.train_info.num_examples}.")
         self.steps_per_epoch = pipeline.steps_per_epoch(
             self.train_info.num_examples, cfg.train_batch_size)
         self.total_steps = optimizers_lib.total_steps(
@@ -319,6 +326,8 @@ class Session:
             cfg.train_steps)
         with self.strategy.scope():
             self.model = simclr_model.build_model(cfg, self.num_classes)
+            if self.teacher is not None:
+                self.model.set_teacher(self.teacher)
             self.schedule = optimizers_lib.WarmUpAndCosine(
                 cfg.learning_rate, self.train_info.num_examples, cfg.train_batch_size,
                 cfg.train_epochs, cfg.warmup_epochs, cfg.learning_rate_scaling,
@@ -344,6 +353,54 @@ class Session:
             raise RunError(f"The checkpoint state file {state!r} is unreadable ({e}). "
                            "Delete that file to resume from the newest readable "
                            "checkpoint next to it.") from None
+
+    def _select_labels(self):
+        """The labelled subset (label_fraction / label_subset_file) of train_split.
+
+        finetune trains on the subset only (its size sets the epoch length);
+        pretrain (probe) and distill (label loss) see every image but only the
+        subset's labels; feature_linear_eval fits on the subset.
+        """
+        cfg = self.cfg
+        try:
+            self.label_subset = subsets.select(
+                cfg.dataset, cfg.train_split, cfg.data_dir, cfg.label_fraction,
+                cfg.label_subset_file, cfg.seed)
+        except subsets.SubsetError as e:
+            raise config_lib.ConfigError(str(e)) from None
+        self._subset_note = ""
+        labelled = self.train_info.num_examples if self.num_classes > 0 else 0
+        if self.label_subset is not None:
+            logging.info("Labelled subset of %r: %d of %d examples (%s).",
+                         cfg.train_split, self.label_subset.num_selected,
+                         self.label_subset.num_examples, self.label_subset.description)
+            labelled = self.label_subset.num_labelled
+            if cfg.train_mode == "finetune":
+                self.train_info = dataclasses.replace(
+                    self.train_info, num_examples=self.label_subset.num_selected)
+                self._subset_note = f" in the labelled subset ({self.label_subset.description})"
+        if cfg.train_mode == "distill" and cfg.distill_label_weight == 0:
+            labelled = 0
+        self.num_labeled_examples = int(labelled)
+
+    def _load_teacher(self):
+        """Loads teacher_checkpoint (in the strategy's scope) and checks its classes."""
+        cfg = self.cfg
+        try:
+            with self.strategy.scope():
+                self.teacher = teacher_lib.Teacher(cfg.teacher_checkpoint, cfg.image_size)
+        except (OSError, tf.errors.OpError) as e:
+            raise config_lib.ConfigError(
+                f"Cannot load 'teacher_checkpoint' {cfg.teacher_checkpoint!r}: "
+                f"{short_tf_error(e)}") from None
+        except ValueError as e:
+            raise config_lib.ConfigError(str(e)) from None
+        if self.num_classes and self.num_classes != self.teacher.num_classes:
+            raise config_lib.ConfigError(
+                f"The teacher {cfg.teacher_checkpoint!r} predicts "
+                f"{self.teacher.num_classes} classes but {cfg.dataset!r} has "
+                f"{self.num_classes}: distill on the teacher's dataset.")
+        self.num_classes = self.teacher.num_classes
 
     def _checkpoint_dir(self):
         directory = os.path.join(self.cfg.model_dir, CHECKPOINT_SUBDIR)
@@ -513,9 +570,14 @@ class Session:
                     cfg.dataset, cfg.train_split, batch, cfg.image_size,
                     color_jitter_strength=cfg.resolved_color_jitter_strength,
                     use_blur=cfg.resolved_use_blur,
-                    color_jitter_impl=cfg.color_jitter_impl, **common)
+                    color_jitter_impl=cfg.color_jitter_impl,
+                    label_subset=self.label_subset, **common)
+            # finetune: the labelled subset only; distill: every image (one
+            # crop+flip view, as fine-tuning), labels only inside the subset.
             return pipeline.build_finetune_dataset(
-                cfg.dataset, cfg.train_split, batch, cfg.image_size, **common)
+                cfg.dataset, cfg.train_split, batch, cfg.image_size,
+                label_subset=self.label_subset,
+                keep_unlabeled=cfg.train_mode == "distill", **common)
 
         return self._distributed(make, cfg.train_batch_size, skip_steps=skip)
 
@@ -628,11 +690,14 @@ class Session:
                   "top5": float(model._top5.result()),
                   "global_step": self.step,
                   "eval_split": cfg.eval_split,
-                  "train_mode": cfg.train_mode}
+                  "train_mode": cfg.train_mode,
+                  "num_labeled_examples": self.num_labeled_examples}
         if (self.is_chief and cfg.train_mode == "pretrain"
                 and cfg.feature_linear_eval):
             result["feature_linear_eval"] = linear_eval.evaluate(
-                self.model.encoder, cfg, self.num_classes)
+                self.model.encoder, cfg, self.num_classes,
+                train_indices=(self.label_subset.indices
+                               if self.label_subset is not None else None))
         if self.is_chief:
             with tf.summary.create_file_writer(
                     os.path.join(cfg.model_dir, "eval")).as_default(step=self.step):

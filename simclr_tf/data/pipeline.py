@@ -63,6 +63,7 @@ import tensorflow as tf
 
 from simclr_tf.data import augment
 from simclr_tf.data import datasets
+from simclr_tf.data import subsets
 
 # Mixed into the user's seed so that data seeds differ from model-init seeds.
 _DATA_SEED_SALT = 0x53494D434C52  # "SIMCLR"
@@ -124,11 +125,14 @@ def _default_shuffle_buffer(source, shard_n, batch_size, decoded):
 
 
 def _build_stream(name, split, batch_size, view_fn, *, data_dir, seed, start_epoch, cache,
-                  num_shards, shard_index, shuffle_buffer, skip_batches=0):
+                  num_shards, shard_index, shuffle_buffer, skip_batches=0,
+                  label_subset=None, keep_unlabeled=False):
     """Shared body of the endless, epoch-structured training streams.
 
     ``view_fn(image, key)`` maps a decoded uint8 image and the example's
-    stateless key ``[2]`` to the float32 training input.
+    stateless key ``[2]`` to the float32 training input. ``label_subset``
+    (a :class:`simclr_tf.data.subsets.LabelSubset`) keeps only its examples,
+    or with ``keep_unlabeled`` relabels the others -1.
     """
     _check_shards(num_shards, shard_index)
     if batch_size < 1:
@@ -138,6 +142,7 @@ def _build_stream(name, split, batch_size, view_fn, *, data_dir, seed, start_epo
     if skip_batches < 0:
         raise ValueError(f"skip_batches must be >= 0, got {skip_batches}.")
     source = datasets.open_source(name, split, data_dir=data_dir)
+    source = subsets.restrict(source, label_subset, keep_others=keep_unlabeled)
     info = source.info
     n = info.num_examples
     global_batch = batch_size * num_shards
@@ -212,6 +217,7 @@ def build_train_dataset(
     num_shards=1,
     shard_index=0,
     shuffle_buffer=None,
+    label_subset=None,
 ):
     """Endless SimCLR pretraining batches of two augmented views per image.
 
@@ -234,6 +240,9 @@ def build_train_dataset(
         num_shards: number of input pipelines (workers) sharing the split.
         shard_index: this pipeline's shard, in ``[0, num_shards)``.
         shuffle_buffer: override the shuffle buffer size (see module doc).
+        label_subset: a :class:`simclr_tf.data.subsets.LabelSubset`: examples
+            outside it keep their images but get label -1 (the linear probe
+            then learns from the subset's labels only). None: all labels.
 
     Returns:
         ``(ds, info)``: ``ds`` yields ``(images float32 [batch_size, S, S, 6]
@@ -275,7 +284,8 @@ def build_train_dataset(
     return _build_stream(
         name, split, batch_size, two_views, data_dir=data_dir, seed=seed,
         start_epoch=start_epoch, skip_batches=skip_batches, cache=cache, num_shards=num_shards,
-        shard_index=shard_index, shuffle_buffer=shuffle_buffer)
+        shard_index=shard_index, shuffle_buffer=shuffle_buffer, label_subset=label_subset,
+        keep_unlabeled=True)
 
 
 def build_finetune_dataset(
@@ -292,6 +302,8 @@ def build_finetune_dataset(
     num_shards=1,
     shard_index=0,
     shuffle_buffer=None,
+    label_subset=None,
+    keep_unlabeled=False,
 ):
     """Endless supervised fine-tuning batches: one crop+flip view per image.
 
@@ -304,6 +316,10 @@ def build_finetune_dataset(
         name, split, batch_size, image_size, data_dir, seed, start_epoch,
         skip_batches, cache, num_shards, shard_index, shuffle_buffer: as in
             :func:`build_train_dataset`.
+        label_subset: a :class:`simclr_tf.data.subsets.LabelSubset` (the
+            labelled examples of a semi-supervised run) or None (all).
+        keep_unlabeled: False (fine-tuning) streams only the subset; True
+            (distillation) streams every example, with label -1 outside it.
 
     Returns:
         ``(ds, info)``: ``ds`` yields ``(images float32 [batch_size, S, S, 3]
@@ -322,7 +338,8 @@ def build_finetune_dataset(
     return _build_stream(
         name, split, batch_size, one_view, data_dir=data_dir, seed=seed,
         start_epoch=start_epoch, skip_batches=skip_batches, cache=cache, num_shards=num_shards,
-        shard_index=shard_index, shuffle_buffer=shuffle_buffer)
+        shard_index=shard_index, shuffle_buffer=shuffle_buffer, label_subset=label_subset,
+        keep_unlabeled=keep_unlabeled)
 
 
 def build_eval_dataset(

@@ -32,6 +32,16 @@ class SimCLRModel(keras.Model):
     their BN statistics do not drift (``fine_tune_after_block=4`` is linear
     evaluation with a frozen encoder).
 
+    Distillation (``train_mode="distill"``, SimCLR v2 self-training) takes
+    ``(images [B, H, W, 3], labels)`` like fine-tuning: a frozen teacher (see
+    :meth:`set_teacher`; run in inference mode, never trained, not saved with
+    this model) labels each image with ``softmax(teacher_logits / T)`` and
+    the model (the student, usually freshly initialised) minimises
+    :func:`simclr_tf.losses.distillation_loss` on its ``logits_sup`` (read
+    from projection layer ``ft_proj_selector``), plus
+    ``distill_label_weight`` times the cross-entropy on the true labels of
+    the examples that have one (label >= 0).
+
     Weight decay: LARS applies it itself (excluding BN, biases and the
     supervised head, by variable path). For other optimisers the model adds
     the official code's L2 term ``weight_decay * sum(w^2) / 2`` (gradient
@@ -43,7 +53,7 @@ class SimCLRModel(keras.Model):
         projection_head: a ``simclr_tf.models.heads.ProjectionHead``.
         supervised_head: a ``simclr_tf.models.heads.SupervisedHead`` or None
             (pretraining on unlabelled data).
-        train_mode: ``"pretrain"`` or ``"finetune"``.
+        train_mode: ``"pretrain"``, ``"finetune"`` or ``"distill"``.
         temperature: NT-Xent temperature.
         hidden_norm: L2-normalise z before the loss.
         ft_proj_selector: projection-head layer the supervised head reads when
@@ -57,6 +67,9 @@ class SimCLRModel(keras.Model):
             gradients are non-finite on any replica changes no weight (nor
             optimizer slot or BN statistic), only ``optimizer.iterations``
             advances, and the ``skipped_steps`` metric counts it.
+        distill_temperature: temperature T of the distillation loss.
+        distill_label_weight: weight of the true-label cross-entropy added to
+            the distillation loss (0: pure distillation).
 
     Example:
 
@@ -82,17 +95,17 @@ class SimCLRModel(keras.Model):
                  train_mode="pretrain", temperature=0.1, hidden_norm=True,
                  ft_proj_selector=0, fine_tune_after_block=-1, weight_decay=0.0,
                  lineareval_while_pretraining=True, nonfinite_policy="stop",
-                 **kwargs):
+                 distill_temperature=1.0, distill_label_weight=0.0, **kwargs):
         super().__init__(**kwargs)
         if nonfinite_policy not in ("stop", "skip"):
             raise ValueError(f"nonfinite_policy must be 'stop' or 'skip', got "
                              f"{nonfinite_policy!r}.")
-        if train_mode not in ("pretrain", "finetune"):
-            raise ValueError(f"train_mode must be 'pretrain' or 'finetune', got "
-                             f"{train_mode!r}.")
-        if train_mode == "finetune" and supervised_head is None:
-            raise ValueError("train_mode='finetune' needs a supervised_head (the "
-                             "dataset must have labels).")
+        if train_mode not in ("pretrain", "finetune", "distill"):
+            raise ValueError(f"train_mode must be 'pretrain', 'finetune' or 'distill', "
+                             f"got {train_mode!r}.")
+        if train_mode != "pretrain" and supervised_head is None:
+            raise ValueError(f"train_mode={train_mode!r} needs a supervised_head (the "
+                             "dataset, or the teacher, must have labels).")
         self.encoder = encoder
         self.projection_head = projection_head
         self.supervised_head = supervised_head
@@ -104,12 +117,18 @@ class SimCLRModel(keras.Model):
         self.weight_decay = weight_decay
         self.lineareval_while_pretraining = lineareval_while_pretraining
         self.nonfinite_policy = nonfinite_policy
+        self.distill_temperature = distill_temperature
+        self.distill_label_weight = distill_label_weight
+        self._teacher = None
         if train_mode == "finetune":
             self.encoder.freeze(fine_tune_after_block)
         names = ["loss"]
         if train_mode == "pretrain":
             names += ["contrast_loss", "contrast_acc", "contrast_entropy"]
-        if supervised_head is not None:
+        if train_mode == "distill":
+            names += ["distill_loss", "distill_acc"]
+        if supervised_head is not None and (train_mode != "distill"
+                                            or distill_label_weight > 0):
             names += ["sup_loss", "sup_acc"]
         names.append("weight_decay")
         self._trackers = {n: keras.metrics.Mean(name=n) for n in names}
@@ -139,8 +158,17 @@ class SimCLRModel(keras.Model):
                 self._sup_features(h, hiddens), training=training)
         return outputs
 
+    def set_teacher(self, teacher):
+        """Sets the distillation teacher: a callable images -> logits [B, C].
+
+        E.g. a :class:`simclr_tf.teacher.Teacher`. It is held outside Keras'
+        tracking: its weights are not this model's (not trained, saved,
+        checkpointed or exported).
+        """
+        object.__setattr__(self, "_teacher", teacher)
+
     def _sup_features(self, h, hiddens):
-        if self.train_mode == "finetune":
+        if self.train_mode != "pretrain":
             return hiddens[self.ft_proj_selector]
         return tf.stop_gradient(h)
 
@@ -189,12 +217,35 @@ class SimCLRModel(keras.Model):
         sup_loss, sup_acc = _masked_cross_entropy(logits, labels)
         return sup_loss, {"sup_loss": sup_loss, "sup_acc": sup_acc}
 
+    def _distill_losses(self, images, labels, training=True):
+        if self._teacher is None:
+            raise ValueError("train_mode='distill' needs a teacher: call "
+                             "model.set_teacher(simclr_tf.teacher.Teacher(path, size)).")
+        teacher_logits = self._teacher(images)
+        h = self.encoder(images, training=training)
+        _, hiddens = self.projection_head(h, training=training)
+        logits = tf.cast(self.supervised_head(hiddens[self.ft_proj_selector],
+                                              training=training), tf.float32)
+        distill = losses_lib.distillation_loss(teacher_logits, logits,
+                                               self.distill_temperature)
+        agree = tf.equal(tf.argmax(logits, -1), tf.argmax(teacher_logits, -1))
+        results = {"distill_loss": distill,
+                   "distill_acc": tf.reduce_mean(tf.cast(agree, tf.float32))}
+        total = distill
+        if self.distill_label_weight > 0:
+            sup_loss, sup_acc = _masked_cross_entropy(logits, labels)
+            results.update(sup_loss=sup_loss, sup_acc=sup_acc)
+            total = total + self.distill_label_weight * sup_loss
+        return total, results
+
     def compute_train_losses(self, data, training=True):
         """Returns (total loss on this replica, dict of metric values)."""
         images, labels = data
         labels = tf.cast(labels, tf.int32)
         if self.train_mode == "pretrain":
             total, results = self._pretrain_losses(images, labels, training)
+        elif self.train_mode == "distill":
+            total, results = self._distill_losses(images, labels, training)
         else:
             total, results = self._finetune_losses(images, labels, training)
         penalty, in_loss = self._weight_decay_term()
@@ -316,6 +367,8 @@ class SimCLRModel(keras.Model):
             "weight_decay": self.weight_decay,
             "lineareval_while_pretraining": self.lineareval_while_pretraining,
             "nonfinite_policy": self.nonfinite_policy,
+            "distill_temperature": self.distill_temperature,
+            "distill_label_weight": self.distill_label_weight,
         }
 
     @classmethod
@@ -388,4 +441,6 @@ def build_model(cfg, num_classes):
         weight_decay=cfg.weight_decay,
         lineareval_while_pretraining=cfg.lineareval_while_pretraining,
         nonfinite_policy=getattr(cfg, "nonfinite_policy", "stop"),
+        distill_temperature=getattr(cfg, "distill_temperature", 1.0),
+        distill_label_weight=getattr(cfg, "distill_label_weight", 0.0),
         name="simclr")
