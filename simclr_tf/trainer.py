@@ -513,7 +513,9 @@ class Session:
                     cfg.dataset, cfg.train_split, batch, cfg.image_size,
                     color_jitter_strength=cfg.resolved_color_jitter_strength,
                     use_blur=cfg.resolved_use_blur,
-                    color_jitter_impl=cfg.color_jitter_impl, **common)
+                    color_jitter_impl=cfg.color_jitter_impl,
+                    view1_augmentations=cfg.view_augmentations[0],
+                    view2_augmentations=cfg.view_augmentations[1], **common)
             return pipeline.build_finetune_dataset(
                 cfg.dataset, cfg.train_split, batch, cfg.image_size, **common)
 
