@@ -8,7 +8,9 @@ pretrain + linear-eval runs and writes, in ``--study_dir`` (default
     <cell>/          one model_dir per cell (config.yaml, checkpoints, result.json, log.txt)
     results.csv      one row per cell: its coordinates and config values, status,
                      top1/top5 (linear probe), feature_linear_eval_top1 (frozen
-                     features), steps, wall_seconds
+                     features h), steps, wall_seconds; the projection_head study
+                     adds feature_linear_eval_top1_z (frozen z = g(h), the
+                     paper's h-vs-g(h) comparison)
     <study>.png      Figure 5 heat map, head bars, temperature / batch-size lines
 
 The base config is ``--config`` (default: the built-in defaults, i.e.
@@ -50,10 +52,13 @@ flags.DEFINE_float("time_budget_minutes", None, "Start no cell expected to end a
 flags.DEFINE_string("run_cell", None, "Internal: train and evaluate the cell in this "
                     "directory (its config.yaml).")
 
-RESULT_COLUMNS = ("top1", "top5", "feature_linear_eval_top1", "steps", "wall_seconds")
+RESULT_COLUMNS = ("top1", "top5", "feature_linear_eval_top1", "feature_linear_eval_top1_z",
+                  "steps", "wall_seconds")
 # The study sets these itself.
 _FORBIDDEN = ("model_dir", "mode", "train_mode")
 _TIME_FILE = "study_time.json"
+_CELL_FILE = "study_cell.json"  # which study the cell belongs to (read by the child)
+_Z_EVAL_FILE = "projection_eval.json"
 
 
 class StudyError(ValueError):
@@ -105,10 +110,12 @@ def _check_same_settings(cfg):
             "Use another --study_dir for these settings, or delete that directory.")
 
 
-def _run_cell(cfg, log):
+def _run_cell(study, cell, cfg, log):
     """Trains and evaluates one cell in a child process; returns (ok, seconds)."""
     os.makedirs(cfg.model_dir, exist_ok=True)
     config_lib.save_yaml(cfg, os.path.join(cfg.model_dir, "config.yaml"))
+    with open(os.path.join(cfg.model_dir, _CELL_FILE), "w", encoding="utf-8") as f:
+        json.dump({"study": study, "cell": cell.name, "params": cell.params}, f)
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env["PYTHONPATH"] = os.pathsep.join(
@@ -151,6 +158,9 @@ def _row(study, cell, cfg, status):
     row["top1"] = result.get("top1")
     row["top5"] = result.get("top5")
     row["feature_linear_eval_top1"] = result.get("feature_linear_eval", {}).get("top1")
+    if study == "projection_head":
+        row["feature_linear_eval_top1_z"] = _read_json(
+            os.path.join(cfg.model_dir, _Z_EVAL_FILE), {}).get("top1")
     row["steps"] = result.get("global_step")
     row["wall_seconds"] = _read_json(os.path.join(cfg.model_dir, _TIME_FILE), {}).get(
         "wall_seconds")
@@ -161,7 +171,7 @@ def _write_csv(rows, path):
     columns = []
     for row in rows:
         columns += [k for k in row if k not in columns and k not in RESULT_COLUMNS]
-    columns += RESULT_COLUMNS
+    columns += [k for k in RESULT_COLUMNS if any(k in row for row in rows)]
     tmp = path + ".tmp"
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
@@ -202,7 +212,7 @@ def run_study(study, study_dir=None, config_path=None, overrides=None, max_cells
             status[cell.name] = "not_run (time_budget)"
         else:
             log(f"[{number}/{len(order)}] {cell.name}: running ({cfg.model_dir})")
-            ok, seconds = _run_cell(cfg, log)
+            ok, seconds = _run_cell(study, cell, cfg, log)
             durations.append(seconds)
             status[cell.name] = "done" if ok else "failed"
             if ok:
@@ -239,6 +249,22 @@ def _run_cell_main(cell_dir):
     keras.utils.set_random_seed(cfg.seed)
     session = trainer.Session(cfg)
     session.train()
+    cell = _read_json(os.path.join(cell_dir, _CELL_FILE), {})
+    if (cell.get("study") == "projection_head" and cfg.proj_head_mode != "none"
+            and cfg.feature_linear_eval):
+        # Frozen-feature linear eval on z = g(h) as well (before result.json,
+        # which marks the cell finished).
+        from simclr_tf import linear_eval
+
+        model = session.model
+
+        def z_features(images, training=False):
+            return model.projection_head(model.encoder(images, training=training),
+                                         training=training)[0]
+
+        trainer.atomic_write_json(
+            linear_eval.evaluate(z_features, cfg, session.num_classes),
+            os.path.join(cell_dir, _Z_EVAL_FILE))
     result = session.evaluate()
     print(f"result: {json.dumps(result)}")
 

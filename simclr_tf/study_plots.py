@@ -6,7 +6,7 @@ floats or None for cells without a result) and writing one PNG:
 * augmentations: the paper's Figure 5 heat map (rows: 1st transformation,
   columns: 2nd; the diagonal is the transformation alone; the last column is
   the row average over the finished cells);
-* projection_head: bars per head;
+* projection_head: bars per head (features h, and z = g(h) when evaluated);
 * temperature: accuracy vs temperature (log axis), one line per hidden_norm;
 * batch_size: accuracy vs batch size (log axis), one line per epoch count.
 """
@@ -69,15 +69,26 @@ def _heat_map(plt, rows, metric):
 
 
 def _bars(plt, rows, metric):
-    fig, ax = plt.subplots(figsize=(5, 4))
+    """Bars of ``metric`` (features h) per head, next to ``<metric>_z`` (z = g(h))
+    when the rows have it."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
     labels = [row["proj_head_mode"] for row in rows]
-    values = [100 * (_value(row, metric) or 0.0) for row in rows]
-    bars = ax.bar(labels, values, color="tab:green")
-    for bar, row, value in zip(bars, rows, values):
-        text = "-" if _value(row, metric) is None else f"{value:.1f}"
-        ax.annotate(text, (bar.get_x() + bar.get_width() / 2, value), ha="center",
-                    va="bottom")
-    ax.set_xlabel("projection head (proj_head_mode)")
+    series = [(metric, "h (encoder output)")]
+    if any(_value(row, metric + "_z") is not None for row in rows):
+        series.append((metric + "_z", "z = g(h)"))
+    width = 0.8 / len(series)
+    for k, (key, label) in enumerate(series):
+        xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(rows))]
+        values = [100 * (_value(row, key) or 0.0) for row in rows]
+        ax.bar(xs, values, width=width, label=label)
+        for x, row, value in zip(xs, rows, values):
+            text = "-" if _value(row, key) is None else f"{value:.1f}"
+            ax.annotate(text, (x, value), ha="center", va="bottom", fontsize=9)
+    ax.set_xticks(range(len(rows)), labels)
+    ax.set_xlabel("projection head (proj_head_mode); linear eval on")
+    top = max([100 * (_value(r, k) or 0.0) for r in rows for k, _ in series] + [1.0])
+    ax.set_ylim(0, 1.3 * top)
+    ax.legend(loc="upper left", ncol=len(series), fontsize=9)
     return fig, ax
 
 

@@ -143,7 +143,18 @@ def test_plots_of_every_study(tmp_path, name):
     rows = []
     for i, cell in enumerate(study_grids.grid(name)):
         value = None if i % 3 == 2 else 0.1 + 0.01 * i
-        rows.append({**cell.params, "top1": value})
+        rows.append({**cell.params, "top1": value, "top1_z": value and value / 2})
     path = str(tmp_path / f"{name}.png")
     study_plots.plot(name, rows, "top1", path, name)
     _assert_png(path)
+
+
+def test_projection_head_cell_also_evaluates_z(tmp_path):
+    cells = dict((c.name, (c, cfg)) for c, cfg in
+                 study.cell_configs("projection_head", str(tmp_path), SMOKE, dict(TINY)))
+    cell, cfg = cells["head_linear"]
+    ok, seconds = study._run_cell("projection_head", cell, cfg, print)
+    assert ok and seconds > 0
+    row = study._row("projection_head", cell, cfg, "done")
+    assert 0.0 <= row["feature_linear_eval_top1_z"] <= 1.0
+    assert 0.0 <= row["feature_linear_eval_top1"] <= 1.0 and row["steps"] == 2
