@@ -201,11 +201,11 @@ def run_study(study, study_dir=None, config_path=None, overrides=None, max_cells
     status, durations, start = {}, [], time.monotonic()
     for number, cell in enumerate(order, 1):
         cfg = configs[cell.name]
-        if cell.name not in selected:
-            status[cell.name] = "not_run (max_cells)"
-        elif os.path.exists(os.path.join(cfg.model_dir, "result.json")):
+        if os.path.exists(os.path.join(cfg.model_dir, "result.json")):
             status[cell.name] = "done"
             log(f"[{number}/{len(order)}] {cell.name}: finished before, skipped")
+        elif cell.name not in selected:
+            status[cell.name] = "not_run (max_cells)"
         elif time_budget_minutes is not None and (
                 time.monotonic() - start + (sum(durations) / len(durations) if durations
                                             else 0.0)) > 60 * time_budget_minutes:
