@@ -22,5 +22,6 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=7", "pillow", "nbclient", "nbformat", "ipykernel", "matplotlib"],
+        "study": ["matplotlib"],
     },
 )

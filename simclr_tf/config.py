@@ -32,6 +32,12 @@ COLOR_JITTER_IMPLS = ("v1", "v2")
 NONFINITE_POLICIES = ("stop", "skip")
 PRECISIONS = ("float32", "bfloat16")
 JIT_COMPILE = ("auto", "true", "false")
+# Names of simclr_tf.data.augment.AUGMENTATIONS (kept here so that validation
+# needs no TensorFlow; tests/test_augment.py checks that the two agree).
+AUGMENTATIONS = ("crop", "flip", "color", "blur", "jitter", "gray", "cutout", "sobel",
+                 "noise", "rotate")
+NO_AUGMENTATION = "none"
+AUGMENTATION_KEYS = ("augmentations", "view1_augmentations", "view2_augmentations")
 
 
 class ConfigError(ValueError):
@@ -79,6 +85,16 @@ class Config:
         None, "Gaussian blur augmentation. Default: off for image_size <= 32, else on.")
     color_jitter_impl: str = _field(
         "v2", "Brightness jitter: v2 multiplicative, v1 additive.", COLOR_JITTER_IMPLS)
+    augmentations: Optional[str] = _field(
+        None, "Pretraining view pipeline: ordered, comma-separated names from "
+        f"{', '.join(AUGMENTATIONS)} (a YAML list works too; 'none' = resize only). "
+        "Default: crop,flip,color plus blur when use_blur is on (the SimCLR views).")
+    view1_augmentations: Optional[str] = _field(
+        None, "Pipeline of the first view only (same names); default: augmentations. "
+        "With view2_augmentations it gives asymmetric views (the paper's Figure 5 "
+        "study: view1_augmentations=crop,color view2_augmentations=none).")
+    view2_augmentations: Optional[str] = _field(
+        None, "Pipeline of the second view only; default: augmentations.")
 
     # Batches and length.
     train_batch_size: int = _field(128, "Global training batch size.", minimum=1)
@@ -241,6 +257,15 @@ class Config:
         if self.batch_norm_decay >= 1.0:
             raise ConfigError("'batch_norm_decay' must be < 1.")
         self._validate_semi_supervised()
+        for key in AUGMENTATION_KEYS:
+            if getattr(self, key) is not None:
+                parse_augmentations(getattr(self, key), key)
+        if self.augmentations is not None and self.use_blur is not None and (
+                ("blur" in parse_augmentations(self.augmentations)) != self.use_blur):
+            raise ConfigError(
+                f"'use_blur' is {self.use_blur} but 'augmentations' "
+                f"({self.augmentations!r}) {'lacks' if self.use_blur else 'has'} blur: "
+                "list blur in augmentations (or not) and leave use_blur unset.")
         return self
 
     def _validate_semi_supervised(self):
@@ -287,6 +312,19 @@ class Config:
             return self.use_blur
         return self.image_size > 32
 
+    @property
+    def resolved_augmentations(self):
+        """Tuple of augmentation names of a pretraining view (both by default)."""
+        if self.augmentations is not None:
+            return parse_augmentations(self.augmentations)
+        return ("crop", "flip", "color") + (("blur",) if self.resolved_use_blur else ())
+
+    @property
+    def view_augmentations(self):
+        """(view 1 names, view 2 names): the per-view keys, else augmentations."""
+        return tuple(parse_augmentations(v) if v is not None else self.resolved_augmentations
+                     for v in (self.view1_augmentations, self.view2_augmentations))
+
     def to_dict(self):
         return dataclasses.asdict(self)
 
@@ -295,6 +333,25 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def parse_augmentations(value, key="augmentations"):
+    """A comma-separated string (or list) of augmentation names -> tuple.
+
+    ``"none"`` and ``""`` give ``()``. Raises ConfigError naming ``key`` and
+    the allowed names for an unknown name.
+    """
+    if isinstance(value, str):
+        value = value.split(",")
+    names = tuple(str(n).strip() for n in value)
+    names = tuple(n for n in names if n and n != NO_AUGMENTATION)
+    for name in names:
+        if name not in AUGMENTATIONS:
+            raise ConfigError(
+                f"Invalid augmentation {name!r} in '{key}': allowed names are "
+                f"{', '.join(AUGMENTATIONS)} (or '{NO_AUGMENTATION}' for none), "
+                "comma-separated.")
+    return names
 
 
 def _coerce(name, value):
@@ -306,6 +363,8 @@ def _coerce(name, value):
     origin = getattr(base, "__args__", None)
     if origin:  # Optional[T]
         base = [t for t in origin if t is not type(None)][0]
+    if name in AUGMENTATION_KEYS and isinstance(value, (list, tuple)):
+        value = ",".join(map(str, value)) or NO_AUGMENTATION  # YAML list
     try:
         if base is str and isinstance(value, bool) and "true" in (
                 FIELDS[name].metadata["choices"] or ()):

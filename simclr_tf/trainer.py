@@ -571,6 +571,8 @@ class Session:
                     color_jitter_strength=cfg.resolved_color_jitter_strength,
                     use_blur=cfg.resolved_use_blur,
                     color_jitter_impl=cfg.color_jitter_impl,
+                    view1_augmentations=cfg.view_augmentations[0],
+                    view2_augmentations=cfg.view_augmentations[1],
                     label_subset=self.label_subset, **common)
             # finetune: the labelled subset only; distill: every image (one
             # crop+flip view, as fine-tuning), labels only inside the subset.

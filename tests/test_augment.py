@@ -497,3 +497,145 @@ def test_eval_no_crop_at_32_px():
     assert kept[:, 0].min() > 0.5
     cropped = augment.preprocess_for_eval(stripe, 33).numpy()
     np.testing.assert_allclose(cropped, 0.0, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Study augmentations (cutout, Sobel, noise, rotation) and view lists
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("h,w,fraction,side", [(32, 32, 0.5, 16), (20, 30, 0.25, 5), (9, 9, 0.01, 1)])
+def test_cutout_area_position_and_zero_fill(h, w, fraction, side):
+    x = np.random.default_rng(10).uniform(0.1, 1.0, size=(h, w, 3)).astype(np.float32)
+    out = _draw(lambda s: augment.cutout(x, s, size_fraction=fraction), 300)
+    zero = np.all(out == 0.0, axis=-1)  # [n, h, w]
+    assert (zero.sum(axis=(1, 2)) == side * side).all()
+    for z in zero[:20]:  # one axis-aligned square, elsewhere the input unchanged
+        rows, cols = np.nonzero(z)
+        assert rows.max() - rows.min() + 1 == side and cols.max() - cols.min() + 1 == side
+    np.testing.assert_array_equal(np.where(zero[..., None], x, out), np.broadcast_to(x, out.shape))
+    # Top-left corners cover every position 0 .. n - side, roughly uniformly.
+    tops = np.array([np.nonzero(z)[0].min() for z in zero])
+    lefts = np.array([np.nonzero(z)[1].min() for z in zero])
+    assert tops.min() == 0 and tops.max() == h - side
+    assert lefts.min() == 0 and lefts.max() == w - side
+    assert abs(tops.mean() - (h - side) / 2) < 0.1 * (h - side) + 0.5
+
+
+def test_cutout_mean_fill_and_bad_arguments():
+    x = np.random.default_rng(11).uniform(0, 1, size=(16, 16, 3)).astype(np.float32)
+    out = augment.cutout(x, tf.constant([1, 2]), size_fraction=0.25, fill="mean").numpy()
+    changed = np.any(out != x, axis=-1)
+    assert changed.sum() == 16
+    np.testing.assert_allclose(out[changed], np.broadcast_to(x.mean(axis=(0, 1)), (16, 3)), atol=1e-6)
+    with pytest.raises(ValueError, match="fill"):
+        augment.cutout(x, tf.constant([1, 2]), fill="noise")
+    with pytest.raises(ValueError, match="size_fraction"):
+        augment.cutout(x, tf.constant([1, 2]), size_fraction=1.5)
+
+
+def _sobel_numpy(gray):
+    """Reference: 3x3 Sobel with reflect padding (d c b | a b c d), magnitude
+    normalised by its maximum."""
+    p = np.pad(gray, 1, mode="reflect")
+    kx = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]], np.float64)
+    h, w = gray.shape
+    gx = np.zeros((h, w))
+    gy = np.zeros((h, w))
+    for i in range(3):
+        for j in range(3):
+            gx += kx[i, j] * p[i:i + h, j:j + w]
+            gy += kx.T[i, j] * p[i:i + h, j:j + w]
+    mag = np.sqrt(gx**2 + gy**2)
+    return mag / mag.max() if mag.max() > 0 else mag
+
+
+def test_sobel_of_a_linear_ramp_is_flat_inside_and_zero_at_reflected_edges():
+    # Horizontal ramp x[i, j] = a * j: gx = 8a inside, gy = 0; the reflected
+    # first and last columns have gx = 0.
+    ramp = np.tile((np.arange(12) / 11.0)[None, :, None], (10, 1, 3)).astype(np.float32)
+    out = augment.sobel_filter(ramp).numpy()
+    assert out.shape == (10, 12, 3)
+    np.testing.assert_allclose(out[..., 0], out[..., 2])
+    np.testing.assert_allclose(out[:, 1:-1, 0], 1.0, atol=1e-5)
+    np.testing.assert_allclose(out[:, [0, -1], 0], 0.0, atol=1e-6)
+    # The transposed ramp gives the transposed map.
+    out_t = augment.sobel_filter(np.transpose(ramp, (1, 0, 2))).numpy()
+    np.testing.assert_allclose(out_t[..., 0], out[..., 0].T, atol=1e-5)
+
+
+def test_sobel_matches_numpy_reference_and_flat_image_is_zero():
+    x = np.random.default_rng(12).uniform(0, 1, size=(9, 13, 3)).astype(np.float32)
+    gray = x @ np.array([0.2989, 0.5870, 0.1140], np.float32)
+    got = augment.sobel_filter(x).numpy()
+    np.testing.assert_allclose(got[..., 1], _sobel_numpy(gray.astype(np.float64)), atol=1e-4)
+    assert got.min() >= 0.0 and got.max() == pytest.approx(1.0)
+    np.testing.assert_allclose(augment.sobel_filter(np.full((8, 8, 3), 0.4, np.float32)), 0.0,
+                               atol=1e-3)
+
+
+def test_gaussian_noise_statistics_and_range():
+    x = np.full((64, 64, 3), 0.5, np.float32)
+    out = augment.gaussian_noise(x, tf.constant([3, 4]), std=0.05).numpy()
+    noise = out - x  # clipping is ~10 sigma away
+    assert abs(noise.mean()) < 4 * 0.05 / math.sqrt(noise.size)
+    assert noise.std() == pytest.approx(0.05, rel=0.03)
+    big = augment.gaussian_noise(x, tf.constant([3, 4]), std=2.0).numpy()
+    assert big.min() == 0.0 and big.max() == 1.0
+    again = augment.gaussian_noise(x, tf.constant([3, 4]), std=0.05).numpy()
+    np.testing.assert_array_equal(out, again)
+
+
+def test_rotate90_is_exact_and_draws_90_180_270():
+    x = np.random.default_rng(13).uniform(0, 1, size=(6, 6, 3)).astype(np.float32)
+    out = _draw(lambda s: augment.random_rotate90(x, s), 600)
+    ks = []
+    for y in out:
+        matches = [k for k in range(4) if np.array_equal(y, np.rot90(x, k, axes=(0, 1)))]
+        assert len(matches) == 1
+        ks.append(matches[0])
+    counts = np.bincount(ks, minlength=4)
+    assert counts[0] == 0
+    for c in counts[1:]:
+        assert _within_binomial(c, 600, 1 / 3)
+    with_id = _draw(lambda s: augment.random_rotate90(x, s, include_identity=True), 400)
+    assert sum(np.array_equal(y, x) for y in with_id) > 50
+    wide = augment.random_rotate90(np.zeros((4, 7, 3)), tf.constant([0, 1]))
+    assert wide.shape in ((4, 7, 3), (7, 4, 3))
+
+
+def test_augmentation_names_agree_with_config():
+    from simclr_tf import config as config_lib
+
+    assert augment.AUGMENTATIONS == config_lib.AUGMENTATIONS
+    assert augment.parse_augmentations(" crop, color ") == ("crop", "color")
+    assert augment.parse_augmentations("none") == () == augment.parse_augmentations([])
+    with pytest.raises(ValueError, match="allowed names are crop, flip"):
+        augment.parse_augmentations("crop,solarize")
+
+
+def test_default_list_equals_preprocess_for_train():
+    x = np.random.default_rng(14).integers(0, 256, size=(40, 36, 3), dtype=np.uint8)
+    for s in range(3):
+        seed = tf.constant([s, 9])
+        for use_blur in (False, True):
+            ref = augment.preprocess_for_train(x, seed, 32, 1.0, use_blur=use_blur)
+            got = augment.augment_view(x, seed, 32, augment.default_augmentations(use_blur))
+            np.testing.assert_array_equal(ref.numpy(), got.numpy())
+
+
+def test_augment_view_lists_in_tf_data():
+    x = np.random.default_rng(15).uniform(0, 1, size=(20, 20, 3)).astype(np.float32)
+    resized = augment.augment_view(x, tf.constant([0, 0]), 16, "none").numpy()
+    np.testing.assert_allclose(resized, augment.preprocess_for_eval(x, 16).numpy(), atol=1e-6)
+    sobel = augment.augment_view(x, tf.constant([0, 0]), 16, ["sobel"]).numpy()
+    np.testing.assert_allclose(sobel, augment.sobel_filter(resized).numpy(), atol=1e-6)
+    names = list(augment.AUGMENTATIONS) + ["noise", "crop"]  # repeats get fresh seeds
+    out = _draw(lambda s: augment.augment_view(x, s, 16, names), 8)
+    assert out.shape == (8, 16, 16, 3) and out.min() >= 0.0 and out.max() <= 1.0
+    again = _draw(lambda s: augment.augment_view(x, s, 16, names), 8)
+    np.testing.assert_array_equal(out, again)
+    # The rotation is applied after the resize and keeps the image set.
+    rot = _draw(lambda s: augment.augment_view(x, s, 20, ["rotate"]), 4)
+    for y in rot:
+        assert any(np.allclose(y, np.rot90(np.clip(x, 0, 1), k)) for k in (1, 2, 3))

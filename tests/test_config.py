@@ -65,6 +65,9 @@ def test_paper_recipes():
     ({"proj_head_mode": "linear", "ft_proj_selector": 2}, "0..1"),
     ({"fine_tune_after_block": 7}, "fine_tune_after_block"),
     ({"learning_rate": "fast"}, "expected float"),
+    ({"augmentations": "crop,solarize"}, "'augmentations': allowed names are crop, flip"),
+    ({"view2_augmentations": ["crop", "spin"]}, "'spin' in 'view2_augmentations'"),
+    ({"augmentations": "crop,color", "use_blur": True}, "'use_blur'"),
 ])
 def test_invalid_values_name_the_key(values, fragment):
     with pytest.raises(config_lib.ConfigError) as err:
@@ -111,3 +114,20 @@ def test_flag_table_lists_every_field():
     table = config_lib.flag_table()
     for name in config_lib.FIELDS:
         assert f"`--{name}`" in table
+
+
+def test_augmentation_lists(tmp_path):
+    default = config_lib.Config()
+    assert default.view_augmentations == (("crop", "flip", "color"),) * 2
+    assert config_lib.Config(image_size=64).resolved_augmentations == (
+        "crop", "flip", "color", "blur")
+    path = _write(tmp_path, {"augmentations": ["crop", "cutout"],
+                             "view2_augmentations": []})
+    cfg = config_lib.resolve(path, {"view1_augmentations": "crop, sobel"})
+    assert cfg.augmentations == "crop,cutout"
+    assert cfg.view_augmentations == (("crop", "sobel"), ())
+    saved = str(tmp_path / "saved.yaml")
+    config_lib.save_yaml(cfg, saved)
+    assert config_lib.resolve(saved) == cfg
+    both = config_lib.resolve(None, {"augmentations": "crop,blur", "use_blur": True})
+    assert both.view_augmentations == (("crop", "blur"),) * 2

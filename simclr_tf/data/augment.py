@@ -19,6 +19,13 @@ For CIFAR-10 the paper uses ``s = 0.5`` and no blur; for ImageNet ``s = 1.0``
 with blur. :func:`preset` returns these defaults for an image size. Evaluation
 images get a deterministic centre crop (:func:`preprocess_for_eval`).
 
+For the paper's augmentation study (its Figures 4 and 5) the module also has
+:func:`cutout`, :func:`sobel_filter`, :func:`gaussian_noise` and
+:func:`random_rotate90`, and :func:`augment_view` builds a view from any
+ordered list of names (:data:`AUGMENTATIONS`: crop, flip, color, blur, jitter,
+gray, cutout, sobel, noise, rotate); the default list (crop, flip, color,
+blur) is exactly :func:`preprocess_for_train`.
+
 Design choices of this module
 -----------------------------
 * Every random function takes a **stateless seed** (an int32/int64 tensor of
@@ -92,6 +99,14 @@ __all__ = [
     "blur_kernel_size",
     "gaussian_blur",
     "random_blur",
+    "cutout",
+    "sobel_filter",
+    "gaussian_noise",
+    "random_rotate90",
+    "AUGMENTATIONS",
+    "default_augmentations",
+    "parse_augmentations",
+    "augment_view",
 ]
 
 #: Fraction of the shorter side kept by the evaluation centre crop.
@@ -675,6 +690,250 @@ def random_blur(image, seed, p=0.5, sigma_range=(0.1, 2.0), kernel_size=None):
 
 
 # ---------------------------------------------------------------------------
+# Study augmentations (the paper's Figure 4: cutout, Sobel, noise, rotation)
+# ---------------------------------------------------------------------------
+
+
+@_no_autograph
+def cutout(image, seed, size_fraction=0.5, fill="zero"):
+    """Cutout: fills one random square patch of the image.
+
+    The patch side is ``max(1, round(size_fraction * min(H, W)))`` pixels and
+    the patch lies entirely inside the image, at a uniformly random position
+    (so exactly ``side ** 2`` pixels change, unless they already equal the
+    fill).
+
+    Args:
+      image: uint8 or float [H, W, 3] image (float in [0, 1]).
+      seed: stateless seed, int tensor of shape [2].
+      size_fraction: patch side as a fraction of the shorter image side, in
+        ``(0, 1]``.
+      fill: ``"zero"`` (black) or ``"mean"`` (the image's per-channel mean).
+
+    Returns:
+      float32 [H, W, 3] image in [0, 1].
+    """
+    if fill not in ("zero", "mean"):
+        raise ValueError(f"cutout fill must be 'zero' or 'mean', got {fill!r}")
+    if not 0.0 < float(size_fraction) <= 1.0:
+        raise ValueError(f"cutout size_fraction must be in (0, 1], got {size_fraction!r}")
+    image = _to_float_image(image)
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    short = tf.cast(tf.minimum(height, width), tf.float32)
+    side = tf.maximum(1, tf.cast(tf.round(float(size_fraction) * short), tf.int32))
+    y_seed, x_seed = _split(seed, 2)
+
+    def offset(s, n):
+        slack = tf.cast(n - side + 1, tf.float32)
+        return tf.minimum(tf.cast(tf.floor(_uniform(s, 0.0, 1.0) * slack), tf.int32), n - side)
+
+    oy, ox = offset(y_seed, height), offset(x_seed, width)
+    rows = tf.range(height)[:, tf.newaxis]
+    cols = tf.range(width)[tf.newaxis, :]
+    inside = (rows >= oy) & (rows < oy + side) & (cols >= ox) & (cols < ox + side)
+    if fill == "zero":
+        value = tf.zeros([3], tf.float32)
+    else:
+        value = tf.reduce_mean(image, axis=[0, 1])
+    return tf.where(inside[:, :, tf.newaxis], value, image)
+
+
+@_no_autograph
+def sobel_filter(image):
+    """Sobel filtering (the paper's Figure 4h): gradient magnitude, 3 channels.
+
+    The image is converted to grayscale (:func:`to_grayscale` weights), the
+    3x3 Sobel derivatives ``gx``, ``gy`` are taken with ``REFLECT`` padding
+    (``tf.image.sobel_edges``) and the magnitude ``sqrt(gx^2 + gy^2)`` is
+    divided by its maximum over the image, so the strongest edge is 1. The
+    maximum is floored at ``1e-3`` (a quarter of the magnitude of one uint8
+    grey level's step), so a flat image gives ~0 rather than amplified float
+    rounding. The result is repeated on the three channels.
+
+    Args:
+      image: uint8 or float [H, W, 3] image (float in [0, 1]), H, W >= 2.
+
+    Returns:
+      float32 [H, W, 3] image in [0, 1].
+    """
+    image = _to_float_image(image)
+    gray = tf.image.rgb_to_grayscale(image)[tf.newaxis]  # [1, H, W, 1]
+    grads = tf.image.sobel_edges(gray)[0, :, :, 0, :]  # [H, W, 2]: (dy, dx)
+    magnitude = tf.sqrt(tf.reduce_sum(tf.square(grads), axis=-1, keepdims=True))
+    magnitude = magnitude / tf.maximum(tf.reduce_max(magnitude), 1e-3)
+    out = tf.tile(magnitude, [1, 1, 3])
+    out.set_shape(image.shape)
+    return out
+
+
+@_no_autograph
+def gaussian_noise(image, seed, std=0.1):
+    """Adds i.i.d. Gaussian noise ``N(0, std^2)`` to every pixel and channel,
+    then clips to [0, 1].
+
+    Args:
+      image: uint8 or float [H, W, 3] image (float in [0, 1]).
+      seed: stateless seed, int tensor of shape [2].
+      std: noise standard deviation (in units of the [0, 1] pixel range).
+
+    Returns:
+      float32 [H, W, 3] image in [0, 1].
+    """
+    image = _to_float_image(image)
+    noise = tf.random.stateless_normal(tf.shape(image), seed=_as_seed(seed), stddev=std,
+                                       dtype=tf.float32)
+    return _clip(image + noise)
+
+
+@_no_autograph
+def random_rotate90(image, seed, include_identity=False):
+    """Rotates the image counter-clockwise by ``k * 90`` degrees.
+
+    ``k`` is drawn uniformly from ``{1, 2, 3}`` (the paper's Figure 4j,
+    "Rotate {90, 180, 270}"), or from ``{0, 1, 2, 3}`` when
+    ``include_identity``. Uses ``tf.image.rot90``; a non-square image swaps
+    its height and width for odd ``k``.
+
+    Args:
+      image: [H, W, C] image tensor.
+      seed: stateless seed, int tensor of shape [2].
+      include_identity: whether ``k = 0`` (no rotation) can be drawn.
+
+    Returns:
+      The rotated image, same dtype.
+    """
+    image = tf.convert_to_tensor(image)
+    low = 0 if include_identity else 1
+    k = tf.random.stateless_uniform([], seed=_as_seed(seed), minval=low, maxval=4,
+                                    dtype=tf.int32)
+    out = tf.image.rot90(image, k)
+    if image.shape[0] is not None and image.shape[0] == image.shape[1]:
+        out.set_shape(image.shape)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Composable view pipelines
+# ---------------------------------------------------------------------------
+
+#: Augmentation names of :func:`augment_view` (config key ``augmentations``).
+#: The position of a name is its seed slot: crop, flip, color and blur keep
+#: the four sub-seeds of :func:`preprocess_for_train`.
+AUGMENTATIONS = ("crop", "flip", "color", "blur", "jitter", "gray", "cutout", "sobel",
+                 "noise", "rotate")
+#: Word for "no augmentation" (the view is only resized).
+NO_AUGMENTATION = "none"
+
+
+def default_augmentations(use_blur):
+    """The SimCLR view pipeline as names: crop, flip, color (+ blur)."""
+    return ("crop", "flip", "color") + (("blur",) if use_blur else ())
+
+
+def parse_augmentations(names):
+    """Normalises a list/tuple or comma-separated string of names to a tuple.
+
+    ``"none"`` or ``""`` give ``()`` (no augmentation). Unknown names raise
+    ``ValueError`` listing the allowed ones.
+    """
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",")]
+    names = tuple(n for n in names if n and n != NO_AUGMENTATION)
+    unknown = [n for n in names if n not in AUGMENTATIONS]
+    if unknown:
+        raise ValueError(f"Unknown augmentation(s) {', '.join(map(repr, unknown))}: allowed "
+                         f"names are {', '.join(AUGMENTATIONS)} (or {NO_AUGMENTATION!r}).")
+    return names
+
+
+@_no_autograph
+def augment_view(
+    image,
+    seed,
+    image_size,
+    augmentations,
+    color_jitter_strength=1.0,
+    color_jitter_impl="v2",
+    cutout_fraction=0.5,
+    cutout_fill="zero",
+    noise_std=0.1,
+):
+    """One training view built from an ordered list of augmentation names.
+
+    When the list starts with ``"crop"``, the random resized crop reads the
+    input image; otherwise the image is first resized (bicubic) to
+    ``image_size`` and every op works at that size (a later ``"crop"`` crops
+    the resized image and resizes back). The ops, applied in list order:
+
+    * ``crop``: :func:`random_resized_crop`; ``flip``: :func:`random_flip`
+      (p=0.5);
+    * ``color``: :func:`random_color_distortion` (jitter p=0.8, then grayscale
+      p=0.2); ``jitter``: its jitter part only (p=0.8); ``gray``: its
+      grayscale part only (p=0.2);
+    * ``blur``: :func:`random_blur` (p=0.5, kernel from ``image_size``);
+    * ``cutout``: :func:`cutout` (always); ``sobel``: :func:`sobel_filter`
+      (deterministic); ``noise``: :func:`gaussian_noise` (always);
+      ``rotate``: :func:`random_rotate90` (90, 180 or 270 degrees).
+
+    Seeds: ``seed`` is split into the four sub-seeds of
+    :func:`preprocess_for_train` (crop, flip, color, blur), so the default
+    list gives bit-identical views; the other names use
+    ``stateless_fold_in(seed, slot)``. A name repeated in the list gets a
+    fresh seed for each repetition.
+
+    Args:
+      image: uint8 or float [H, W, 3] image of any size (float in [0, 1]).
+      seed: stateless seed, int tensor of shape [2].
+      image_size: Python int, output side.
+      augmentations: names (see :data:`AUGMENTATIONS`), a tuple/list or a
+        comma-separated string; empty or ``"none"``: resize only.
+      color_jitter_strength, color_jitter_impl: see :func:`color_jitter`.
+      cutout_fraction, cutout_fill: see :func:`cutout`.
+      noise_std: see :func:`gaussian_noise`.
+
+    Returns:
+      float32 tensor [image_size, image_size, 3] in [0, 1].
+    """
+    names = parse_augmentations(augmentations)
+    image_size = int(image_size)
+    image = _to_float_image(image)
+    seed = _as_seed(seed)
+    base = dict(zip(("crop", "flip", "color", "blur"), _split(seed, 4)))
+    strength, impl = color_jitter_strength, color_jitter_impl
+
+    def jitter(x, s):
+        apply_seed, jitter_seed = _split(s, 2)
+        return tf.cond(_should_apply(0.8, apply_seed),
+                       lambda: color_jitter(x, jitter_seed, strength, impl), lambda: x)
+
+    ops = {
+        "crop": lambda x, s: random_resized_crop(x, s, image_size),
+        "flip": random_flip,
+        "color": lambda x, s: random_color_distortion(x, s, strength, impl),
+        "blur": lambda x, s: random_blur(x, s, kernel_size=blur_kernel_size(image_size)),
+        "jitter": jitter,
+        "gray": random_grayscale,
+        "cutout": lambda x, s: cutout(x, s, cutout_fraction, cutout_fill),
+        "sobel": lambda x, s: sobel_filter(x),
+        "noise": lambda x, s: gaussian_noise(x, s, noise_std),
+        "rotate": random_rotate90,
+    }
+    if not names or names[0] != "crop":
+        image = _resize(image, image_size)
+    seen = {}
+    for name in names:
+        op_seed = base.get(name)
+        if op_seed is None:
+            op_seed = tf.random.experimental.stateless_fold_in(seed, AUGMENTATIONS.index(name))
+        if seen.get(name):
+            op_seed = tf.random.experimental.stateless_fold_in(op_seed, seen[name])
+        seen[name] = seen.get(name, 0) + 1
+        image = ops[name](image, op_seed)
+    return tf.reshape(_clip(image), [image_size, image_size, 3])
+
+
+# ---------------------------------------------------------------------------
 # Full pipelines
 # ---------------------------------------------------------------------------
 
@@ -690,6 +949,7 @@ def preprocess_for_train(
     crop=True,
     flip=True,
     color_distort=True,
+    augmentations=None,
 ):
     """One SimCLR training view of an image (arXiv:2002.05709, appendix A).
 
@@ -709,6 +969,9 @@ def preprocess_for_train(
       crop: whether to use the random resized crop.
       flip: whether to use the random horizontal flip.
       color_distort: whether to use the colour distortion.
+      augmentations: optional ordered names for :func:`augment_view`; when
+        given, ``crop``, ``flip``, ``color_distort`` and ``use_blur`` are
+        ignored.
 
     Returns:
       float32 tensor [image_size, image_size, 3] in [0, 1].
@@ -724,22 +987,12 @@ def preprocess_for_train(
         raise ValueError(
             f"color_jitter_impl must be one of {_COLOR_JITTER_IMPLS}, got {color_jitter_impl!r}"
         )
-    image_size = int(image_size)
-    image = _to_float_image(image)
-    crop_seed, flip_seed, color_seed, blur_seed = _split(seed, 4)
-    if crop:
-        image = random_resized_crop(image, crop_seed, image_size)
-    else:
-        image = _resize(image, image_size)
-    if flip:
-        image = random_flip(image, flip_seed)
-    if color_distort:
-        image = random_color_distortion(
-            image, color_seed, color_jitter_strength, color_jitter_impl
-        )
-    if use_blur:
-        image = random_blur(image, blur_seed, kernel_size=blur_kernel_size(image_size))
-    return tf.reshape(_clip(image), [image_size, image_size, 3])
+    if augmentations is None:
+        augmentations = (("crop",) if crop else ()) + (("flip",) if flip else ()) + (
+            ("color",) if color_distort else ()) + (("blur",) if use_blur else ())
+    return augment_view(image, seed, image_size, augmentations,
+                        color_jitter_strength=color_jitter_strength,
+                        color_jitter_impl=color_jitter_impl)
 
 
 @_no_autograph

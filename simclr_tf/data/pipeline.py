@@ -8,7 +8,8 @@ Three builders, all returning ``(dataset, info)`` with ``info`` the
   views of each image concatenated on the channel axis (view 1 is
   ``images[..., :3]``, view 2 ``images[..., 3:]``), labels int32 ``[B]``
   (-1 for unlabelled splits). Augmentation: :func:`simclr_tf.data.augment.preprocess_for_train`
-  (Chen et al. 2020, arXiv:2002.05709, appendix A).
+  (Chen et al. 2020, arXiv:2002.05709, appendix A), or per-view lists of
+  augmentation names (:func:`simclr_tf.data.augment.augment_view`).
 * :func:`build_finetune_dataset`: endless batches of one view per image,
   ``[B, S, S, 3]``, with random resized crop and flip only (no colour
   distortion, no blur), as SimCLR fine-tunes (arXiv:2006.10029).
@@ -218,6 +219,8 @@ def build_train_dataset(
     shard_index=0,
     shuffle_buffer=None,
     label_subset=None,
+    view1_augmentations=None,
+    view2_augmentations=None,
 ):
     """Endless SimCLR pretraining batches of two augmented views per image.
 
@@ -243,6 +246,10 @@ def build_train_dataset(
         label_subset: a :class:`simclr_tf.data.subsets.LabelSubset`: examples
             outside it keep their images but get label -1 (the linear probe
             then learns from the subset's labels only). None: all labels.
+        view1_augmentations, view2_augmentations: ordered augmentation names
+            of each view (see :func:`simclr_tf.data.augment.augment_view`;
+            ``()`` = resize only); None: the SimCLR pipeline (crop, flip,
+            color, and blur when ``use_blur``).
 
     Returns:
         ``(ds, info)``: ``ds`` yields ``(images float32 [batch_size, S, S, 6]
@@ -266,20 +273,28 @@ def build_train_dataset(
         use_blur = defaults["use_blur"]
     image_size = int(image_size)
 
-    # One traced function serves both views (tracing the augmentation is the
-    # slow part of building the pipeline).
-    @tf.function
-    def one_view(image, key):
-        return augment.preprocess_for_train(
-            image, key, image_size,
-            color_jitter_strength=color_jitter_strength,
-            use_blur=use_blur,
-            color_jitter_impl=color_jitter_impl,
-        )
+    default = augment.default_augmentations(use_blur)
+    views = [default if v is None else augment.parse_augmentations(v)
+             for v in (view1_augmentations, view2_augmentations)]
+
+    # One traced function per distinct pipeline (tracing the augmentation is
+    # the slow part of building the pipeline): a single one for symmetric views.
+    def make_view_fn(names):
+        @tf.function
+        def one_view(image, key):
+            return augment.augment_view(
+                image, key, image_size, names,
+                color_jitter_strength=color_jitter_strength,
+                color_jitter_impl=color_jitter_impl,
+            )
+        return one_view
+
+    view_fns = {names: make_view_fn(names) for names in views}
+    first, second = view_fns[views[0]], view_fns[views[1]]
 
     def two_views(image, key):
         k1, k2 = tf.unstack(tf.random.experimental.stateless_split(key, 2))
-        return tf.concat([one_view(image, k1), one_view(image, k2)], axis=-1)
+        return tf.concat([first(image, k1), second(image, k2)], axis=-1)
 
     return _build_stream(
         name, split, batch_size, two_views, data_dir=data_dir, seed=seed,
