@@ -280,31 +280,27 @@ def export_model(model, model_dir, image_size, *, keras_file=True):
 
 
 def restore_latest(session):
-    """Restores the newest checkpoint of ``session.cfg.model_dir``.
+    """Restores the newest readable checkpoint of ``session.cfg.model_dir``.
 
-    Raises ``trainer.RunError`` with what to do when there is none or it does
-    not match the session's model.
+    The same fallback as training (:meth:`simclr_tf.trainer.Session.resume`):
+    a corrupt or truncated newest checkpoint is skipped with a warning and the
+    previous one is used. Raises ``trainer.RunError`` with what to do when
+    there is no checkpoint, none is readable, or they do not match the
+    session's model.
+
+    Returns:
+        The prefix of the restored checkpoint.
     """
     from simclr_tf import trainer
 
-    cfg = session.cfg
-    directory = os.path.join(cfg.model_dir, trainer.CHECKPOINT_SUBDIR)
-    latest = tf.train.latest_checkpoint(directory)
-    if not latest:
+    directory = os.path.join(session.cfg.model_dir, trainer.CHECKPOINT_SUBDIR)
+    if not trainer.checkpoint_candidates(directory):
         raise trainer.RunError(
             f"Nothing to export: {directory!r} holds no checkpoint. Train first "
             "(--mode=train or train_then_eval) or point --model_dir at a finished run.")
-    try:
-        status = session.checkpoint.read(latest)
-        status.assert_existing_objects_matched()
-        status.expect_partial()  # the manager's save counter is not needed
-    except (AssertionError, ValueError, tf.errors.OpError) as e:
-        raise trainer.RunError(
-            f"The checkpoint {latest!r} does not match the model of this config. "
-            "Export with the settings of the training run, e.g. "
-            f"--config={os.path.join(cfg.model_dir, 'config.yaml')} --mode=export. "
-            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    return latest
+    resumed = session.resume()
+    absl_logging.info("Export: %s", resumed)
+    return session.restored_checkpoint
 
 
 def export_run(session, restore=False):

@@ -429,3 +429,42 @@ def test_cli_exports_after_eval_and_in_export_mode_and_failures_keep_it(
     assert os.path.isfile(keras_path)
     assert open(os.path.join(model_dir, "config.yaml")).read() == config_before
     assert layout() == files
+
+
+@pytest.mark.slow
+def test_cli_export_falls_back_from_a_corrupt_newest_checkpoint(tmp_path):
+    """--mode=export skips a truncated newest checkpoint with a warning, as
+    training does, and exports the previous checkpoint's weights."""
+    from simclr_tf import trainer
+
+    model_dir = str(tmp_path / "run")
+    cfg = config_lib.resolve(SMOKE, dict(model_dir=model_dir, train_steps=2,
+                                         checkpoint_steps=1, log_every_steps=1))
+    os.makedirs(model_dir)
+    config_lib.save_yaml(cfg, os.path.join(model_dir, "config.yaml"))
+    session = trainer.Session(cfg)
+    session.train()
+    x = np.random.default_rng(5).uniform(size=(3, 16, 16, 3)).astype("float32")
+    newest = _np(session.model(x, training=False))
+    directory = os.path.join(model_dir, "checkpoints")
+    session.checkpoint.read(os.path.join(directory, "ckpt-1")).assert_existing_objects_matched()
+    older = _np(session.model(x, training=False))
+    assert np.abs(older["final_avg_pool"] - newest["final_avg_pool"]).max() > 1e-4
+
+    data = os.path.join(directory, "ckpt-2.data-00000-of-00001")
+    with open(data, "rb") as f:
+        content = f.read()
+    with open(data, "wb") as f:
+        f.write(content[: len(content) // 2])
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "simclr_tf.run", "--mode=export",
+         f"--config={os.path.join(model_dir, 'config.yaml')}"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "exported:" in proc.stdout
+    assert "ckpt-2 is unreadable" in proc.stderr and "trying the previous one" in proc.stderr
+    assert "skipped unreadable ckpt-2" in proc.stderr
+    loaded = tf.saved_model.load(os.path.join(model_dir, "saved_model"))
+    _assert_outputs_close(_np(loaded.serve(x)), older)
+    assert len(content) // 2 == os.path.getsize(data)  # the bad file is left as it was
