@@ -334,23 +334,66 @@ def test_model_dir_of_an_incompatible_run_is_refused(tmp_path):
 def test_loading_a_directory_without_a_saved_model_is_a_clear_error(tmp_path):
     from simclr_tf import export
     (tmp_path / "notes.txt").write_text("not a model")
-    with pytest.raises(FileNotFoundError, match="No SavedModel at .*--mode=export"):
+    with pytest.raises(export.NotSimCLRExportError,
+                       match="No SavedModel at .*no saved_model.pb.*--mode=export"):
         export.load_encoder(str(tmp_path))
+    with pytest.raises(export.NotSimCLRExportError,
+                       match=f"No simclr.keras in '{tmp_path}'.*--mode=export"):
+        export.load_keras_model(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
 
 
-def test_loading_a_foreign_saved_model_is_a_clear_error(tmp_path):
+def test_loading_a_missing_path_names_it(tmp_path):
     from simclr_tf import export
+    missing = str(tmp_path / "no_such_run")
+    for load in (export.find_saved_model, export.load_encoder, export.load_keras_model):
+        with pytest.raises(FileNotFoundError, match=f"'{missing}' does not exist"):
+            load(missing)
+    assert not os.path.exists(missing)
 
+
+def _doubler_saved_model(path):
     class Doubler(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
         def double(self, x):
             return {"y": 2 * x}
 
     module = Doubler()
-    path = str(tmp_path / "foreign")
     tf.saved_model.save(module, path, signatures={"serving_default": module.double})
+
+
+def test_loading_a_foreign_saved_model_is_a_clear_error(tmp_path):
+    from simclr_tf import export
+    path = str(tmp_path / "foreign")
+    _doubler_saved_model(path)
     before = _snapshot(path)
-    with pytest.raises(ValueError, match="endpoint 'serve'.*serving_default"):
-        export.load_encoder(path)
+    for load in (export.find_saved_model, export.load_encoder):
+        with pytest.raises(export.NotSimCLRExportError,
+                           match=f"'{path}' is a SavedModel but not a simclr_tf export.*"
+                                 r"simclr_tf\.json.*'serve' \(returning 'final_avg_pool'\)"
+                                 r".*its signatures: 'serving_default'"):
+            load(path)
+    with pytest.raises(export.NotSimCLRExportError, match="SavedModel directory, not a "
+                                                          r"\.keras file.*load_encoder"):
+        export.load_keras_model(path)
+    assert isinstance(export.NotSimCLRExportError("x"), ValueError)
     assert _snapshot(path) == before
+
+
+def test_loading_another_keras_export_is_a_clear_error(tmp_path):
+    """A Keras export has a 'serve' endpoint too, but not our outputs."""
+    import keras
+    from simclr_tf import export
+    model = keras.Sequential([keras.Input([4]), keras.layers.Dense(2)])
+    path = str(tmp_path / "keras_export")
+    model.export(path, verbose=False)
+    with pytest.raises(export.NotSimCLRExportError, match="not a simclr_tf export"):
+        export.load_encoder(path)
+    keras_file = str(tmp_path / "other.keras")
+    model.save(keras_file)
+    with pytest.raises(export.NotSimCLRExportError,
+                       match="a Keras model of class 'Sequential', not a saved SimCLRModel"):
+        export.load_keras_model(keras_file)
+    (tmp_path / "broken.keras").write_bytes(b"not a zip")
+    with pytest.raises(export.NotSimCLRExportError, match="not a .keras archive"):
+        export.load_keras_model(str(tmp_path / "broken.keras"))

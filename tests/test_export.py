@@ -186,6 +186,23 @@ def test_layout_and_output_names(exported):
                            "simclr_tf.json")) as f:
         info = json.load(f)
     assert info["image_size"] == IMAGE_SIZE and set(info["outputs"]) == expected
+    from simclr_tf import __version__
+    assert info["simclr_tf_version"] == __version__
+    assert export.read_export_info(exported["paths"]["saved_model"]) == info
+
+
+def test_an_export_without_the_marker_file_still_loads(exported, tmp_path):
+    """Exports written before the marker existed are recognised by their signatures."""
+    import shutil
+    old = str(tmp_path / "old_export")
+    shutil.copytree(exported["paths"]["saved_model"], old)
+    os.remove(os.path.join(old, "assets.extra", "simclr_tf.json"))
+    assert export.read_export_info(old) is None
+    assert export.find_saved_model(old) == old
+    encoder = export.load_encoder(old)
+    np.testing.assert_allclose(encoder(exported["x"]),
+                               exported["refs"]["serve"]["final_avg_pool"],
+                               atol=ATOL, rtol=0)
 
 
 def test_reloaded_without_simclr_tf_matches_in_process_model(exported):
@@ -227,6 +244,8 @@ def test_tfsmlayer_fine_tunes_inside_fit(exported):
 def test_keras_file_round_trip_gives_identical_outputs(exported):
     restored = keras.models.load_model(exported["paths"]["keras"])
     assert isinstance(restored, simclr_model.SimCLRModel)
+    for path in (exported["model_dir"], exported["paths"]["keras"]):  # the helper too
+        assert isinstance(export.load_keras_model(path), simclr_model.SimCLRModel)
     x = exported["x"]
     expected = exported["refs"]["serve"]
     actual = _np(restored(x, training=False))
@@ -259,8 +278,10 @@ def test_load_encoder_frozen(exported):
         np.testing.assert_array_equal(a, np.array(w))
     with pytest.raises(ValueError, match="not an output"):
         export.load_encoder(exported["model_dir"], output="nope")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(export.NotSimCLRExportError, match="No SavedModel at"):
         export.load_encoder(os.path.dirname(exported["model_dir"]))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export.load_encoder(exported["model_dir"] + "_missing")
 
 
 def test_load_encoder_fine_tunes_with_adam(exported):
