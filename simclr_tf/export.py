@@ -376,13 +376,14 @@ def _signature_outputs(saved_model_path):
 
     Parses the protocol buffer only: no variables, no functions are loaded.
     """
+    from google.protobuf.message import DecodeError
     from tensorflow.core.protobuf import saved_model_pb2
 
     proto = saved_model_pb2.SavedModel()
     try:
         with tf.io.gfile.GFile(os.path.join(saved_model_path, "saved_model.pb"), "rb") as f:
             proto.ParseFromString(f.read())
-    except Exception:  # noqa: BLE001 - any unreadable file means "not ours"
+    except (DecodeError, OSError, tf.errors.OpError):  # unreadable: not ours
         return {}
     signatures = {}
     for meta_graph in proto.meta_graphs:

@@ -462,6 +462,13 @@ def test_loading_a_foreign_saved_model_is_a_clear_error(tmp_path):
     assert _snapshot(path) == before
 
 
+def test_loading_a_damaged_saved_model_pb_is_a_clear_error(tmp_path):
+    from simclr_tf import export
+    (tmp_path / "saved_model.pb").write_bytes(b"\xff not a protocol buffer")
+    with pytest.raises(export.NotSimCLRExportError, match="its signatures: none"):
+        export.load_encoder(str(tmp_path))
+
+
 def test_loading_another_keras_export_is_a_clear_error(tmp_path):
     """A Keras export has a 'serve' endpoint too, but not our outputs."""
     import keras
