@@ -23,8 +23,10 @@
       (:func:`simclr_tf.data.augment.preprocess_for_eval`: centre crop above
       32 px, bicubic resize to S, clip) and then passed to ``serve``.
 
-    ``saved_model/assets.extra/simclr_tf.json`` records the image size and
-    the output names.
+    ``saved_model/assets.extra/simclr_tf.json`` records the package version,
+    the image size and the output names; the loading helpers recognise our
+    exports by it and raise :class:`NotSimCLRExportError` for anything else
+    (older exports without it are recognised by their signatures).
 
 ``simclr.keras``
     The whole :class:`~simclr_tf.models.simclr_model.SimCLRModel` (config and
@@ -62,6 +64,7 @@ import json
 import logging
 import os
 import uuid
+import zipfile
 
 import keras
 import tensorflow as tf
@@ -82,7 +85,8 @@ SERVE_UINT8 = "serve_uint8"
 __all__ = [
     "SAVED_MODEL_SUBDIR", "KERAS_FILENAME", "SERVE", "SERVE_TRAINING", "SERVE_UINT8",
     "export_model", "export_run", "restore_latest", "load_encoder",
-    "load_keras_model", "find_saved_model", "SimCLREncoderLayer",
+    "load_keras_model", "find_saved_model", "read_export_info", "SimCLREncoderLayer",
+    "NotSimCLRExportError",
 ]
 
 
@@ -280,31 +284,27 @@ def export_model(model, model_dir, image_size, *, keras_file=True):
 
 
 def restore_latest(session):
-    """Restores the newest checkpoint of ``session.cfg.model_dir``.
+    """Restores the newest readable checkpoint of ``session.cfg.model_dir``.
 
-    Raises ``trainer.RunError`` with what to do when there is none or it does
-    not match the session's model.
+    The same fallback as training (:meth:`simclr_tf.trainer.Session.resume`):
+    a corrupt or truncated newest checkpoint is skipped with a warning and the
+    previous one is used. Raises ``trainer.RunError`` with what to do when
+    there is no checkpoint, none is readable, or they do not match the
+    session's model.
+
+    Returns:
+        The prefix of the restored checkpoint.
     """
     from simclr_tf import trainer
 
-    cfg = session.cfg
-    directory = os.path.join(cfg.model_dir, trainer.CHECKPOINT_SUBDIR)
-    latest = tf.train.latest_checkpoint(directory)
-    if not latest:
+    directory = os.path.join(session.cfg.model_dir, trainer.CHECKPOINT_SUBDIR)
+    if not trainer.checkpoint_candidates(directory):
         raise trainer.RunError(
             f"Nothing to export: {directory!r} holds no checkpoint. Train first "
             "(--mode=train or train_then_eval) or point --model_dir at a finished run.")
-    try:
-        status = session.checkpoint.read(latest)
-        status.assert_existing_objects_matched()
-        status.expect_partial()  # the manager's save counter is not needed
-    except (AssertionError, ValueError, tf.errors.OpError) as e:
-        raise trainer.RunError(
-            f"The checkpoint {latest!r} does not match the model of this config. "
-            "Export with the settings of the training run, e.g. "
-            f"--config={os.path.join(cfg.model_dir, 'config.yaml')} --mode=export. "
-            f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    return latest
+    resumed = session.resume()
+    absl_logging.info("Export: %s", resumed)
+    return session.restored_checkpoint
 
 
 def export_run(session, restore=False):
@@ -331,17 +331,106 @@ def export_run(session, restore=False):
 
 
 # -------------------------------------------------------------------- loading
+class NotSimCLRExportError(ValueError):
+    """A path exists but does not hold a ``simclr_tf`` export.
+
+    Raised by :func:`find_saved_model`, :func:`load_encoder` and
+    :func:`load_keras_model` for a directory without a SavedModel, another
+    program's SavedModel or ``.keras`` file, and the like. A path that does
+    not exist raises ``FileNotFoundError`` instead.
+    """
+
+
+_EXPORT_HELP = ("Expected a model_dir written by simclr_tf (holding saved_model/ and "
+                "simclr.keras) or its saved_model/ directory; export one with "
+                "`python -m simclr_tf.run --mode=export --model_dir=...`.")
+# What an export made before the marker file existed must offer.
+_REQUIRED_SIGNATURES = {SERVE: "final_avg_pool", SERVE_TRAINING: "final_avg_pool"}
+
+
+def _require_exists(path):
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path!r} does not exist. {_EXPORT_HELP}")
+
+
+def read_export_info(saved_model_path):
+    """The ``assets.extra/simclr_tf.json`` marker of an export, or None.
+
+    It records ``simclr_tf_version``, ``image_size``, ``outputs``,
+    ``endpoints`` and ``representation``; exports older than the marker
+    have none.
+    """
+    marker = os.path.join(saved_model_path, INFO_FILE)
+    try:
+        with tf.io.gfile.GFile(marker) as f:
+            info = json.loads(f.read())
+    except (ValueError, tf.errors.OpError):
+        return None
+    if not isinstance(info, dict) or not {"simclr_tf_version", "outputs"} <= set(info):
+        return None
+    return info
+
+
+def _signature_outputs(saved_model_path):
+    """``{signature name: set of output keys}`` read from ``saved_model.pb``.
+
+    Parses the protocol buffer only: no variables, no functions are loaded.
+    """
+    from google.protobuf.message import DecodeError
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    try:
+        with tf.io.gfile.GFile(os.path.join(saved_model_path, "saved_model.pb"), "rb") as f:
+            proto.ParseFromString(f.read())
+    except (DecodeError, OSError, tf.errors.OpError):  # unreadable: not ours
+        return {}
+    signatures = {}
+    for meta_graph in proto.meta_graphs:
+        for name, signature in meta_graph.signature_def.items():
+            signatures[name] = set(signature.outputs)
+    return signatures
+
+
+def _check_simclr_saved_model(path):
+    """Raises NotSimCLRExportError unless ``path`` is a SavedModel written by simclr_tf.
+
+    Our exports carry the marker file; older ones (without it) pass when they
+    have the ``serve`` and ``serve_training`` signatures returning
+    ``final_avg_pool``.
+    """
+    if read_export_info(path) is not None:
+        return
+    signatures = _signature_outputs(path)
+    missing = [f"{name!r} (returning {key!r})" for name, key in _REQUIRED_SIGNATURES.items()
+               if key not in signatures.get(name, ())]
+    if missing:
+        found = ", ".join(repr(n) for n in sorted(signatures)
+                          if not n.startswith("__")) or "none"
+        raise NotSimCLRExportError(
+            f"{path!r} is a SavedModel but not a simclr_tf export: it has no {INFO_FILE} "
+            f"marker and lacks the signature(s) {', '.join(missing)} (its signatures: "
+            f"{found}). {_EXPORT_HELP} For other SavedModels use "
+            "keras.layers.TFSMLayer or tf.saved_model.load directly.")
+
+
 def find_saved_model(path):
-    """``path`` itself if it is a SavedModel, else ``path/saved_model``."""
+    """The simclr_tf SavedModel at ``path`` or ``path/saved_model``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        NotSimCLRExportError: ``path`` holds no SavedModel, or one that
+            simclr_tf did not write.
+    """
     path = os.fspath(path)
-    if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
-        return path
+    _require_exists(path)
     inner = os.path.join(path, SAVED_MODEL_SUBDIR)
-    if tf.io.gfile.exists(os.path.join(inner, "saved_model.pb")):
-        return inner
-    raise FileNotFoundError(
-        f"No SavedModel at {path!r} or {inner!r}. Export one with "
-        "`python -m simclr_tf.run --mode=export --model_dir=...`.")
+    for candidate in (path, inner):
+        if tf.io.gfile.exists(os.path.join(candidate, "saved_model.pb")):
+            _check_simclr_saved_model(candidate)
+            return candidate
+    raise NotSimCLRExportError(
+        f"No SavedModel at {path!r} or {inner!r} (no saved_model.pb). {_EXPORT_HELP}")
 
 
 @keras.saving.register_keras_serializable(package="simclr_tf")
@@ -437,9 +526,41 @@ def load_encoder(path, output="final_avg_pool", trainable=False):
     return SimCLREncoderLayer(find_saved_model(path), output=output, trainable=trainable)
 
 
+def _keras_class_name(path):
+    """The top-level ``class_name`` in a ``.keras`` archive's config, or None."""
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f, zipfile.ZipFile(f) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError, tf.errors.OpError):
+        return None
+    return config.get("class_name") if isinstance(config, dict) else None
+
+
 def load_keras_model(path):
-    """Loads ``simclr.keras`` (or a model_dir holding it) as a SimCLRModel."""
+    """Loads ``simclr.keras`` (or a model_dir holding it) as a SimCLRModel.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        NotSimCLRExportError: ``path`` holds no ``simclr.keras``, or a file
+            that is not a saved SimCLRModel (checked before anything is
+            deserialised).
+    """
     path = os.fspath(path)
-    if not path.endswith(".keras"):
-        path = os.path.join(path, KERAS_FILENAME)
+    _require_exists(path)
+    if tf.io.gfile.isdir(path):
+        if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+            raise NotSimCLRExportError(
+                f"{path!r} is a SavedModel directory, not a .keras file: load it with "
+                f"simclr_tf.export.load_encoder({path!r}), or pass the model_dir that "
+                f"holds {KERAS_FILENAME}.")
+        keras_path = os.path.join(path, KERAS_FILENAME)
+        if not tf.io.gfile.exists(keras_path):
+            raise NotSimCLRExportError(f"No {KERAS_FILENAME} in {path!r}. {_EXPORT_HELP}")
+        path = keras_path
+    class_name = _keras_class_name(path)
+    if class_name != simclr_model.SimCLRModel.__name__:
+        what = (f"a Keras model of class {class_name!r}" if class_name
+                else "not a .keras archive")
+        raise NotSimCLRExportError(
+            f"{path!r} is {what}, not a saved SimCLRModel. {_EXPORT_HELP}")
     return keras.models.load_model(path)

@@ -410,6 +410,8 @@ class Session:
         task = self.strategy.cluster_resolver.task_id
         return os.path.join(self.cfg.model_dir, f"worker_{task}_tmp", CHECKPOINT_SUBDIR)
 
+    restored_checkpoint = None  # prefix of the checkpoint resume() restored
+
     @property
     def step(self):
         return int(self.optimizer.iterations.numpy())
@@ -420,10 +422,9 @@ class Session:
 
         Returns a short description of what was restored.
         """
-        directory = os.path.join(self.cfg.model_dir, CHECKPOINT_SUBDIR)
-        candidates = checkpoint_candidates(directory)
-        if candidates:
-            return self._resume(directory, candidates)
+        resumed = self.resume()
+        if resumed is not None:
+            return resumed
         if self.cfg.checkpoint:
             path = self.cfg.checkpoint
             if os.path.isdir(path):
@@ -445,13 +446,25 @@ class Session:
             return f"loaded pretrained encoder and projection head from {path}"
         return "started from random initialisation"
 
-    def _resume(self, directory, candidates):
-        """Restores the newest readable checkpoint of ``candidates``.
+    def resume(self):
+        """Restores the newest readable checkpoint of ``model_dir/checkpoints``.
 
-        A corrupt, truncated or incomplete checkpoint is skipped with a
-        warning (its files stay in place); one that does not match the model
-        ends the run.
+        The one implementation of checkpoint fallback, used by training,
+        ``--mode=eval`` and ``--mode=export``: a corrupt, truncated or
+        incomplete checkpoint is skipped with a warning (its files stay in
+        place) and the previous one is tried; one that does not match the
+        model raises :class:`RunError`, as does a directory whose checkpoints
+        are all unreadable.
+
+        Returns:
+            A description (``"resumed from PATH at step N"``, plus the
+            skipped checkpoints), or None when there is no checkpoint. The
+            restored prefix is in ``self.restored_checkpoint``.
         """
+        directory = os.path.join(self.cfg.model_dir, CHECKPOINT_SUBDIR)
+        candidates = checkpoint_candidates(directory)
+        if not candidates:
+            return None
         unreadable = []
         for path in candidates:
             try:
@@ -461,8 +474,8 @@ class Session:
                 raise RunError(
                     f"The checkpoint {path!r} does not match the model of this config "
                     f"({short_tf_error(e)}). Use the settings of the run that wrote it "
-                    f"(--config={os.path.join(self.cfg.model_dir, 'config.yaml')}), or "
-                    "a new --model_dir.") from None
+                    f"(--config={os.path.join(self.cfg.model_dir, 'config.yaml')} "
+                    f"--mode={self.cfg.mode}), or a new --model_dir.") from None
             except (tf.errors.OpError, IndexError, OSError) as e:
                 logging.warning("Checkpoint %s is unreadable (%s: %s); trying the "
                                 "previous one.", path, type(e).__name__, short_tf_error(e))
@@ -470,6 +483,7 @@ class Session:
                 continue
             note = (f" (skipped unreadable {', '.join(unreadable)})" if unreadable
                     else "")
+            self.restored_checkpoint = path
             return f"resumed from {path} at step {self.step}{note}"
         raise RunError(
             f"No readable checkpoint in {directory!r} (unreadable: "

@@ -8,6 +8,8 @@ import hashlib
 import io
 import logging
 import os
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from PIL import Image
 import subprocs
 from simclr_tf import config as config_lib
 from simclr_tf import trainer
-from simclr_tf.data import datasets
+from simclr_tf.data import datasets, image_header
 
 
 @pytest.fixture(autouse=True)
@@ -96,6 +98,83 @@ def test_unreadable_image_is_skipped_with_a_count(tmp_path, caplog, name):
     assert _snapshot(root) == before
 
 
+# ------------------------------------------------------ decompression bombs
+
+def _png_bomb(height=100_000, width=100_000):
+    """A ~100-byte PNG whose header claims ``height x width`` RGB pixels (30 GB)."""
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def _jpeg_bomb(height=65_000, width=65_000):
+    """A tiny JPEG (APP0, then a baseline frame header) claiming ``height x width``."""
+    app0 = b"JFIF\0\x01\x01\0\0\x01\0\x01\0\0"
+    sof = struct.pack(">BHHB", 8, height, width, 3) + b"\x01\x22\0\x02\x11\x01\x03\x11\x01"
+    return (b"\xff\xd8" + b"\xff\xe0" + struct.pack(">H", len(app0) + 2) + app0
+            + b"\xff\xc0" + struct.pack(">H", len(sof) + 2) + sof + b"\xff\xd9")
+
+
+BOMBS = {"bomb.png": _png_bomb, "bomb.jpg": _jpeg_bomb}
+
+
+def test_header_sizes_of_the_bombs_are_read_without_decoding(tmp_path):
+    for name, make in BOMBS.items():
+        (tmp_path / name).write_bytes(make())
+    assert image_header.image_size(str(tmp_path / "bomb.png")) == (100_000, 100_000)
+    assert image_header.image_size(str(tmp_path / "bomb.jpg")) == (65_000, 65_000)
+
+
+def test_decompression_bombs_are_skipped_undecoded_with_a_count(tmp_path, caplog,
+                                                                 monkeypatch):
+    root = _folder(tmp_path / "data")
+    for name, make in BOMBS.items():
+        (root / "train" / "dogs" / name).write_bytes(make())
+    (root / "train" / "cats" / "corrupt.jpg").write_bytes(UNREADABLE["corrupt.jpg"]())
+    before = _snapshot(root)
+    decoded = []
+    real = datasets._decode_shapes
+    monkeypatch.setattr(datasets, "_decode_shapes",
+                        lambda paths: decoded.extend(paths) or real(paths))
+    with caplog.at_level(logging.WARNING):
+        ds, info = datasets.load("image_folder", "train", str(root))
+    assert info.skipped_too_large == 2 and info.skipped == 1 and info.num_examples == 8
+    assert len(decoded) == 9  # the good and corrupt files ...
+    assert not [p for p in decoded if os.path.basename(p) in BOMBS]  # ... not the bombs
+    assert ("skipped 2 image file(s) above the limit of 50000000 pixels "
+            "(skipped_too_large; raise it with SIMCLR_TF_MAX_IMAGE_PIXELS") in caplog.text
+    assert "bomb.png" in caplog.text and "bomb.jpg" in caplog.text
+    assert "skipped 1 unreadable image file(s)" in caplog.text
+    images = [ex["image"].numpy() for ex in ds]
+    assert len(images) == 8 and all(im.shape == (24, 24, 3) for im in images)
+    assert _snapshot(root) == before
+    # From the cached manifest: the same result, and still nothing decoded.
+    decoded.clear()
+    _, again = datasets.load("image_folder", "train", str(root))
+    assert again == info and not decoded
+
+
+def test_pixel_limit_follows_the_environment_variable(tmp_path, monkeypatch):
+    root = _folder(tmp_path / "data", classes=("small",), n=3, splits=("train",))
+    _image(size=(40, 40)).save(root / "train" / "small" / "big.png")  # 1600 pixels
+    _, info = datasets.load("image_folder", "train", str(root))
+    assert info.num_examples == 4 and info.skipped_too_large == 0
+    monkeypatch.setenv(image_header.MAX_PIXELS_ENV, "1000")  # lowered: cache reused
+    _, info = datasets.load("image_folder", "train", str(root))
+    assert info.num_examples == 3 and info.skipped_too_large == 1
+    monkeypatch.setenv(image_header.MAX_PIXELS_ENV, "0")  # no limit
+    (root / "train" / "small" / "tiny.png").write_bytes(_png_bomb(3, 3))  # honest 3x3
+    _, info = datasets.load("image_folder", "train", str(root))
+    assert info.num_examples == 5 and info.skipped_too_large == 0 and info.skipped == 0
+    monkeypatch.setenv(image_header.MAX_PIXELS_ENV, "lots")
+    with pytest.raises(ValueError, match="SIMCLR_TF_MAX_IMAGE_PIXELS='lots' is not a pixel "
+                                         "count.*or 0 for no limit"):
+        datasets.load("image_folder", "train", str(root))
+
+
 # --------------------------------------------------- unusual but valid images
 
 def _write_png(array):
@@ -144,12 +223,15 @@ def test_training_runs_on_a_folder_of_every_kind_of_image(tmp_path):
     root = _folder(tmp_path / "data", n=3)
     for name, make in sorted(UNREADABLE.items()):
         (root / "train" / "cats" / name).write_bytes(make())
+    for name, make in sorted(BOMBS.items()):
+        (root / "train" / "dogs" / name).write_bytes(make())
     for i, (name, (writer, *_)) in enumerate(sorted(UNUSUAL.items())):
         writer(root / "train" / ("cats", "dogs")[i % 2] / name)
     before = _snapshot(root)
     cfg = _cfg(tmp_path, data_dir=str(root))  # image_size=8: the smallest allowed
     session = trainer.Session(cfg)
     assert session.train_info.skipped == len(UNREADABLE)
+    assert session.train_info.skipped_too_large == len(BOMBS)
     assert session.train_info.num_examples == 6 + len(UNUSUAL)
     os.makedirs(cfg.model_dir)
     session.train()
@@ -334,23 +416,73 @@ def test_model_dir_of_an_incompatible_run_is_refused(tmp_path):
 def test_loading_a_directory_without_a_saved_model_is_a_clear_error(tmp_path):
     from simclr_tf import export
     (tmp_path / "notes.txt").write_text("not a model")
-    with pytest.raises(FileNotFoundError, match="No SavedModel at .*--mode=export"):
+    with pytest.raises(export.NotSimCLRExportError,
+                       match="No SavedModel at .*no saved_model.pb.*--mode=export"):
         export.load_encoder(str(tmp_path))
+    with pytest.raises(export.NotSimCLRExportError,
+                       match=f"No simclr.keras in '{tmp_path}'.*--mode=export"):
+        export.load_keras_model(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
 
 
-def test_loading_a_foreign_saved_model_is_a_clear_error(tmp_path):
+def test_loading_a_missing_path_names_it(tmp_path):
     from simclr_tf import export
+    missing = str(tmp_path / "no_such_run")
+    for load in (export.find_saved_model, export.load_encoder, export.load_keras_model):
+        with pytest.raises(FileNotFoundError, match=f"'{missing}' does not exist"):
+            load(missing)
+    assert not os.path.exists(missing)
 
+
+def _doubler_saved_model(path):
     class Doubler(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, 3], tf.float32)])
         def double(self, x):
             return {"y": 2 * x}
 
     module = Doubler()
-    path = str(tmp_path / "foreign")
     tf.saved_model.save(module, path, signatures={"serving_default": module.double})
+
+
+def test_loading_a_foreign_saved_model_is_a_clear_error(tmp_path):
+    from simclr_tf import export
+    path = str(tmp_path / "foreign")
+    _doubler_saved_model(path)
     before = _snapshot(path)
-    with pytest.raises(ValueError, match="endpoint 'serve'.*serving_default"):
-        export.load_encoder(path)
+    for load in (export.find_saved_model, export.load_encoder):
+        with pytest.raises(export.NotSimCLRExportError,
+                           match=f"'{path}' is a SavedModel but not a simclr_tf export.*"
+                                 r"simclr_tf\.json.*'serve' \(returning 'final_avg_pool'\)"
+                                 r".*its signatures: 'serving_default'"):
+            load(path)
+    with pytest.raises(export.NotSimCLRExportError, match="SavedModel directory, not a "
+                                                          r"\.keras file.*load_encoder"):
+        export.load_keras_model(path)
+    assert isinstance(export.NotSimCLRExportError("x"), ValueError)
     assert _snapshot(path) == before
+
+
+def test_loading_a_damaged_saved_model_pb_is_a_clear_error(tmp_path):
+    from simclr_tf import export
+    (tmp_path / "saved_model.pb").write_bytes(b"\xff not a protocol buffer")
+    with pytest.raises(export.NotSimCLRExportError, match="its signatures: none"):
+        export.load_encoder(str(tmp_path))
+
+
+def test_loading_another_keras_export_is_a_clear_error(tmp_path):
+    """A Keras export has a 'serve' endpoint too, but not our outputs."""
+    import keras
+    from simclr_tf import export
+    model = keras.Sequential([keras.Input([4]), keras.layers.Dense(2)])
+    path = str(tmp_path / "keras_export")
+    model.export(path, verbose=False)
+    with pytest.raises(export.NotSimCLRExportError, match="not a simclr_tf export"):
+        export.load_encoder(path)
+    keras_file = str(tmp_path / "other.keras")
+    model.save(keras_file)
+    with pytest.raises(export.NotSimCLRExportError,
+                       match="a Keras model of class 'Sequential', not a saved SimCLRModel"):
+        export.load_keras_model(keras_file)
+    (tmp_path / "broken.keras").write_bytes(b"not a zip")
+    with pytest.raises(export.NotSimCLRExportError, match="not a .keras archive"):
+        export.load_keras_model(str(tmp_path / "broken.keras"))

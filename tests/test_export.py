@@ -186,6 +186,23 @@ def test_layout_and_output_names(exported):
                            "simclr_tf.json")) as f:
         info = json.load(f)
     assert info["image_size"] == IMAGE_SIZE and set(info["outputs"]) == expected
+    from simclr_tf import __version__
+    assert info["simclr_tf_version"] == __version__
+    assert export.read_export_info(exported["paths"]["saved_model"]) == info
+
+
+def test_an_export_without_the_marker_file_still_loads(exported, tmp_path):
+    """Exports written before the marker existed are recognised by their signatures."""
+    import shutil
+    old = str(tmp_path / "old_export")
+    shutil.copytree(exported["paths"]["saved_model"], old)
+    os.remove(os.path.join(old, "assets.extra", "simclr_tf.json"))
+    assert export.read_export_info(old) is None
+    assert export.find_saved_model(old) == old
+    encoder = export.load_encoder(old)
+    np.testing.assert_allclose(encoder(exported["x"]),
+                               exported["refs"]["serve"]["final_avg_pool"],
+                               atol=ATOL, rtol=0)
 
 
 def test_reloaded_without_simclr_tf_matches_in_process_model(exported):
@@ -227,6 +244,8 @@ def test_tfsmlayer_fine_tunes_inside_fit(exported):
 def test_keras_file_round_trip_gives_identical_outputs(exported):
     restored = keras.models.load_model(exported["paths"]["keras"])
     assert isinstance(restored, simclr_model.SimCLRModel)
+    for path in (exported["model_dir"], exported["paths"]["keras"]):  # the helper too
+        assert isinstance(export.load_keras_model(path), simclr_model.SimCLRModel)
     x = exported["x"]
     expected = exported["refs"]["serve"]
     actual = _np(restored(x, training=False))
@@ -259,8 +278,10 @@ def test_load_encoder_frozen(exported):
         np.testing.assert_array_equal(a, np.array(w))
     with pytest.raises(ValueError, match="not an output"):
         export.load_encoder(exported["model_dir"], output="nope")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(export.NotSimCLRExportError, match="No SavedModel at"):
         export.load_encoder(os.path.dirname(exported["model_dir"]))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        export.load_encoder(exported["model_dir"] + "_missing")
 
 
 def test_load_encoder_fine_tunes_with_adam(exported):
@@ -429,3 +450,42 @@ def test_cli_exports_after_eval_and_in_export_mode_and_failures_keep_it(
     assert os.path.isfile(keras_path)
     assert open(os.path.join(model_dir, "config.yaml")).read() == config_before
     assert layout() == files
+
+
+@pytest.mark.slow
+def test_cli_export_falls_back_from_a_corrupt_newest_checkpoint(tmp_path):
+    """--mode=export skips a truncated newest checkpoint with a warning, as
+    training does, and exports the previous checkpoint's weights."""
+    from simclr_tf import trainer
+
+    model_dir = str(tmp_path / "run")
+    cfg = config_lib.resolve(SMOKE, dict(model_dir=model_dir, train_steps=2,
+                                         checkpoint_steps=1, log_every_steps=1))
+    os.makedirs(model_dir)
+    config_lib.save_yaml(cfg, os.path.join(model_dir, "config.yaml"))
+    session = trainer.Session(cfg)
+    session.train()
+    x = np.random.default_rng(5).uniform(size=(3, 16, 16, 3)).astype("float32")
+    newest = _np(session.model(x, training=False))
+    directory = os.path.join(model_dir, "checkpoints")
+    session.checkpoint.read(os.path.join(directory, "ckpt-1")).assert_existing_objects_matched()
+    older = _np(session.model(x, training=False))
+    assert np.abs(older["final_avg_pool"] - newest["final_avg_pool"]).max() > 1e-4
+
+    data = os.path.join(directory, "ckpt-2.data-00000-of-00001")
+    with open(data, "rb") as f:
+        content = f.read()
+    with open(data, "wb") as f:
+        f.write(content[: len(content) // 2])
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "simclr_tf.run", "--mode=export",
+         f"--config={os.path.join(model_dir, 'config.yaml')}"],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "exported:" in proc.stdout
+    assert "ckpt-2 is unreadable" in proc.stderr and "trying the previous one" in proc.stderr
+    assert "skipped unreadable ckpt-2" in proc.stderr
+    loaded = tf.saved_model.load(os.path.join(model_dir, "saved_model"))
+    _assert_outputs_close(_np(loaded.serve(x)), older)
+    assert len(content) // 2 == os.path.getsize(data)  # the bad file is left as it was

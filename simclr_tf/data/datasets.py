@@ -12,9 +12,14 @@ label=int64 [])`` plus a :class:`DatasetInfo`, whatever the source:
   index is the position of the class-folder name in the sorted union of the
   class folders of all splits under ``ROOT`` (so train and test agree even when
   one lacks a class). Every file is decoded once to find corrupt or empty
-  ones; they are skipped with a warning and counted in ``info.skipped``. The
-  result is cached (see :func:`manifest_cache_dir`) and re-checked only for
-  files whose size or modification time changed.
+  ones; they are skipped with a warning and counted in ``info.skipped``.
+  Before that, each file's dimensions are read from its header
+  (:mod:`simclr_tf.data.image_header`, no decoding) and images above
+  ``$SIMCLR_TF_MAX_IMAGE_PIXELS`` (default 50 megapixels; 0: no limit) are
+  skipped undecoded, with a warning, and counted in
+  ``info.skipped_too_large``: a decompression bomb never reaches a decoder.
+  The result is cached (see :func:`manifest_cache_dir`) and re-checked only
+  for files whose size or modification time changed.
 * any other name is a TFDS image dataset (``cifar10``, ``cifar100``,
   ``stl10`` incl. its ``unlabelled`` split, ``imagenet2012``, ``imagenette``,
   ``mnist`` ...), loaded with ``tfds.builder(name, data_dir=...)``,
@@ -50,7 +55,7 @@ from typing import Callable, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from simclr_tf.data import offline
+from simclr_tf.data import image_header, offline
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +84,9 @@ class DatasetInfo:
         image_shape: ``(H, W, 3)`` when all images share one size, else None.
         skipped: files skipped as unreadable (image folders only).
         class_names: class names in label order, when known.
+        skipped_too_large: files skipped (undecoded) because their header
+            gives more pixels than :func:`image_header.max_image_pixels`
+            (image folders only).
     """
 
     name: str
@@ -88,6 +96,7 @@ class DatasetInfo:
     image_shape: Optional[Tuple[int, int, int]]
     skipped: int = 0
     class_names: Optional[Tuple[str, ...]] = None
+    skipped_too_large: int = 0
 
 
 @dataclasses.dataclass
@@ -291,8 +300,8 @@ def manifest_cache_dir():
     """Directory for image-folder validation manifests.
 
     ``$SIMCLR_TF_CACHE_DIR`` when set, else ``~/.cache/simclr_tf``. A manifest
-    records, per file, its size, modification time and whether it decoded, so
-    that a folder is fully decoded only once.
+    records, per file, its size, modification time and whether it decoded
+    (or was too large to try), so that a folder is fully decoded only once.
     """
     root = os.environ.get(CACHE_DIR_ENV) or os.path.join(
         os.path.expanduser("~"), ".cache", "simclr_tf")
@@ -359,6 +368,20 @@ def _decode_shapes(paths):
     return good
 
 
+# Manifest entries: rel path -> [size, mtime_ns, status, [h, w] or None], status
+# "ok" (decoded: its size), "bad" (unreadable) or "large" (header size, not decoded).
+_MANIFEST_VERSION = 2
+
+
+def _header_sizes(paths):
+    """``[(h, w) or None]`` from the file headers (threads: I/O bound, also for gs://)."""
+    if len(paths) < 64:
+        return [image_header.image_size(p) for p in paths]
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return list(pool.map(image_header.image_size, paths, chunksize=64))
+
+
 def _manifest_path(split_dir):
     digest = hashlib.sha1(os.path.abspath(split_dir).encode("utf-8")).hexdigest()[:20]
     return os.path.join(manifest_cache_dir(), f"{digest}.json")
@@ -368,7 +391,7 @@ def _read_manifest(path, split_dir):
     try:
         with open(path, "r", encoding="utf-8") as f:
             data = json.load(f)
-        if data.get("split_dir") != os.path.abspath(split_dir) or data.get("version") != 1:
+        if data.get("split_dir") != os.path.abspath(split_dir) or data.get("version") != _MANIFEST_VERSION:
             return {}
         return data.get("files", {})
     except (OSError, ValueError):
@@ -380,7 +403,7 @@ def _write_manifest(path, split_dir, files):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"version": 1, "split_dir": os.path.abspath(split_dir), "files": files}, f)
+            json.dump({"version": _MANIFEST_VERSION, "split_dir": os.path.abspath(split_dir), "files": files}, f)
         os.replace(tmp, path)
     except OSError as e:  # read-only home etc.: validation simply reruns next time
         logger.info("Could not write the image-folder manifest %s: %s", path, e)
@@ -389,9 +412,15 @@ def _write_manifest(path, split_dir, files):
 def _scan_split(root, split_name, class_names):
     """Lists and validates one split folder.
 
-    Returns ``(files, labels, shapes, bad)``: the good files in sorted
-    (class, path) order, their labels, their ``(h, w)``, and the skipped paths.
+    Returns ``(files, labels, shapes, bad, large)``: the good files in sorted
+    (class, path) order, their labels, their ``(h, w)``, the unreadable paths
+    and the paths of images above the pixel limit (never decoded).
     """
+    limit = image_header.max_image_pixels()
+
+    def too_large(hw):
+        return limit > 0 and hw is not None and hw[0] * hw[1] > limit
+
     split_dir = os.path.join(root, split_name)
     candidates = []  # (path, size, mtime, label)
     for label, cls in enumerate(class_names):
@@ -411,8 +440,9 @@ def _scan_split(root, split_name, class_names):
         rel = os.path.relpath(p, split_dir) if not _is_remote(p) else p
         hit = cached.get(rel)
         if size == 0:
-            entries[rel] = [size, mtime, None]
-        elif hit is not None and hit[0] == size and hit[1] == mtime:
+            entries[rel] = [size, mtime, "bad", None]
+        elif (hit is not None and hit[:2] == [size, mtime]
+              and not (hit[2] == "large" and not too_large(hit[3]))):  # limit raised
             entries[rel] = hit
         else:
             to_check.append((rel, p, size, mtime))
@@ -420,23 +450,32 @@ def _scan_split(root, split_name, class_names):
         if len(to_check) > 1000:
             logger.info("image_folder: checking %d images in %s once (cached in %s).",
                         len(to_check), split_dir, manifest_file)
-        good = _decode_shapes([p for _, p, _, _ in to_check])
+        headers = _header_sizes([p for _, p, _, _ in to_check])
+        decode = [i for i, hw in enumerate(headers) if not too_large(hw)]
+        good = _decode_shapes([to_check[i][1] for i in decode])
+        decoded = {i: good.get(k) for k, i in enumerate(decode)}
         for i, (rel, _, size, mtime) in enumerate(to_check):
-            hw = good.get(i)
-            entries[rel] = [size, mtime, list(hw) if hw is not None else None]
+            if i not in decoded:
+                entries[rel] = [size, mtime, "large", list(headers[i])]
+            elif decoded[i] is None:
+                entries[rel] = [size, mtime, "bad", None]
+            else:
+                entries[rel] = [size, mtime, "ok", list(decoded[i])]
         _write_manifest(manifest_file, split_dir, entries)
 
-    files, labels, shapes, bad = [], [], [], []
+    files, labels, shapes, bad, large = [], [], [], [], []
     for p, _, _, label in candidates:
         rel = os.path.relpath(p, split_dir) if not _is_remote(p) else p
-        hw = entries[rel][2]
-        if hw is None:
+        _, _, status, hw = entries[rel]
+        if status == "bad":
             bad.append(p)
+        elif status == "large" or too_large(hw):  # also when the limit was lowered
+            large.append(p)
         else:
             files.append(p)
             labels.append(label)
             shapes.append(tuple(hw))
-    return files, labels, shapes, bad
+    return files, labels, shapes, bad, large
 
 
 def _image_folder_source(data_dir, split, order=np.arange):
@@ -470,7 +509,7 @@ def _image_folder_source(data_dir, split, order=np.arange):
 
     files, labels, shapes = [], [], []
     for name, start, stop in pieces:
-        f, l, s, _ = scanned[name]
+        f, l, s, _, _ = scanned[name]
         files += f[start:stop]
         labels += l[start:stop]
         shapes += s[start:stop]
@@ -480,9 +519,18 @@ def _image_folder_source(data_dir, split, order=np.arange):
         logger.warning(
             "image_folder: skipped %d unreadable image file(s) (corrupt or empty) under %r, "
             "e.g. %s%s", len(bad), root, examples, " ..." if len(bad) > 5 else "")
+    large = [p for v in scanned.values() for p in v[4]]
+    if large:
+        examples = ", ".join(repr(p) for p in large[:5])
+        logger.warning(
+            "image_folder: skipped %d image file(s) above the limit of %d pixels "
+            "(skipped_too_large; raise it with %s=PIXELS, 0 for none) under %r, e.g. %s%s",
+            len(large), image_header.max_image_pixels(), image_header.MAX_PIXELS_ENV,
+            root, examples, " ..." if len(large) > 5 else "")
     if not files:
         raise ValueError(
-            f"Split {split!r} of image_folder {root!r} has no readable images. " + _LAYOUT_HELP)
+            f"Split {split!r} of image_folder {root!r} has no readable images "
+            f"({len(bad)} unreadable, {len(large)} above the pixel limit). " + _LAYOUT_HELP)
     unique_shapes = set(shapes)
     image_shape = (*unique_shapes.pop(), 3) if len(unique_shapes) == 1 else None
     info = DatasetInfo(
@@ -493,6 +541,7 @@ def _image_folder_source(data_dir, split, order=np.arange):
         image_shape=image_shape,
         skipped=len(bad),
         class_names=class_names,
+        skipped_too_large=len(large),
     )
     perm = order(len(files))
     records = tf.data.Dataset.from_tensor_slices({
