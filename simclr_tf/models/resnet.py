@@ -82,6 +82,46 @@ def _shape_after(layer, shape):
     return tuple(layer.compute_output_shape(tuple(shape)))
 
 
+def _shape_through(layers, input_shape):
+    """Output shape of ``layers`` applied one after the other."""
+    shape = tuple(input_shape)
+    for layer in layers:
+        shape = _shape_after(layer, shape)
+    return shape
+
+
+def _build_in_sequence(layers, input_shape):
+    """Builds ``layers`` in order, each on the output shape of the one before."""
+    shape = tuple(input_shape)
+    for layer in layers:
+        layer.build(shape)
+        shape = _shape_after(layer, shape)
+
+
+class _ConfigMixin:
+    """Shared constructor-argument handling of the layers below.
+
+    ``_config_keys`` names the attributes that ``get_config`` adds (in that
+    order) to the base class's config; each is stored by ``__init__`` under
+    the name of its constructor argument.
+    """
+
+    _config_keys = ()
+
+    def _set_bn_args(self, batch_norm_decay, global_bn):
+        _check_bn_args(batch_norm_decay)
+        self.batch_norm_decay = float(batch_norm_decay)
+        self.global_bn = bool(global_bn)
+
+    def _config_values(self):
+        return {key: getattr(self, key) for key in self._config_keys}
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self._config_values())
+        return config
+
+
 @keras.saving.register_keras_serializable(package="simclr_tf")
 class FixedPaddingConv2D(keras.layers.Conv2D):
     """Bias-free square convolution with input-size-independent padding.
@@ -147,7 +187,7 @@ class FixedPaddingConv2D(keras.layers.Conv2D):
 
 
 @keras.saving.register_keras_serializable(package="simclr_tf")
-class SelectiveKernelConv2D(keras.layers.Layer):
+class SelectiveKernelConv2D(_ConfigMixin, keras.layers.Layer):
     """Selective-kernel 3x3 convolution with two branches (SimCLRv2).
 
     As in SimCLRv2 (Chen et al. 2020, arXiv:2006.10029), after Li et al. 2019
@@ -173,6 +213,10 @@ class SelectiveKernelConv2D(keras.layers.Layer):
       (2, 4, 4, 64)
     """
 
+    _config_keys = (
+        "filters", "strides", "sk_ratio", "min_dim", "batch_norm_decay", "global_bn",
+    )
+
     def __init__(
         self,
         filters,
@@ -186,13 +230,11 @@ class SelectiveKernelConv2D(keras.layers.Layer):
         super().__init__(**kwargs)
         if sk_ratio <= 0:
             raise ValueError(f"sk_ratio must be > 0, got {sk_ratio!r}.")
-        _check_bn_args(batch_norm_decay)
+        self._set_bn_args(batch_norm_decay, global_bn)
         self.filters = int(filters)
         self.strides = int(strides)
         self.sk_ratio = float(sk_ratio)
         self.min_dim = int(min_dim)
-        self.batch_norm_decay = float(batch_norm_decay)
-        self.global_bn = bool(global_bn)
         self.mid_dim = max(int(self.filters * self.sk_ratio), self.min_dim)
         dtype = self.dtype_policy
         self.conv = FixedPaddingConv2D(
@@ -233,23 +275,14 @@ class SelectiveKernelConv2D(keras.layers.Layer):
         shape = _shape_after(self.conv, input_shape)
         return shape[:-1] + (self.filters,)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            filters=self.filters,
-            strides=self.strides,
-            sk_ratio=self.sk_ratio,
-            min_dim=self.min_dim,
-            batch_norm_decay=self.batch_norm_decay,
-            global_bn=self.global_bn,
-        )
-        return config
 
-
-class _ResidualBlockBase(keras.layers.Layer):
+class _ResidualBlockBase(_ConfigMixin, keras.layers.Layer):
     """Shared shortcut handling of the basic and bottleneck blocks."""
 
     expansion = 1
+    _config_keys = (
+        "filters", "strides", "use_projection", "sk_ratio", "batch_norm_decay", "global_bn",
+    )
 
     def __init__(
         self,
@@ -262,15 +295,13 @@ class _ResidualBlockBase(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_bn_args(batch_norm_decay)
+        self._set_bn_args(batch_norm_decay, global_bn)
         if sk_ratio < 0:
             raise ValueError(f"sk_ratio must be >= 0, got {sk_ratio!r}.")
         self.filters = int(filters)
         self.strides = int(strides)
         self.use_projection = bool(use_projection)
         self.sk_ratio = float(sk_ratio)
-        self.batch_norm_decay = float(batch_norm_decay)
-        self.global_bn = bool(global_bn)
         self.out_channels = self.expansion * self.filters
         dtype = self.dtype_policy
         self.shortcut_pool = None
@@ -342,15 +373,6 @@ class _ResidualBlockBase(keras.layers.Layer):
             x = self.shortcut_pool(x)
         return self.shortcut_bn(self.shortcut_conv(x), training=training)
 
-    def _build_chain(self, pairs, input_shape):
-        shape = tuple(input_shape)
-        for conv, bn in pairs:
-            conv.build(shape)
-            shape = _shape_after(conv, shape)
-            if bn is not None:
-                bn.build(shape)
-        return shape
-
     def compute_output_shape(self, input_shape):
         shape = list(input_shape)
         for axis in (1, 2):
@@ -358,18 +380,6 @@ class _ResidualBlockBase(keras.layers.Layer):
                 shape[axis] = (shape[axis] - 1) // self.strides + 1
         shape[-1] = self.out_channels
         return tuple(shape)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            filters=self.filters,
-            strides=self.strides,
-            use_projection=self.use_projection,
-            sk_ratio=self.sk_ratio,
-            batch_norm_decay=self.batch_norm_decay,
-            global_bn=self.global_bn,
-        )
-        return config
 
 
 @keras.saving.register_keras_serializable(package="simclr_tf")
@@ -415,7 +425,7 @@ class BasicBlock(_ResidualBlockBase):
 
     def build(self, input_shape):
         self._build_shortcut(input_shape)
-        self._build_chain([(self.conv_0, self.bn_0), (self.conv_1, self.bn_1)], input_shape)
+        _build_in_sequence([self.conv_0, self.bn_0, self.conv_1, self.bn_1], input_shape)
 
     def call(self, inputs, training=None):
         shortcut = self._shortcut(inputs, training)
@@ -481,13 +491,10 @@ class BottleneckBlock(_ResidualBlockBase):
 
     def build(self, input_shape):
         self._build_shortcut(input_shape)
-        shape = self._build_chain([(self.conv_0, self.bn_0)], input_shape)
-        if self.sk_conv is not None:
-            self.sk_conv.build(shape)
-            shape = _shape_after(self.sk_conv, shape)
-        else:
-            shape = self._build_chain([(self.conv_1, self.bn_1)], shape)
-        self._build_chain([(self.conv_2, self.bn_2)], shape)
+        middle = [self.sk_conv] if self.sk_conv is not None else [self.conv_1, self.bn_1]
+        _build_in_sequence(
+            [self.conv_0, self.bn_0, *middle, self.conv_2, self.bn_2], input_shape
+        )
 
     def call(self, inputs, training=None):
         shortcut = self._shortcut(inputs, training)
@@ -504,7 +511,7 @@ _BLOCK_CLASSES = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
 
 
 @keras.saving.register_keras_serializable(package="simclr_tf")
-class BlockGroup(keras.layers.Layer):
+class BlockGroup(_ConfigMixin, keras.layers.Layer):
     """A stage of residual blocks; the first one carries stride and projection.
 
     Args:
@@ -526,6 +533,11 @@ class BlockGroup(keras.layers.Layer):
 
     Reference: He et al. 2015 (arXiv:1512.03385); SimCLR (arXiv:2002.05709).
     """
+
+    _config_keys = (
+        "filters", "num_blocks", "strides", "block_type", "use_projection", "sk_ratio",
+        "batch_norm_decay", "global_bn",
+    )
 
     def __init__(
         self,
@@ -552,8 +564,7 @@ class BlockGroup(keras.layers.Layer):
         self.block_type = block_type
         self.use_projection = bool(use_projection)
         self.sk_ratio = float(sk_ratio)
-        self.batch_norm_decay = float(batch_norm_decay)
-        self.global_bn = bool(global_bn)
+        self._set_bn_args(batch_norm_decay, global_bn)
         block_cls = _BLOCK_CLASSES[block_type]
         self.blocks = [
             block_cls(
@@ -570,10 +581,7 @@ class BlockGroup(keras.layers.Layer):
         ]
 
     def build(self, input_shape):
-        shape = tuple(input_shape)
-        for block in self.blocks:
-            block.build(shape)
-            shape = _shape_after(block, shape)
+        _build_in_sequence(self.blocks, input_shape)
 
     def call(self, inputs, training=None):
         x = inputs
@@ -582,28 +590,11 @@ class BlockGroup(keras.layers.Layer):
         return x
 
     def compute_output_shape(self, input_shape):
-        shape = tuple(input_shape)
-        for block in self.blocks:
-            shape = _shape_after(block, shape)
-        return shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            filters=self.filters,
-            num_blocks=self.num_blocks,
-            strides=self.strides,
-            block_type=self.block_type,
-            use_projection=self.use_projection,
-            sk_ratio=self.sk_ratio,
-            batch_norm_decay=self.batch_norm_decay,
-            global_bn=self.global_bn,
-        )
-        return config
+        return _shape_through(self.blocks, input_shape)
 
 
 @keras.saving.register_keras_serializable(package="simclr_tf")
-class Stem(keras.layers.Layer):
+class Stem(_ConfigMixin, keras.layers.Layer):
     """ResNet stem: convolution(s) + BN + ReLU (+ max-pool).
 
     - ``cifar_stem=True``: 3x3 stride-1 convolution, BN, ReLU, no pooling (for
@@ -629,6 +620,8 @@ class Stem(keras.layers.Layer):
       (1, 56, 56, 64)
     """
 
+    _config_keys = ("filters", "cifar_stem", "deep", "batch_norm_decay", "global_bn")
+
     def __init__(
         self,
         filters,
@@ -639,12 +632,10 @@ class Stem(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        _check_bn_args(batch_norm_decay)
+        self._set_bn_args(batch_norm_decay, global_bn)
         self.filters = int(filters)
         self.cifar_stem = bool(cifar_stem)
         self.deep = bool(deep)
-        self.batch_norm_decay = float(batch_norm_decay)
-        self.global_bn = bool(global_bn)
         dtype = self.dtype_policy
         if self.cifar_stem:
             specs = [(self.filters, 3, 1)]
@@ -667,14 +658,12 @@ class Stem(keras.layers.Layer):
                 3, 2, padding="same", name="max_pooling2d", dtype=dtype
             )
 
+    def _layer_sequence(self):
+        layers = [layer for pair in zip(self.convs, self.bns) for layer in pair]
+        return layers + ([self.max_pool] if self.max_pool is not None else [])
+
     def build(self, input_shape):
-        shape = tuple(input_shape)
-        for conv, bn in zip(self.convs, self.bns):
-            conv.build(shape)
-            shape = _shape_after(conv, shape)
-            bn.build(shape)
-        if self.max_pool is not None:
-            self.max_pool.build(shape)
+        _build_in_sequence(self._layer_sequence(), input_shape)
 
     def call(self, inputs, training=None):
         x = inputs
@@ -685,27 +674,11 @@ class Stem(keras.layers.Layer):
         return x
 
     def compute_output_shape(self, input_shape):
-        shape = tuple(input_shape)
-        for conv in self.convs:
-            shape = _shape_after(conv, shape)
-        if self.max_pool is not None:
-            shape = _shape_after(self.max_pool, shape)
-        return shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            filters=self.filters,
-            cifar_stem=self.cifar_stem,
-            deep=self.deep,
-            batch_norm_decay=self.batch_norm_decay,
-            global_bn=self.global_bn,
-        )
-        return config
+        return _shape_through(self._layer_sequence(), input_shape)
 
 
 @keras.saving.register_keras_serializable(package="simclr_tf")
-class ResNet(keras.Model):
+class ResNet(_ConfigMixin, keras.Model):
     """ResNet v1 encoder returning the pooled representation ``h`` (SimCLR v1/v2).
 
     The encoder of SimCLR (Chen et al. 2020, "A Simple Framework for Contrastive
@@ -769,6 +742,11 @@ class ResNet(keras.Model):
       >>> encoder.freeze(2)  # linear-eval style: only block groups 3 and 4 train
     """
 
+    _config_keys = (
+        "resnet_depth", "width_multiplier", "cifar_stem", "sk_ratio", "batch_norm_decay",
+        "global_bn",
+    )
+
     def __init__(
         self,
         resnet_depth=50,
@@ -793,14 +771,12 @@ class ResNet(keras.Model):
             raise ValueError(f"width_multiplier must be > 0, got {width_multiplier!r}.")
         if float(sk_ratio) < 0:
             raise ValueError(f"sk_ratio must be >= 0, got {sk_ratio!r}.")
-        _check_bn_args(batch_norm_decay)
+        self._set_bn_args(batch_norm_decay, global_bn)
 
         self.resnet_depth = depth
         self.width_multiplier = width_multiplier
         self.cifar_stem = bool(cifar_stem)
         self.sk_ratio = float(sk_ratio)
-        self.batch_norm_decay = float(batch_norm_decay)
-        self.global_bn = bool(global_bn)
         self._fine_tune_after_block = -1
 
         block_type, blocks_per_group = BLOCK_CONFIGS[depth]
@@ -843,12 +819,7 @@ class ResNet(keras.Model):
         self.feature_dim = int(channels)
 
     def build(self, input_shape):
-        shape = tuple(input_shape)
-        self.stem.build(shape)
-        shape = _shape_after(self.stem, shape)
-        for group in self.block_groups:
-            group.build(shape)
-            shape = _shape_after(group, shape)
+        _build_in_sequence([self.stem, *self.block_groups], input_shape)
         self.built = True
 
     def call(self, inputs, training=None):
@@ -892,18 +863,12 @@ class ResNet(keras.Model):
         self._fine_tune_after_block = k
 
     def get_config(self):
-        config = {
+        return {
             "name": self.name,
             "trainable": self.trainable,
             "dtype": keras.dtype_policies.serialize(self.dtype_policy),
-            "resnet_depth": self.resnet_depth,
-            "width_multiplier": self.width_multiplier,
-            "cifar_stem": self.cifar_stem,
-            "sk_ratio": self.sk_ratio,
-            "batch_norm_decay": self.batch_norm_decay,
-            "global_bn": self.global_bn,
+            **self._config_values(),
         }
-        return config
 
     @classmethod
     def from_config(cls, config):
