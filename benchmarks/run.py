@@ -370,11 +370,12 @@ def report(results):
         out.append(_meta(e))
     a = results.get("time_to_accuracy")
     if a:
-        out.append(_table(["precision", "wall s", "CPU s", "idle est. s", "top-1", "top-5",
-                           "steps"],
+        out.append(_table(["precision", "wall s", "CPU s", "idle est. s", "probe top-1",
+                           "probe top-5", "frozen-feature linear eval top-1", "steps"],
                           [[r["precision"], _f(r.get("wall_s")), _f(r.get("cpu_s")),
                             _f(r.get("wall_s_idle_estimate")), _f(r.get("top1"), 4),
-                            _f(r.get("top5"), 4), _f(r.get("global_step"))]
+                            _f(r.get("top5"), 4), _f(r.get("feature_linear_eval_top1"), 4),
+                            _f(r.get("global_step"))]
                            for r in a["rows"]]))
         out.append(_meta(a))
     return "\n\n".join(out)

@@ -1,8 +1,8 @@
 """Wall time of the default ``train_then_eval`` run and the top-1 it reaches.
 
 Runs ``python -m simclr_tf.run --mode=train_then_eval`` (the built-in defaults:
-offline_shapes, ResNet-18 x0.5, 10 epochs, linear probe trained during
-pretraining) in a subprocess per precision and reads ``result.json``. The
+offline_shapes, ResNet-18 x0.25, 4 epochs, linear probe trained during
+pretraining, then the frozen-feature linear eval) in a subprocess per precision and reads ``result.json``. The
 wall time includes start-up, the eval and the export that ``train_then_eval``
 writes; the CPU time (user + system of the run) divided by the number of cores
 estimates the wall time on an otherwise idle machine. The same
@@ -71,6 +71,7 @@ def _run_one(precision, extra_flags, cwd, env, log):
     row = {"precision": precision, "wall_s": wall, "cpu_s": cpu,
            "wall_s_idle_estimate": cpu / (os.cpu_count() or 1),
            "top1": result["top1"],
+           "feature_linear_eval_top1": (result.get("feature_linear_eval") or {}).get("top1"),
            "top5": result["top5"], "global_step": result["global_step"],
            "flags": " ".join(command[3:]), "load_average_before": load_before,
            "load_average_after": common.load_average(),
@@ -79,5 +80,6 @@ def _run_one(precision, extra_flags, cwd, env, log):
                "train_batch_size", "train_epochs", "train_steps", "learning_rate",
                "temperature", "seed", "precision", "jit_compile")}}
     log(f"  time to accuracy {precision}: {wall:.0f} s (CPU {cpu:.0f} s), "
-        f"top1 {row['top1']:.4f}")
+        f"top1 {row['top1']:.4f}, feature_linear_eval_top1 "
+        f"{row['feature_linear_eval_top1']}")
     return row

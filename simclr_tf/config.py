@@ -107,7 +107,7 @@ class Config:
     # Optimisation.
     optimizer: str = _field("lars", "Optimizer.", OPTIMIZERS)
     learning_rate: float = _field(
-        1.0, "Base learning rate, scaled by learning_rate_scaling.", minimum=0.0)
+        2.0, "Base learning rate, scaled by learning_rate_scaling.", minimum=0.0)
     learning_rate_scaling: str = _field(
         "linear", "linear: lr*B/256; sqrt: lr*sqrt(B).", LR_SCALINGS)
     warmup_epochs: float = _field(1.0, "Linear warmup epochs.", minimum=0.0)
@@ -117,7 +117,7 @@ class Config:
                              minimum=0.0)
 
     # Contrastive loss.
-    temperature: float = _field(0.5, "NT-Xent temperature.", minimum=0.0,
+    temperature: float = _field(0.2, "NT-Xent temperature.", minimum=0.0,
                                 exclusive_min=True)
     hidden_norm: bool = _field(True, "L2-normalise projections before the loss.")
 
@@ -207,7 +207,9 @@ class Config:
     precision: str = _field(
         "float32", "bfloat16: the encoder computes in bfloat16 (Keras policy "
         "mixed_bfloat16); variables, BN statistics, heads, loss and optimizer stay "
-        "float32. Pays on TPUs, GPUs and CPUs with AMX or AVX512-BF16.", PRECISIONS)
+        "float32. Pays on TPUs, GPUs and CPUs with AMX or AVX512-BF16 (1.36x on the "
+        "step), but the 4-epoch CPU demo lost 8 points of linear eval: see "
+        "BENCHMARKS.md.", PRECISIONS)
     jit_compile: str = _field(
         "auto", "XLA-compile the training step. auto: on for one GPU, off on CPU "
         "(measured slower) and with several GPU replicas; a TPU compiles the step "
