@@ -208,7 +208,7 @@ class Config:
         "float32", "bfloat16: the encoder computes in bfloat16 (Keras policy "
         "mixed_bfloat16); variables, BN statistics, heads, loss and optimizer stay "
         "float32. Pays on TPUs, GPUs and CPUs with AMX or AVX512-BF16 (1.36x on the "
-        "step), but the 4-epoch CPU demo lost 8 points of linear eval: see "
+        "step, same demo accuracy over two seeds); slower on other CPUs. See "
         "BENCHMARKS.md.", PRECISIONS)
     jit_compile: str = _field(
         "auto", "XLA-compile the training step. auto: on for one GPU, off on CPU "

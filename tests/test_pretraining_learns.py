@@ -15,11 +15,13 @@ from simclr_tf import linear_eval
 from simclr_tf import trainer
 
 # Chosen so that the test takes about a minute on 2 CPU cores. Measured on an
-# AMD EPYC with AVX512-BF16 (2026-11-30): 0.1515 at random init, 0.2445 after
-# 120 steps. The margin asked for is about half that gain; one standard error
-# of a top-1 on the 2,000 test images is below 0.01.
+# AMD EPYC with AVX512-BF16 (2026-11-30): seed 0 (this test) 0.1515 at random
+# init -> 0.2445 after 120 steps; seed 1 0.1675 -> 0.2070. Short runs swing
+# with the seed, and another CPU's floating-point order acts like another seed,
+# so the margin asked for is below the smaller of the two gains; one standard
+# error of a top-1 on the 2,000 test images is below 0.01.
 STEPS = 120
-MIN_GAIN = 0.05
+MIN_GAIN = 0.025
 
 
 @pytest.mark.slow

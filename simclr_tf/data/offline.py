@@ -28,7 +28,7 @@ colour, position, scale and clutter: the invariances SimCLR's views teach.
 Measured (frozen features h of ResNet-18 at width 0.25, standardised, then
 logistic regression as in ``simclr_tf.linear_eval``; 2,000 test images):
 15.2% top-1 for the randomly initialised encoder, 35.8% after the default
-four-epoch pretraining (BENCHMARKS.md). History, for whoever changes this
+four-epoch pretraining (27.5% with seed 1; BENCHMARKS.md). History, for whoever changes this
 generator: one shape per image (v0) was cropped away by SimCLR's views (12.9%
 after two epochs); tiled shapes under random rotation and dense clutter (v1)
 gave 13.0% at random init and 18.2% after the demo. Rotation is not among
