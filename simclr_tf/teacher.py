@@ -80,13 +80,12 @@ class Teacher:
     def __init__(self, path, image_size):
         import tensorflow as tf
 
+        from simclr_tf import export  # finds the SavedModel and checks it is ours
+
         self.path = path
         check_export(path, image_size)
-        self._loaded = tf.saved_model.load(_saved_model_dir(path, tf.io.gfile.exists))
-        serve = getattr(self._loaded, "serve", None)
-        if serve is None:
-            raise ValueError(f"Invalid value {path!r} for {_KEY}: the SavedModel has "
-                             "no 'serve' endpoint (not exported by simclr_tf).")
+        self._loaded = tf.saved_model.load(export.find_saved_model(path))
+        serve = self._loaded.serve
         concrete = (getattr(serve, "concrete_functions", None) or [serve])[0]
         outputs = concrete.structured_outputs
         if LOGITS not in outputs:
