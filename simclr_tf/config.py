@@ -32,8 +32,10 @@ COLOR_JITTER_IMPLS = ("v1", "v2")
 NONFINITE_POLICIES = ("stop", "skip")
 PRECISIONS = ("float32", "bfloat16")
 JIT_COMPILE = ("auto", "true", "false")
-# Names of simclr_tf.data.augment.AUGMENTATIONS (kept here so that validation
-# needs no TensorFlow; tests/test_augment.py checks that the two agree).
+# Augmentation names of simclr_tf.data.augment.augment_view. They live here,
+# with parse_augmentations and default_augmentations, so that validation needs
+# no TensorFlow; simclr_tf.data.augment imports them. A name's position is its
+# seed slot in augment_view (append new names; never reorder).
 AUGMENTATIONS = ("crop", "flip", "color", "blur", "jitter", "gray", "cutout", "sobel",
                  "noise", "rotate")
 NO_AUGMENTATION = "none"
@@ -319,7 +321,7 @@ class Config:
         """Tuple of augmentation names of a pretraining view (both by default)."""
         if self.augmentations is not None:
             return parse_augmentations(self.augmentations)
-        return ("crop", "flip", "color") + (("blur",) if self.resolved_use_blur else ())
+        return default_augmentations(self.resolved_use_blur)
 
     @property
     def view_augmentations(self):
@@ -335,6 +337,11 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def default_augmentations(use_blur):
+    """The SimCLR view pipeline as names: crop, flip, color (+ blur)."""
+    return ("crop", "flip", "color") + (("blur",) if use_blur else ())
 
 
 def parse_augmentations(value, key="augmentations"):

@@ -82,6 +82,10 @@ import math
 
 import tensorflow as tf
 
+# One list of names for config validation (TF-free) and for augment_view.
+from simclr_tf.config import (  # noqa: F401  (re-exported)
+    AUGMENTATIONS, NO_AUGMENTATION, default_augmentations, parse_augmentations)
+
 __all__ = [
     "CROP_PROPORTION",
     "preset",
@@ -816,36 +820,6 @@ def random_rotate90(image, seed, include_identity=False):
 # ---------------------------------------------------------------------------
 # Composable view pipelines
 # ---------------------------------------------------------------------------
-
-#: Augmentation names of :func:`augment_view` (config key ``augmentations``).
-#: The position of a name is its seed slot: crop, flip, color and blur keep
-#: the four sub-seeds of :func:`preprocess_for_train`.
-AUGMENTATIONS = ("crop", "flip", "color", "blur", "jitter", "gray", "cutout", "sobel",
-                 "noise", "rotate")
-#: Word for "no augmentation" (the view is only resized).
-NO_AUGMENTATION = "none"
-
-
-def default_augmentations(use_blur):
-    """The SimCLR view pipeline as names: crop, flip, color (+ blur)."""
-    return ("crop", "flip", "color") + (("blur",) if use_blur else ())
-
-
-def parse_augmentations(names):
-    """Normalises a list/tuple or comma-separated string of names to a tuple.
-
-    ``"none"`` or ``""`` give ``()`` (no augmentation). Unknown names raise
-    ``ValueError`` listing the allowed ones.
-    """
-    if isinstance(names, str):
-        names = [n.strip() for n in names.split(",")]
-    names = tuple(n for n in names if n and n != NO_AUGMENTATION)
-    unknown = [n for n in names if n not in AUGMENTATIONS]
-    if unknown:
-        raise ValueError(f"Unknown augmentation(s) {', '.join(map(repr, unknown))}: allowed "
-                         f"names are {', '.join(AUGMENTATIONS)} (or {NO_AUGMENTATION!r}).")
-    return names
-
 
 @_no_autograph
 def augment_view(
