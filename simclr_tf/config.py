@@ -1,49 +1,70 @@
-"""Typed experiment configuration.
+"""Typed experiment configuration: one flat schema, read in sections.
 
-One flat dataclass, :class:`Config`, holds every setting of a run. Its field
-names are the command-line flag names of ``python -m simclr_tf.run`` (they
-follow the official google-research/simclr ``tf2/run.py`` names so users can
-move over) and the keys of the YAML files in ``configs/``.
+:class:`Config` holds every setting of a run. Its field names are the
+command-line flag names of ``python -m simclr_tf.run`` (they follow the
+official google-research/simclr ``tf2/run.py`` names so users can move over)
+and the keys of the YAML files in ``configs/``: one key, one flag, one YAML
+line, one row in the README's flag table (generated from :func:`flag_table`).
+
+The rest of the package reads a run's settings in sections, each a small
+frozen dataclass holding what one part needs, with the values derived from
+other keys computed here and nowhere else:
+
+=================  ==========================================================
+``cfg.data``       :class:`DataConfig`: dataset, splits, image size, batches,
+                   label subset (read by the input pipelines)
+``cfg.augment``    :class:`AugmentConfig`: the two views' op lists and colour
+                   strength, with the image-size preset resolved
+``cfg.model``      :class:`ModelConfig`: encoder and heads (``cifar_stem``
+                   derived from the image size)
+``cfg.loss``       :class:`LossConfig`: contrastive, probe and distillation
+                   loss settings
+``cfg.optim``      :class:`OptimConfig`: optimizer, learning rate, schedule
+                   length
+``cfg.runtime``    the flat config itself: mode, model_dir, checkpoints and
+                   devices are read by the runtime, which sees everything
+=================  ==========================================================
+
+The image-size rule (<= 32 px is the CIFAR setting) is
+:func:`simclr_tf.data.augment.is_small_image`; steps per epoch, total steps
+and warm-up steps are :func:`simclr_tf.optimizers.step_counts`.
 
 Precedence, lowest first: the defaults below < the ``--config`` YAML file <
 flags given on the command line. Validation happens before any work: unknown
 keys and invalid values raise :class:`ConfigError` naming the key, the value
 and what is allowed.
-
-The config is flat on purpose: one key, one flag, one YAML line, one row in the
-README's flag table (generated from :func:`flag_table`).
+The config checks types and values only: it loads no data and no model
+(the teacher of a distillation run is checked when the run loads it).
 """
 
 import dataclasses
+import difflib
 import math
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 import yaml
+
+from simclr_tf import files
+from simclr_tf.data import augment
+from simclr_tf.errors import ConfigError
+from simclr_tf.models.projection_head import PROJ_HEAD_MODES
 
 DATASET_SHORTCUTS = ("offline_shapes", "image_folder")
 MODES = ("train", "eval", "train_then_eval", "export")
 TRAIN_MODES = ("pretrain", "finetune", "distill")
 OPTIMIZERS = ("lars", "momentum", "adam")
-PROJ_HEAD_MODES = ("nonlinear", "linear", "none")
 LR_SCALINGS = ("linear", "sqrt")
 RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
 COLOR_JITTER_IMPLS = ("v1", "v2")
 NONFINITE_POLICIES = ("stop", "skip")
 PRECISIONS = ("float32", "bfloat16")
 JIT_COMPILE = ("auto", "true", "false")
-# Augmentation names of simclr_tf.data.augment.augment_view. They live here,
-# with parse_augmentations and default_augmentations, so that validation needs
-# no TensorFlow; simclr_tf.data.augment imports them. A name's position is its
-# seed slot in augment_view (append new names; never reorder).
-AUGMENTATIONS = ("crop", "flip", "color", "blur", "jitter", "gray", "cutout", "sobel",
-                 "noise", "rotate")
-NO_AUGMENTATION = "none"
+AUGMENTATIONS = augment.AUGMENTATIONS  # the registry's names (simclr_tf.data.augment.OPS)
+NO_AUGMENTATION = augment.NO_AUGMENTATION
 AUGMENTATION_KEYS = ("augmentations", "view1_augmentations", "view2_augmentations")
-
-
-class ConfigError(ValueError):
-    """An invalid configuration: the message names the key and the fix."""
+parse_augmentations = augment.parse_augmentations
+default_augmentations = augment.default_augmentations
 
 
 def _field(default, help, choices=None, minimum=None, exclusive_min=False):
@@ -280,7 +301,7 @@ class Config:
             if self.label_fraction < 1.0:
                 raise ConfigError("Set either 'label_fraction' < 1 or "
                                   "'label_subset_file', not both.")
-            if "://" not in self.label_subset_file and not os.path.isfile(
+            if not files.is_remote(self.label_subset_file) and not os.path.isfile(
                     self.label_subset_file):
                 raise ConfigError(f"Invalid value {self.label_subset_file!r} for "
                                   "'label_subset_file': the file does not exist.")
@@ -289,32 +310,27 @@ class Config:
                 raise ConfigError("train_mode=distill needs 'teacher_checkpoint': the "
                                   "model_dir (or saved_model/) of an exported, "
                                   "fine-tuned run whose outputs include logits_sup.")
-            from simclr_tf import teacher
-            try:
-                teacher.check_export(self.teacher_checkpoint, self.image_size)
-            except ValueError as e:
-                raise ConfigError(str(e)) from None
         elif self.teacher_checkpoint:
             raise ConfigError(f"'teacher_checkpoint' is only used with "
                               f"train_mode=distill (train_mode is {self.train_mode!r}).")
 
-    # Derived values -------------------------------------------------------
+    # Derived values and sections ---------------------------------------
     @property
     def cifar_stem(self):
-        """The CIFAR stem (3x3 conv, no max-pool) is used for images <= 32 px."""
-        return self.image_size <= 32
+        """The CIFAR stem (3x3 conv, no max-pool) for small images."""
+        return augment.is_small_image(self.image_size)
 
     @property
     def resolved_color_jitter_strength(self):
         if self.color_jitter_strength is not None:
             return self.color_jitter_strength
-        return 0.5 if self.image_size <= 32 else 1.0
+        return augment.preset(self.image_size)["color_jitter_strength"]
 
     @property
     def resolved_use_blur(self):
         if self.use_blur is not None:
             return self.use_blur
-        return self.image_size > 32
+        return augment.preset(self.image_size)["use_blur"]
 
     @property
     def resolved_augmentations(self):
@@ -329,6 +345,34 @@ class Config:
         return tuple(parse_augmentations(v) if v is not None else self.resolved_augmentations
                      for v in (self.view1_augmentations, self.view2_augmentations))
 
+    @property
+    def data(self):
+        return _section(DataConfig, self)
+
+    @property
+    def augment(self):
+        view1, view2 = self.view_augmentations
+        return AugmentConfig(
+            image_size=self.image_size, view1=view1, view2=view2,
+            color_jitter_strength=self.resolved_color_jitter_strength,
+            color_jitter_impl=self.color_jitter_impl)
+
+    @property
+    def model(self):
+        return _section(ModelConfig, self, cifar_stem=self.cifar_stem)
+
+    @property
+    def loss(self):
+        return _section(LossConfig, self)
+
+    @property
+    def optim(self):
+        return _section(OptimConfig, self)
+
+    @property
+    def runtime(self):
+        return self
+
     def to_dict(self):
         return dataclasses.asdict(self)
 
@@ -339,28 +383,86 @@ class Config:
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
-def default_augmentations(use_blur):
-    """The SimCLR view pipeline as names: crop, flip, color (+ blur)."""
-    return ("crop", "flip", "color") + (("blur",) if use_blur else ())
+# Sections ---------------------------------------------------------------
+def _section(cls, cfg, **derived):
+    """``cls`` filled from the same-named keys of ``cfg`` plus ``derived``."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in derived]
+    return cls(**{n: getattr(cfg, n) for n in names}, **derived)
 
 
-def parse_augmentations(value, key="augmentations"):
-    """A comma-separated string (or list) of augmentation names -> tuple.
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """What the input pipelines read."""
 
-    ``"none"`` and ``""`` give ``()``. Raises ConfigError naming ``key`` and
-    the allowed names for an unknown name.
-    """
-    if isinstance(value, str):
-        value = value.split(",")
-    names = tuple(str(n).strip() for n in value)
-    names = tuple(n for n in names if n and n != NO_AUGMENTATION)
-    for name in names:
-        if name not in AUGMENTATIONS:
-            raise ConfigError(
-                f"Invalid augmentation {name!r} in '{key}': allowed names are "
-                f"{', '.join(AUGMENTATIONS)} (or '{NO_AUGMENTATION}' for none), "
-                "comma-separated.")
-    return names
+    dataset: str
+    data_dir: Optional[str]
+    train_split: str
+    eval_split: str
+    image_size: int
+    cache_dataset: bool
+    train_batch_size: int
+    eval_batch_size: int
+    seed: int
+    label_fraction: float
+    label_subset_file: Optional[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """The pretraining views: op names per view (see simclr_tf.data.augment.OPS)."""
+
+    image_size: int
+    view1: Tuple[str, ...]
+    view2: Tuple[str, ...]
+    color_jitter_strength: float
+    color_jitter_impl: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Encoder and heads (simclr_tf.models.simclr_model.build_model)."""
+
+    resnet_depth: int
+    width_multiplier: float
+    sk_ratio: float
+    cifar_stem: bool
+    batch_norm_decay: float
+    global_bn: bool
+    proj_head_mode: str
+    proj_out_dim: int
+    num_proj_layers: int
+    ft_proj_selector: int
+    fine_tune_after_block: int
+    zero_init_logits_layer: bool
+    train_mode: str
+    precision: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """The objectives' settings (simclr_tf.tasks)."""
+
+    temperature: float
+    hidden_norm: bool
+    lineareval_while_pretraining: bool
+    distill_temperature: float
+    distill_label_weight: float
+    weight_decay: float
+    optimizer: str
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and learning-rate schedule (simclr_tf.optimizers)."""
+
+    optimizer: str
+    learning_rate: float
+    learning_rate_scaling: str
+    warmup_epochs: float
+    weight_decay: float
+    momentum: float
+    train_epochs: int
+    train_steps: int
 
 
 def _coerce(name, value):
@@ -409,7 +511,6 @@ def from_dict(values, base=None):
     changes = {}
     for key, value in (values or {}).items():
         if key not in FIELDS:
-            import difflib
             close = difflib.get_close_matches(key, FIELDS, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise ConfigError(f"Unknown config key '{key}'.{hint} Known keys are "
@@ -420,19 +521,11 @@ def from_dict(values, base=None):
 
 def load_yaml(path):
     """Reads a YAML experiment file into a dict, with clear errors."""
-    if "://" in path:  # gs:// and other TF file systems
-        import tensorflow as tf
-
-        if not tf.io.gfile.exists(path):
-            raise ConfigError(f"Config file not found: {path!r}.")
-        with tf.io.gfile.GFile(path) as f:
-            text = f.read()
-    elif not os.path.isfile(path):
-        raise ConfigError(f"Config file not found: {path!r}. Pass --config=PATH.yaml "
-                          "with an existing file (see configs/).")
-    else:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+    if not files.exists(path):
+        hint = "" if files.is_remote(path) else (
+            " Pass --config=PATH.yaml with an existing file (see configs/).")
+        raise ConfigError(f"Config file not found: {path!r}.{hint}")
+    text = files.read_text(path)
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -455,18 +548,8 @@ def resolve(config_path=None, overrides=None):
 
 
 def save_yaml(cfg, path):
-    """Writes the resolved config atomically (write to a temp file, rename)."""
-    tmp = path + ".tmp"
-    if "://" in path:  # gs:// and other TF file systems
-        import tensorflow as tf
-
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        tf.io.gfile.rename(tmp, path, overwrite=True)
-        return
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(cfg.to_dict(), f, sort_keys=False)
-    os.replace(tmp, path)
+    """Writes the resolved config atomically (see simclr_tf.files.atomic_write)."""
+    files.atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def flag_table():

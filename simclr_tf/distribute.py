@@ -1,6 +1,6 @@
-"""Picks the tf.distribute strategy for a run.
+"""The tf.distribute side of a run: the strategy, datasets and worker agreement.
 
-Order: TPU when ``use_tpu`` (``tpu_name="local"`` on a TPU VM such as Colab's);
+Strategy order: TPU when ``use_tpu`` (``tpu_name="local"`` on a TPU VM such as Colab's);
 ``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names more than one task;
 ``MirroredStrategy`` when more than one GPU is visible; otherwise the default
 strategy (one device).
@@ -12,6 +12,9 @@ import os
 import tensorflow as tf
 from absl import logging
 
+from simclr_tf import env
+from simclr_tf.errors import ConfigError, RunError
+
 
 def _multi_worker_config():
     raw = os.environ.get("TF_CONFIG")
@@ -20,7 +23,7 @@ def _multi_worker_config():
     try:
         tf_config = json.loads(raw)
     except json.JSONDecodeError as e:
-        raise ValueError(f"TF_CONFIG is not valid JSON ({e}); unset it or fix it.") from None
+        raise ConfigError(f"TF_CONFIG is not valid JSON ({e}); unset it or fix it.") from None
     cluster = tf_config.get("cluster", {})
     tasks = sum(len(v) for k, v in cluster.items() if k in ("chief", "worker"))
     return tf_config if tasks > 1 else None
@@ -58,3 +61,87 @@ def num_workers(strategy):
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
         return strategy.extended._num_workers  # no public accessor in TF 2.21
     return 1
+
+
+def is_tpu(strategy):
+    return isinstance(strategy, (tf.distribute.TPUStrategy,
+                                 tf.distribute.experimental.TPUStrategy))
+
+
+def resolve_jit_compile(setting, strategy):
+    """Whether to XLA-compile the per-replica training step.
+
+    ``"true"``/``"false"`` force it. ``"auto"`` turns it on for one GPU
+    replica only: on CPU XLA measured slower than the oneDNN kernels (see
+    BENCHMARKS.md), Keras 3 itself leaves it off under multi-replica
+    strategies, and a TPU compiles the whole step with XLA anyway.
+    """
+    if setting in ("true", "false"):
+        return setting == "true"
+    if is_tpu(strategy):
+        return False
+    return bool(tf.config.list_logical_devices("GPU")) and (
+        strategy.num_replicas_in_sync == 1)
+
+
+def warn_slow_bfloat16(precision, strategy):
+    """Warns when bfloat16 runs on a CPU without bfloat16 arithmetic (it is slower)."""
+    if precision != "bfloat16" or is_tpu(strategy) or tf.config.list_logical_devices("GPU"):
+        return
+    if not env.cpu_has_native_bf16():
+        logging.warning(
+            "--precision=bfloat16 on a CPU without AVX512-BF16 or AMX-BF16: the step "
+            "is several times slower than float32 here (see BENCHMARKS.md). Use "
+            "--precision=float32 on this machine.")
+
+
+def distribute_dataset(strategy, make, global_batch, skip_steps=0):
+    """Distributes ``make(batch, num_shards, shard_index, skip_batches) -> (ds, info)``.
+
+    On one worker the dataset yields global batches that the strategy splits
+    over the replicas, so every replica count sees the same data. On several
+    workers each builds its own shard with per-replica batches (with several
+    replicas per worker, epoch ends may then fall inside a step; resuming
+    stays deterministic).
+    """
+    if num_workers(strategy) == 1:
+        ds, _ = make(global_batch, 1, 0, skip_steps)
+        return strategy.experimental_distribute_dataset(ds)
+
+    def dataset_fn(ctx):
+        local_replicas = ctx.num_replicas_in_sync // ctx.num_input_pipelines
+        ds, _ = make(ctx.get_per_replica_batch_size(global_batch),
+                     ctx.num_input_pipelines, ctx.input_pipeline_id,
+                     skip_steps * local_replicas)
+        return ds
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def sum_over_replicas(strategy, values):
+    """``values`` (floats) summed over all replicas: a collective on every worker."""
+
+    def replica_fn():
+        return tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, tf.constant(values, tf.float64))
+
+    per_replica = tf.function(lambda: strategy.run(replica_fn))()
+    return strategy.experimental_local_results(per_replica)[0].numpy()
+
+
+def sync_workers(strategy):
+    """Returns when every worker has called it (no-op on one worker)."""
+    if num_workers(strategy) > 1:
+        sum_over_replicas(strategy, [1.0])
+
+
+def check_workers_agree(strategy, step):
+    """Stops when workers restored different steps (an unshared model_dir)."""
+    if num_workers(strategy) == 1:
+        return
+    total, total_sq, n = sum_over_replicas(strategy, [step, step * step, 1.0])
+    if total * total != total_sq * n:  # exact for integer steps < 2**26
+        raise RunError(
+            f"The workers restored different steps (this worker: {step}, mean "
+            f"{total / n:g}). All workers must read the chief's checkpoints: put "
+            "model_dir on storage every machine sees (GCS, NFS) and pass the same "
+            "--model_dir to all of them.")

@@ -81,7 +81,7 @@ def topk_accuracy(logits, labels, k):
 
 
 def evaluate(encoder, cfg, num_classes, train_indices=None):
-    """Linear evaluation of ``encoder`` on ``cfg``'s dataset.
+    """Linear evaluation of ``encoder`` on the dataset of ``cfg`` (a ``DataConfig``, ``cfg.data``).
 
     Returns ``{"top1", "top5", "num_train", "num_eval"}``: a classifier fitted
     on frozen features of ``cfg.train_split`` (unlabelled examples dropped;

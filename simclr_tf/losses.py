@@ -27,7 +27,8 @@ single device with the global batch.
 
 import tensorflow as tf
 
-__all__ = ["nt_xent_loss", "contrastive_metrics", "distillation_loss", "LARGE_NUM"]
+__all__ = ["nt_xent_loss", "contrastive_metrics", "distillation_loss", "masked_cross_entropy",
+           "LARGE_NUM"]
 
 # Value written into an anchor's own column of the logits. Finite (not -inf) so
 # that `p * log p` stays 0 (not NaN) in the entropy metric; exp(-1e9) is 0.
@@ -231,3 +232,22 @@ def distillation_loss(teacher_logits, student_logits, temperature=1.0):
         return local_sum / tf.maximum(local_size, 1.0)
     global_size = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_size)
     return local_sum * ctx.num_replicas_in_sync / tf.maximum(global_size, 1.0)
+
+
+def masked_cross_entropy(logits, labels):
+    """Mean softmax cross-entropy and accuracy over the examples with a label (>= 0).
+
+    Unlabelled examples (label -1: outside a label subset, or an unlabelled
+    split) count for nothing. Computed in float32. Returns ``(loss, acc)``;
+    both are 0 when no example on this replica has a label.
+    """
+    logits = tf.cast(logits, tf.float32)
+    labels = tf.cast(labels, tf.int32)
+    valid = labels >= 0
+    safe = tf.where(valid, labels, tf.zeros_like(labels))
+    xent = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=logits)
+    mask = tf.cast(valid, tf.float32)
+    count = tf.maximum(tf.reduce_sum(mask), 1.0)
+    correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels),
+                      tf.float32)
+    return tf.reduce_sum(xent * mask) / count, tf.reduce_sum(correct * mask) / count

@@ -14,6 +14,7 @@ substrings of the Keras 3 variable *path* (``"encoder/block1/batch_normalization
 ``"gamma"`` and would silently let batch norm get weight decay.
 """
 
+import dataclasses
 import math
 import numbers
 
@@ -103,21 +104,55 @@ def weight_decay_l2(variables, weight_decay, exclude=DEFAULT_EXCLUDE):
     return tf.cast(weight_decay, tf.float32) * sq
 
 
-def total_steps(num_examples, batch_size, train_epochs, train_steps=None):
-    """Number of optimisation steps of a run.
+@dataclasses.dataclass(frozen=True)
+class StepCounts:
+    """How long a run is, in optimisation steps (see :func:`step_counts`)."""
 
-    ``train_steps`` when it is given and positive (the official flag uses 0 for
-    "not set"), else ``train_epochs * num_examples // batch_size``.
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+
+
+def step_counts(num_examples, batch_size, train_epochs, train_steps=None, warmup_epochs=0.0):
+    """The one definition of a run's length in steps.
+
+    An epoch is ``steps_per_epoch = num_examples // batch_size`` full batches
+    (at least 1): the input pipeline drops the last partial batch of each
+    epoch. ``total_steps`` is ``train_steps`` when it is given and positive
+    (the official flag uses 0 for "not set"), else ``train_epochs *
+    steps_per_epoch``; ``warmup_steps = round(warmup_epochs *
+    steps_per_epoch)``. The trainer (checkpoint and resume positions), the
+    input pipeline (epoch boundaries) and :class:`WarmUpAndCosine` all read
+    these numbers.
+
+    (Before 0.2 the schedule counted ``train_epochs * num_examples //
+    batch_size`` steps, a few steps more than the epochs the pipeline streams
+    when ``batch_size`` does not divide ``num_examples``.)
 
     Example:
-        >>> total_steps(50000, 512, 100)
-        9765
-        >>> total_steps(50000, 512, 100, train_steps=10)
+        >>> step_counts(50000, 512, 100, warmup_epochs=10)
+        StepCounts(steps_per_epoch=97, total_steps=9700, warmup_steps=970)
+        >>> step_counts(50000, 512, 100, train_steps=10).total_steps
         10
     """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    per_epoch = max(int(num_examples) // int(batch_size), 1)
     if train_steps is not None and int(train_steps) > 0:
-        return int(train_steps)
-    return int(train_epochs * num_examples // batch_size)
+        total = int(train_steps)
+    else:
+        total = int(train_epochs * per_epoch)
+    return StepCounts(per_epoch, total, int(round(warmup_epochs * per_epoch)))
+
+
+def steps_per_epoch(num_examples, batch_size):
+    """Full batches in one epoch (see :func:`step_counts`)."""
+    return step_counts(num_examples, batch_size, 0).steps_per_epoch
+
+
+def total_steps(num_examples, batch_size, train_epochs, train_steps=None):
+    """Optimisation steps of a run (see :func:`step_counts`)."""
+    return step_counts(num_examples, batch_size, train_epochs, train_steps).total_steps
 
 
 def _as_float_lr(learning_rate):
@@ -299,8 +334,9 @@ class WarmUpAndCosine(keras.optimizers.schedules.LearningRateSchedule):
     The peak learning rate is scaled with the batch size ``B``:
     ``base * B / 256`` (``"linear"``) or ``base * sqrt(B)`` (``"sqrt"``, which
     the paper recommends for small batches / long runs). With
-    ``warmup_steps = round(warmup_epochs * num_examples / B)`` and
-    ``total_steps = train_steps or train_epochs * num_examples // B``::
+    ``warmup_steps`` and ``total_steps`` from :func:`step_counts`
+    (``round(warmup_epochs * steps_per_epoch)`` and ``train_steps or
+    train_epochs * steps_per_epoch``, ``steps_per_epoch = num_examples // B``)::
 
         lr(step) = peak * step / warmup_steps                  step < warmup
         lr(step) = peak * (1 + cos(pi * p)) / 2,
@@ -351,8 +387,8 @@ class WarmUpAndCosine(keras.optimizers.schedules.LearningRateSchedule):
             raise ValueError(
                 "learning_rate_scaling must be 'linear' or 'sqrt', got "
                 f"{learning_rate_scaling!r}.")
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}.")
+        counts = step_counts(num_examples, batch_size, train_epochs, train_steps,
+                             warmup_epochs)
         self.base_learning_rate = float(base_learning_rate)
         self.num_examples = int(num_examples)
         self.batch_size = int(batch_size)
@@ -368,10 +404,8 @@ class WarmUpAndCosine(keras.optimizers.schedules.LearningRateSchedule):
         else:
             self.scaled_learning_rate = (
                 self.base_learning_rate * math.sqrt(self.batch_size))
-        self.warmup_steps = int(
-            round(warmup_epochs * self.num_examples / self.batch_size))
-        self.total_steps = total_steps(self.num_examples, self.batch_size,
-                                       train_epochs, train_steps)
+        self.warmup_steps = counts.warmup_steps
+        self.total_steps = counts.total_steps
 
     def __call__(self, step):
         with tf.name_scope(self.name or "WarmUpAndCosine"):

@@ -7,19 +7,31 @@ written; errors print one line naming the key and the fix and exit with
 status 2.
 """
 
-import logging as py_logging
-import os
-import sys
-import typing
+from simclr_tf import env
 
-from absl import app, flags, logging
+env.tune_for_cli()  # before TensorFlow is imported
 
-from simclr_tf import config as config_lib
+import logging as py_logging  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import typing  # noqa: E402
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+
+from simclr_tf import config as config_lib  # noqa: E402
+from simclr_tf import distribute, runtime  # noqa: E402
+from simclr_tf.errors import ConfigError, RunError, short_tf_error  # noqa: E402
+from simclr_tf.runtime.run_dir import RunDir  # noqa: E402
 
 FLAGS = flags.FLAGS
 
 
-def _define_flags():
+def define_flags():
+    """Defines ``--config`` and one flag per config key (once per process)."""
+    if "config" in FLAGS:
+        return
     flags.DEFINE_string("config", None, "YAML experiment file (see configs/); flags "
                         "given on the command line override its values.")
     for field in config_lib.FIELDS.values():
@@ -42,11 +54,15 @@ def _define_flags():
             flags.DEFINE_string(field.name, None, help_text)
 
 
-_define_flags()
+def config_from_flags():
+    """The resolved Config of ``--config`` and the flags given (ConfigError if invalid)."""
+    overrides = {name: FLAGS[name].value for name in config_lib.FIELDS
+                 if FLAGS[name].present}
+    return config_lib.resolve(FLAGS.config, overrides)
 
 
-def _fail(message):
-    print(f"simclr_tf.run: error: {message}", file=sys.stderr)
+def fail(message, program="simclr_tf.run"):
+    print(f"{program}: error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -58,84 +74,64 @@ class _OwnInfoOnly(py_logging.Filter):
                 or f"{os.sep}simclr_tf{os.sep}" in record.pathname)
 
 
-def _quiet_library_info_logs():
+def quiet_library_info_logs():
     logging.get_absl_handler().addFilter(_OwnInfoOnly())
     py_logging.getLogger("tensorflow").setLevel(py_logging.WARNING)
 
 
+def _result_line(result, model_dir):
+    line = f"result: top1={result['top1']:.4f} top5={result['top5']:.4f}"
+    if "feature_linear_eval" in result:
+        line += f" feature_linear_eval_top1={result['feature_linear_eval']['top1']:.4f}"
+    return f"{line} global_step={result['global_step']} ({os.path.join(model_dir, 'result.json')})"
+
+
 def main(argv):
     if len(argv) > 1:
-        _fail(f"unexpected arguments {argv[1:]}: every setting is a --flag=value.")
-    overrides = {name: FLAGS[name].value for name in config_lib.FIELDS
-                 if FLAGS[name].present}
+        fail(f"unexpected arguments {argv[1:]}: every setting is a --flag=value.")
     try:
-        cfg = config_lib.resolve(FLAGS.config, overrides)
-    except config_lib.ConfigError as e:
-        _fail(str(e))
-
-    if not cfg.use_tpu:
-        # TF's BFC allocator for host tensors (read at the first TF op): the
-        # default allocator hands large tensors back to the OS and faults them
-        # in again every step, which cost ~14% of a CPU training step (see
-        # BENCHMARKS.md). TF_CPU_ALLOCATOR_USE_BFC=false opts out.
-        os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
-
-    # Heavy imports only after the config is known to be valid.
-    import keras
-
-    _quiet_library_info_logs()
-
-    from simclr_tf import trainer
-
+        cfg = config_from_flags()
+    except ConfigError as e:
+        fail(str(e))
+    quiet_library_info_logs()
+    run_dir = RunDir(cfg.model_dir)
     try:
-        trainer.check_model_dir(cfg)
+        run_dir.check_writable()
+        run_dir.check_compatible(cfg)
         keras.utils.set_random_seed(cfg.seed)
-        session = trainer.Session(cfg)
-    except (config_lib.ConfigError, trainer.RunError, ValueError) as e:
-        _fail(str(e))
+        exp = runtime.build(cfg)
+        if cfg.mode in ("eval", "export"):  # never report or export a random model
+            exp.checkpointer.restore_finished("evaluate" if cfg.mode == "eval" else "export")
+    except (ConfigError, RunError, ValueError) as e:
+        fail(str(e))
 
     try:
-        import tensorflow as tf
-
-        tf.io.gfile.makedirs(cfg.model_dir)  # also gs:// paths
-        if session.is_chief and cfg.mode != "export":  # export keeps the run's config
-            config_lib.save_yaml(cfg, os.path.join(cfg.model_dir, "config.yaml"))
+        run_dir.makedirs()  # also gs:// paths
+        if exp.is_chief and cfg.mode != "export":  # export keeps the run's config
+            run_dir.write_config(cfg)
     except (OSError, tf.errors.OpError) as e:
-        _fail(f"Cannot write to model_dir {cfg.model_dir!r} "
-              f"({getattr(e, 'strerror', None) or e}). Pass a writable --model_dir.")
-    from simclr_tf import export
-
+        fail(f"Cannot write to model_dir {cfg.model_dir!r} "
+             f"({getattr(e, 'strerror', None) or e}). Pass a writable --model_dir.")
     try:
-        if cfg.mode == "export":
-            if session.is_chief:
-                print("exported:", " ".join(export.export_run(session, restore=True).values()))
-            return
         if cfg.mode in ("train", "train_then_eval"):
-            session.train()
+            runtime.train(exp)
         if cfg.mode in ("eval", "train_then_eval"):
-            if cfg.mode == "eval":
-                logging.info("%s", session.restore())
-            result = session.evaluate()
-            line = f"result: top1={result['top1']:.4f} top5={result['top5']:.4f}"
-            if "feature_linear_eval" in result:
-                line += (" feature_linear_eval_top1="
-                         f"{result['feature_linear_eval']['top1']:.4f}")
-            print(f"{line} global_step={result['global_step']} "
-                  f"({os.path.join(cfg.model_dir, 'result.json')})")
-            if session.is_chief:
-                print("exported:", " ".join(export.export_run(session).values()))
-        session.sync_workers()  # no worker exits while the chief still writes
-    except trainer.RunError as e:
-        _fail(str(e))
+            print(_result_line(runtime.evaluate(exp), cfg.model_dir))
+        if exp.is_chief and cfg.mode != "train":
+            print("exported:", " ".join(runtime.export(exp).values()))
+        distribute.sync_workers(exp.strategy)  # no worker exits while the chief still writes
+    except RunError as e:
+        fail(str(e))
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:
-        if not session.multi_worker:
+        if not exp.multi_worker:
             raise
-        _fail("Lost contact with another worker of the cluster "
-              f"({trainer.short_tf_error(e)}). Restart every worker with the same "
-              "command: training resumes from the last checkpoint in model_dir.")
+        fail("Lost contact with another worker of the cluster "
+             f"({short_tf_error(e)}). Restart every worker with the same "
+             "command: training resumes from the last checkpoint in model_dir.")
 
 
 def run():
+    define_flags()
     app.run(main)
 
 

@@ -79,12 +79,11 @@ TensorShape([32, 32, 3])
 """
 
 import math
+from typing import NamedTuple
 
 import tensorflow as tf
 
-# One list of names for config validation (TF-free) and for augment_view.
-from simclr_tf.config import (  # noqa: F401  (re-exported)
-    AUGMENTATIONS, NO_AUGMENTATION, default_augmentations, parse_augmentations)
+from simclr_tf.errors import ConfigError
 
 __all__ = [
     "CROP_PROPORTION",
@@ -108,10 +107,15 @@ __all__ = [
     "gaussian_noise",
     "random_rotate90",
     "AUGMENTATIONS",
+    "OPS",
+    "is_small_image",
     "default_augmentations",
     "parse_augmentations",
     "augment_view",
 ]
+
+#: Largest side of the CIFAR setting (see :func:`is_small_image`).
+SMALL_IMAGE_MAX = 32
 
 #: Fraction of the shorter side kept by the evaluation centre crop.
 CROP_PROPORTION = 0.875
@@ -193,6 +197,17 @@ def _resize(image, image_size):
 # ---------------------------------------------------------------------------
 
 
+def is_small_image(image_size):
+    """The CIFAR setting: images of at most 32 px.
+
+    The one place that decides it: such runs use the CIFAR stem (3x3 conv,
+    no max-pool; :mod:`simclr_tf.models.resnet`), the CIFAR augmentation
+    preset (:func:`preset`) and no evaluation centre crop
+    (:func:`preprocess_for_eval`).
+    """
+    return int(image_size) <= SMALL_IMAGE_MAX
+
+
 def preset(image_size):
     """Default colour-jitter strength and blur switch for an image size.
 
@@ -212,7 +227,7 @@ def preset(image_size):
     >>> preset(32)
     {'color_jitter_strength': 0.5, 'use_blur': False}
     """
-    if int(image_size) <= 32:
+    if is_small_image(image_size):
         return {"color_jitter_strength": 0.5, "use_blur": False}
     return {"color_jitter_strength": 1.0, "use_blur": True}
 
@@ -818,8 +833,73 @@ def random_rotate90(image, seed, include_identity=False):
 
 
 # ---------------------------------------------------------------------------
-# Composable view pipelines
+# Composable view pipelines: the name -> op registry
 # ---------------------------------------------------------------------------
+
+
+class ViewParams(NamedTuple):
+    """The settings an op of :data:`OPS` may read (see :func:`augment_view`)."""
+
+    image_size: int
+    color_jitter_strength: float = 1.0
+    color_jitter_impl: str = "v2"
+    cutout_fraction: float = 0.5
+    cutout_fill: str = "zero"
+    noise_std: float = 0.1
+
+
+def _jitter_only(image, seed, p):
+    apply_seed, jitter_seed = _split(seed, 2)
+    return tf.cond(_should_apply(0.8, apply_seed),
+                   lambda: color_jitter(image, jitter_seed, p.color_jitter_strength,
+                                        p.color_jitter_impl),
+                   lambda: image)
+
+
+#: Every augmentation a view pipeline can name: ``name -> op(image, seed, params)``.
+#: The one list of names: config validation, the flags' help and
+#: :func:`augment_view` read it. A name's position is its seed slot in
+#: :func:`augment_view`: append new names, never reorder.
+OPS = {
+    "crop": lambda x, s, p: random_resized_crop(x, s, p.image_size),
+    "flip": lambda x, s, p: random_flip(x, s),
+    "color": lambda x, s, p: random_color_distortion(x, s, p.color_jitter_strength,
+                                                     p.color_jitter_impl),
+    "blur": lambda x, s, p: random_blur(x, s, kernel_size=blur_kernel_size(p.image_size)),
+    "jitter": _jitter_only,
+    "gray": lambda x, s, p: random_grayscale(x, s),
+    "cutout": lambda x, s, p: cutout(x, s, p.cutout_fraction, p.cutout_fill),
+    "sobel": lambda x, s, p: sobel_filter(x),
+    "noise": lambda x, s, p: gaussian_noise(x, s, p.noise_std),
+    "rotate": lambda x, s, p: random_rotate90(x, s),
+}
+AUGMENTATIONS = tuple(OPS)
+NO_AUGMENTATION = "none"
+
+
+def default_augmentations(use_blur):
+    """The SimCLR view pipeline as names: crop, flip, color (+ blur)."""
+    return ("crop", "flip", "color") + (("blur",) if use_blur else ())
+
+
+def parse_augmentations(value, key="augmentations"):
+    """A comma-separated string (or list) of augmentation names -> tuple.
+
+    ``"none"`` and ``""`` give ``()``. Raises ConfigError naming ``key`` and
+    the allowed names for an unknown name.
+    """
+    if isinstance(value, str):
+        value = value.split(",")
+    names = tuple(str(n).strip() for n in value)
+    names = tuple(n for n in names if n and n != NO_AUGMENTATION)
+    for name in names:
+        if name not in OPS:
+            raise ConfigError(
+                f"Invalid augmentation {name!r} in '{key}': allowed names are "
+                f"{', '.join(AUGMENTATIONS)} (or '{NO_AUGMENTATION}' for none), "
+                "comma-separated.")
+    return names
+
 
 @_no_autograph
 def augment_view(
@@ -870,29 +950,12 @@ def augment_view(
       float32 tensor [image_size, image_size, 3] in [0, 1].
     """
     names = parse_augmentations(augmentations)
-    image_size = int(image_size)
+    params = ViewParams(int(image_size), color_jitter_strength, color_jitter_impl,
+                        cutout_fraction, cutout_fill, noise_std)
+    image_size = params.image_size
     image = _to_float_image(image)
     seed = _as_seed(seed)
     base = dict(zip(("crop", "flip", "color", "blur"), _split(seed, 4)))
-    strength, impl = color_jitter_strength, color_jitter_impl
-
-    def jitter(x, s):
-        apply_seed, jitter_seed = _split(s, 2)
-        return tf.cond(_should_apply(0.8, apply_seed),
-                       lambda: color_jitter(x, jitter_seed, strength, impl), lambda: x)
-
-    ops = {
-        "crop": lambda x, s: random_resized_crop(x, s, image_size),
-        "flip": random_flip,
-        "color": lambda x, s: random_color_distortion(x, s, strength, impl),
-        "blur": lambda x, s: random_blur(x, s, kernel_size=blur_kernel_size(image_size)),
-        "jitter": jitter,
-        "gray": random_grayscale,
-        "cutout": lambda x, s: cutout(x, s, cutout_fraction, cutout_fill),
-        "sobel": lambda x, s: sobel_filter(x),
-        "noise": lambda x, s: gaussian_noise(x, s, noise_std),
-        "rotate": random_rotate90,
-    }
     if not names or names[0] != "crop":
         image = _resize(image, image_size)
     seen = {}
@@ -903,7 +966,7 @@ def augment_view(
         if seen.get(name):
             op_seed = tf.random.experimental.stateless_fold_in(op_seed, seen[name])
         seen[name] = seen.get(name, 0) + 1
-        image = ops[name](image, op_seed)
+        image = OPS[name](image, op_seed, params)
     return tf.reshape(_clip(image), [image_size, image_size, 3])
 
 
@@ -988,6 +1051,6 @@ def preprocess_for_eval(image, image_size, crop=True):
       float32 tensor [image_size, image_size, 3] in [0, 1].
     """
     image_size = int(image_size)
-    if crop and image_size > 32:
+    if crop and not is_small_image(image_size):
         return center_crop(image, image_size, CROP_PROPORTION)
     return _resize(_to_float_image(image), image_size)

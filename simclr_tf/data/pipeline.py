@@ -50,13 +50,14 @@ STL-10 train). Otherwise (ImageNet, STL-10 unlabelled) it defaults to
 fixed when it prepared the data; ``shuffle_buffer`` overrides it.
 
 Example:
+    >>> from simclr_tf import optimizers
     >>> from simclr_tf.data import pipeline
     >>> ds, info = pipeline.build_train_dataset(
     ...     "offline_shapes", "train", batch_size=256, image_size=32, seed=0)
     >>> images, labels = next(iter(ds))
     >>> images.shape, labels.shape
     (TensorShape([256, 32, 32, 6]), TensorShape([256]))
-    >>> pipeline.steps_per_epoch(info.num_examples, 256)
+    >>> optimizers.steps_per_epoch(info.num_examples, 256)
     39
 """
 
@@ -65,26 +66,12 @@ import tensorflow as tf
 from simclr_tf.data import augment
 from simclr_tf.data import datasets
 from simclr_tf.data import subsets
+from simclr_tf.optimizers import steps_per_epoch
 
 # Mixed into the user's seed so that data seeds differ from model-init seeds.
 _DATA_SEED_SALT = 0x53494D434C52  # "SIMCLR"
 _LARGE_IMAGE_SHUFFLE_MIN = 10_000
 _FULL_SHUFFLE_BYTES = 512 * 2**20  # shuffle the whole shard when its pixels fit
-
-
-def steps_per_epoch(num_examples, global_batch):
-    """Number of full batches in one epoch: ``num_examples // global_batch``.
-
-    Args:
-        num_examples: examples in the training split.
-        global_batch: examples per step over all replicas and workers.
-
-    Raises:
-        ValueError: when ``global_batch`` is not positive.
-    """
-    if global_batch <= 0:
-        raise ValueError(f"global_batch must be positive, got {global_batch}.")
-    return int(num_examples) // int(global_batch)
 
 
 def _check_shards(num_shards, shard_index):

@@ -53,12 +53,13 @@ import os
 from typing import Optional
 
 import numpy as np
+import tensorflow as tf
+
+from simclr_tf import files
+from simclr_tf.data import datasets
+from simclr_tf.errors import SubsetError
 
 logger = logging.getLogger(__name__)
-
-
-class SubsetError(ValueError):
-    """A label subset that cannot be built; the message names the setting."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +128,6 @@ def balanced_indices(labels, fraction, seed=0):
 
 def read_subset_file(path):
     """The ids in a subset file: stripped lines, without blanks and ``#`` comments."""
-    import tensorflow as tf  # tf.io.gfile: also gs:// paths
 
     if not tf.io.gfile.exists(path):
         raise SubsetError(f"Invalid value {path!r} for 'label_subset_file': the file "
@@ -171,10 +171,10 @@ def indices_from_file(example_keys, path):
 
 # ------------------------------------------------------------- split metadata
 def _image_folder_keys(paths, data_dir):
-    root = os.path.abspath(data_dir) if "://" not in data_dir else data_dir.rstrip("/")
+    root = data_dir.rstrip("/") if files.is_remote(data_dir) else os.path.abspath(data_dir)
     keys = []
     for p in paths:
-        rel_root = os.path.relpath(p, root).replace(os.sep, "/") if "://" not in p else (
+        rel_root = os.path.relpath(p, root).replace(os.sep, "/") if not files.is_remote(p) else (
             p[len(root) + 1:])
         rel_split = rel_root.split("/", 1)[-1]
         keys.append((rel_split, rel_root, rel_root.rsplit("/", 1)[-1]))
@@ -183,7 +183,7 @@ def _image_folder_keys(paths, data_dir):
 
 def _tfds_file_names(name, split, data_dir):
     """``file_name`` of every example of a TFDS split, or None without that feature."""
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # slow to import: only for TFDS datasets
 
     builder = tfds.builder(name, data_dir=data_dir)
     if "file_name" not in builder.info.features:
@@ -198,7 +198,6 @@ def _tfds_file_names(name, split, data_dir):
 
 def _labels_and_keys(name, split, data_dir, want_keys):
     """(labels int64 [N], per-example id tuples or None) in the split's source order."""
-    from simclr_tf.data import datasets
 
     source = datasets.open_source(name, split, data_dir=data_dir)
     labels = [b for b in source.records.map(lambda r: r["label"]).batch(8192)
@@ -256,7 +255,6 @@ def restrict(source, subset, keep_others=False):
     labelled subset); ``True`` keeps them with label -1 (distillation and the
     pretraining probe: unlabelled data, labels only inside the subset).
     """
-    import tensorflow as tf
 
     if subset is None:
         return source

@@ -1,6 +1,9 @@
-"""TensorFlow settings that must be chosen before TensorFlow is imported.
+"""Process settings for the command-line entry points, chosen before TensorFlow loads.
 
-``simclr_tf/__init__.py`` imports this module before Keras (and so TensorFlow).
+Importing ``simclr_tf`` changes nothing in the environment: a library must
+not. The entry points (``python -m simclr_tf.run``, ``simclr_tf.convert``,
+``simclr_tf.study``, ``simclr_tf.views``) call :func:`tune_for_cli` first,
+before they import anything that imports TensorFlow.
 
 oneDNN CPU kernels: TF 2.21 turns its oneDNN kernels on only for the CPUs it
 selects (on the 2-core AMD EPYC with AVX2 of BENCHMARKS.md it left them off).
@@ -56,4 +59,14 @@ def prefer_onednn():
     return True
 
 
-prefer_onednn()
+def tune_for_cli():
+    """What an entry point sets before TensorFlow is imported.
+
+    oneDNN on AVX2 CPUs (:func:`prefer_onednn`), and TF's BFC allocator for
+    host tensors (read at the first TF op): the default allocator hands large
+    tensors back to the OS and faults them in again every step, which cost
+    ~14% of a CPU training step (BENCHMARKS.md). ``TF_CPU_ALLOCATOR_USE_BFC=false``
+    opts out. Both leave a variable the user already set alone.
+    """
+    prefer_onednn()
+    os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")

@@ -13,7 +13,7 @@ floats or None for cells without a result) and writing one PNG:
 
 import math
 
-from simclr_tf import study_grids
+from simclr_tf.experiments import grids as study_grids
 
 MATPLOTLIB_HINT = ("The study plots need matplotlib: pip install 'simclr_tf[study]' "
                    "(or pip install matplotlib).")

@@ -1,0 +1,34 @@
+"""The errors simclr_tf raises on purpose, in one place.
+
+Each message names the problem and the way out, so the command-line entry
+points print it as one line (exit status 2) instead of a traceback.
+"""
+
+import re
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: the message names the key and the fix."""
+
+
+class SubsetError(ConfigError):
+    """An invalid label subset (``label_fraction`` / ``label_subset_file``)."""
+
+
+class RunError(RuntimeError):
+    """A run that cannot go on; the message says why and what to do."""
+
+
+class NotSimCLRExportError(ValueError):
+    """A path exists but does not hold a ``simclr_tf`` export.
+
+    Raised by the export readers for a directory without a SavedModel, another
+    program's SavedModel or ``.keras`` file, and the like. A path that does
+    not exist raises ``FileNotFoundError`` instead.
+    """
+
+
+def short_tf_error(error):
+    """The first line of a TF error message, without the ``{{function_node ...}}`` prefix."""
+    text = (str(getattr(error, "message", "") or error).strip().splitlines() or [""])[0]
+    return re.sub(r"^\{\{[^}]*\}\}\s*", "", text)[:300]

@@ -1,0 +1,200 @@
+"""Everything a run is made of, built once from its config (the setup of a run)."""
+
+import dataclasses
+from typing import Any, Optional
+
+import keras
+import tensorflow as tf
+from absl import logging
+
+from simclr_tf import distribute, optimizers, tasks
+from simclr_tf.config import ConfigError
+from simclr_tf.data import datasets, pipeline, subsets
+from simclr_tf.errors import short_tf_error
+from simclr_tf.export import Teacher
+from simclr_tf.models.simclr_model import build_model
+from simclr_tf.runtime.checkpointer import Checkpointer
+from simclr_tf.runtime.run_dir import RunDir
+
+
+@dataclasses.dataclass
+class Experiment:
+    """The parts of one run, built by :func:`build`; each part has one job.
+
+    Attributes:
+        cfg: the resolved :class:`simclr_tf.config.Config`.
+        strategy: the ``tf.distribute`` strategy.
+        is_chief: whether this process writes results and exports.
+        run_dir: the :class:`~simclr_tf.runtime.run_dir.RunDir` (model_dir layout).
+        train_info: the training split's ``DatasetInfo`` (the labelled subset's
+            size when fine-tuning on a subset).
+        num_classes: classes of the supervised head (0: none).
+        label_subset: the ``LabelSubset`` of a semi-supervised run, or None.
+        num_labeled_examples: labels the run may use.
+        steps: the run's :class:`~simclr_tf.optimizers.StepCounts`.
+        model: the :class:`~simclr_tf.models.simclr_model.SimCLRModel`.
+        task: the :class:`~simclr_tf.tasks.Task` of ``train_mode``.
+        schedule, optimizer: the learning-rate schedule and optimizer.
+        checkpointer: the :class:`~simclr_tf.runtime.checkpointer.Checkpointer`.
+        jit_compile: whether the per-replica step is XLA-compiled.
+    """
+
+    cfg: Any
+    strategy: Any
+    is_chief: bool
+    run_dir: RunDir
+    train_info: Any
+    num_classes: int
+    label_subset: Optional[Any]
+    num_labeled_examples: int
+    steps: optimizers.StepCounts
+    model: Any
+    task: tasks.Task
+    schedule: Any
+    optimizer: Any
+    checkpointer: Checkpointer
+    jit_compile: bool
+
+    @property
+    def step(self):
+        """The global step: the optimizer's iteration count."""
+        return int(self.optimizer.iterations.numpy())
+
+    @property
+    def multi_worker(self):
+        return distribute.num_workers(self.strategy) > 1
+
+    def train_dataset(self, start_step):
+        """The task's distributed training stream, positioned at ``start_step``."""
+        cfg = self.cfg
+        epoch, skip = divmod(start_step, self.steps.steps_per_epoch)
+
+        def make(batch, num_shards, shard_index, skip_batches):
+            return self.task.train_dataset(
+                cfg.data, cfg.augment, batch, self.label_subset, data_dir=cfg.data_dir,
+                seed=cfg.seed, start_epoch=epoch, skip_batches=skip_batches,
+                cache=cfg.cache_dataset, num_shards=num_shards, shard_index=shard_index)
+
+        return distribute.distribute_dataset(self.strategy, make, cfg.train_batch_size,
+                                             skip_steps=skip)
+
+    def eval_dataset(self):
+        cfg = self.cfg
+
+        def make(batch, num_shards, shard_index, _):
+            return pipeline.build_eval_dataset(
+                cfg.dataset, cfg.eval_split, batch, cfg.image_size,
+                data_dir=cfg.data_dir, cache=cfg.cache_dataset,
+                num_shards=num_shards, shard_index=shard_index)
+
+        return distribute.distribute_dataset(self.strategy, make, cfg.eval_batch_size)
+
+
+def _check_batch_sizes(cfg, num_replicas, num_examples, subset_note):
+    for key in ("train_batch_size", "eval_batch_size"):
+        value = getattr(cfg, key)
+        if value % num_replicas:
+            raise ConfigError(
+                f"Invalid value {value} for '{key}': it must be divisible by the "
+                f"number of replicas ({num_replicas}).")
+    if cfg.mode in ("train", "train_then_eval") and cfg.train_batch_size > num_examples:
+        raise ConfigError(
+            f"Invalid value {cfg.train_batch_size} for 'train_batch_size': the "
+            f"{cfg.train_split!r} split of {cfg.dataset!r} has only {num_examples} "
+            f"examples{subset_note}. Use a batch size <= {num_examples}.")
+
+
+def _select_labels(cfg, train_info, num_classes):
+    """(label subset or None, train_info, labelled count, note for errors).
+
+    finetune trains on the subset only (its size sets the epoch length);
+    pretrain (probe) and distill (label loss) see every image but only the
+    subset's labels; feature_linear_eval fits on the subset.
+    """
+    label_subset = subsets.select(cfg.dataset, cfg.train_split, cfg.data_dir,
+                                  cfg.label_fraction, cfg.label_subset_file, cfg.seed)
+    note = ""
+    labelled = train_info.num_examples if num_classes > 0 else 0
+    if label_subset is not None:
+        logging.info("Labelled subset of %r: %d of %d examples (%s).", cfg.train_split,
+                     label_subset.num_selected, label_subset.num_examples,
+                     label_subset.description)
+        labelled = label_subset.num_labelled
+        if cfg.train_mode == "finetune":
+            train_info = dataclasses.replace(train_info,
+                                             num_examples=label_subset.num_selected)
+            note = f" in the labelled subset ({label_subset.description})"
+    if cfg.train_mode == "distill" and cfg.distill_label_weight == 0:
+        labelled = 0
+    return label_subset, train_info, int(labelled), note
+
+
+def _load_teacher(cfg, strategy, num_classes):
+    """Loads teacher_checkpoint (in the strategy's scope) and checks its classes."""
+    try:
+        with strategy.scope():
+            teacher = Teacher(cfg.teacher_checkpoint, cfg.image_size)
+    except (OSError, tf.errors.OpError) as e:
+        raise ConfigError(f"Cannot load 'teacher_checkpoint' {cfg.teacher_checkpoint!r}: "
+                          f"{short_tf_error(e)}") from None
+    if num_classes and num_classes != teacher.num_classes:
+        raise ConfigError(
+            f"The teacher {cfg.teacher_checkpoint!r} predicts {teacher.num_classes} "
+            f"classes but {cfg.dataset!r} has {num_classes}: distill on the teacher's "
+            "dataset.")
+    return teacher
+
+
+def build(cfg, strategy=None):
+    """Builds the :class:`Experiment` of ``cfg`` (nothing is written to model_dir).
+
+    Raises ConfigError for settings that only the data or the devices can
+    refute (batch sizes, label subsets, the teacher).
+    """
+    if cfg.deterministic:
+        keras.utils.set_random_seed(cfg.seed)
+        tf.config.experimental.enable_op_determinism()
+        logging.info("TF op determinism enabled; seed %d.", cfg.seed)
+    strategy = strategy or distribute.get_strategy(cfg.use_tpu, cfg.tpu_name)
+    distribute.warn_slow_bfloat16(cfg.precision, strategy)
+    is_chief = distribute.is_chief(strategy)
+
+    _, train_info = datasets.load(cfg.dataset, cfg.train_split, cfg.data_dir)
+    num_classes = train_info.num_classes
+    label_subset, train_info, num_labelled, note = _select_labels(cfg, train_info,
+                                                                  num_classes)
+    teacher = None
+    if cfg.train_mode == "distill":
+        teacher = _load_teacher(cfg, strategy, num_classes)
+        num_classes = teacher.num_classes
+    if num_classes == 1:
+        logging.warning(
+            "The %r split of %r has a single class: pretraining works, but the "
+            "linear probe and the eval accuracy are trivially 1.0.",
+            cfg.train_split, cfg.dataset)
+    _check_batch_sizes(cfg, strategy.num_replicas_in_sync, train_info.num_examples, note)
+    steps = optimizers.step_counts(train_info.num_examples, cfg.train_batch_size,
+                                   cfg.train_epochs, cfg.train_steps, cfg.warmup_epochs)
+
+    with strategy.scope():
+        model = build_model(cfg.model, num_classes)
+        schedule = optimizers.WarmUpAndCosine(
+            cfg.learning_rate, train_info.num_examples, cfg.train_batch_size,
+            cfg.train_epochs, cfg.warmup_epochs, cfg.learning_rate_scaling,
+            train_steps=cfg.train_steps or None)
+        optimizer = optimizers.build_optimizer(cfg.optimizer, schedule,
+                                               momentum=cfg.momentum,
+                                               weight_decay=cfg.weight_decay)
+        model(tf.zeros([1, cfg.image_size, cfg.image_size, 3]))
+        optimizer.build(model.trainable_variables)
+    run_dir = RunDir(cfg.model_dir)
+    task_id = None if is_chief else strategy.cluster_resolver.task_id
+    return Experiment(
+        cfg=cfg, strategy=strategy, is_chief=is_chief, run_dir=run_dir,
+        train_info=train_info, num_classes=num_classes, label_subset=label_subset,
+        num_labeled_examples=num_labelled, steps=steps, model=model,
+        task=tasks.build_task(cfg.train_mode, cfg.loss, teacher), schedule=schedule,
+        optimizer=optimizer,
+        checkpointer=Checkpointer(model, optimizer, run_dir, cfg.keep_checkpoint_max,
+                                  task_id),
+        jit_compile=distribute.resolve_jit_compile(cfg.jit_compile, strategy))

@@ -1,0 +1,135 @@
+"""The three things a run does: train, evaluate, export.
+
+:func:`train` is the one training loop. It runs a chunk of steps inside one
+``tf.function`` per call (``strategy.run`` of the task's step, see
+:mod:`simclr_tf.runtime.steps`), rather than ``model.fit``: the same loop
+then works under the default strategy, ``MirroredStrategy``, ``TPUStrategy``
+and ``MultiWorkerMirroredStrategy`` (where Keras 3's ``fit`` has known
+failures), it resumes at an exact step, and the host only synchronises at
+log and checkpoint points.
+"""
+
+import math
+
+import tensorflow as tf
+from absl import logging
+
+from simclr_tf import distribute, linear_eval
+from simclr_tf.errors import RunError
+from simclr_tf.export import writer
+from simclr_tf.runtime import steps as steps_lib
+from simclr_tf.runtime.report import TrainReport
+from simclr_tf.runtime.run_dir import EVAL_EVENTS
+
+
+def train(exp):
+    """Trains ``exp`` (a :class:`~simclr_tf.runtime.experiment.Experiment`) to its last step."""
+    cfg, model, ckpt = exp.cfg, exp.model, exp.checkpointer
+    # 1. Where to start: this run's newest checkpoint, else --checkpoint, else scratch.
+    logging.info("%s", ckpt.restore_for_training(cfg.checkpoint))
+    start, total = exp.step, exp.steps.total_steps
+    distribute.check_workers_agree(exp.strategy, start)
+    if exp.is_chief:
+        ckpt.remove_orphaned_temp()
+    if start >= total:
+        logging.info("Training already finished (step %d of %d).", start, total)
+        ckpt.remove_worker_scratch()
+        return
+    # 2. The compiled steps and the data stream, positioned at `start`.
+    metrics = steps_lib.train_metrics(exp.task.metric_names(model), cfg.nonfinite_policy)
+    nonfinite_step = None
+    if cfg.nonfinite_policy == "stop" and not distribute.is_tpu(exp.strategy):
+        nonfinite_step = tf.Variable(0, dtype=tf.int64, trainable=False)
+    step_fn = steps_lib.make_train_step(model, exp.task, exp.optimizer, metrics,
+                                        cfg.nonfinite_policy)
+    train_steps = steps_lib.make_train_steps(step_fn, exp.strategy, exp.optimizer,
+                                             exp.jit_compile, nonfinite_step)
+    iterator = iter(exp.train_dataset(start))
+    report = TrainReport(exp.run_dir, total, start, metrics, exp.is_chief)
+    # 3. Chunks of steps up to each log or checkpoint point.
+    save_every = cfg.checkpoint_steps or cfg.checkpoint_epochs * exp.steps.steps_per_epoch
+    step = start
+    while step < total:
+        chunk = min(cfg.log_every_steps - step % cfg.log_every_steps,
+                    save_every - step % save_every, total - step)
+        for m in metrics.values():
+            m.reset_state()
+        train_steps(iterator, tf.constant(chunk))
+        first, step = step + 1, exp.step
+        logs = {name: float(m.result()) for name, m in metrics.items()}
+        logs["lr"] = float(exp.schedule(step - 1))
+        if not math.isfinite(logs["loss"]):
+            bad = int(nonfinite_step.numpy()) if nonfinite_step is not None else 0
+            where = f"at step {bad}" if bad else f"in steps {first}-{step}"
+            raise RunError(
+                f"Loss became {logs['loss']} {where}. Training stopped; the last good checkpoint ({ckpt.latest or 'none yet'}) "
+                "is kept. Lower --learning_rate, check the input data, or pass "
+                "--nonfinite_policy=skip to skip such steps.")
+        report.write(first, step, logs)
+        if step % save_every == 0 or step == total:
+            ckpt.save(step)
+    report.close()
+    ckpt.remove_worker_scratch()
+
+
+def evaluate(exp):
+    """Top-1/top-5 of the supervised head on eval_split; writes result.json.
+
+    After pretraining it also runs the frozen-feature linear evaluation
+    (``feature_linear_eval``, the paper's protocol) on the chief.
+    """
+    cfg, model, strategy = exp.cfg, exp.model, exp.strategy
+    if model.supervised_head is None:
+        raise RunError(
+            f"Cannot evaluate: the training split {cfg.train_split!r} of "
+            f"{cfg.dataset!r} has no labels, so there is no supervised head. "
+            "Fine-tune on a labelled split (--train_mode=finetune) first.")
+    metrics = steps_lib.eval_metrics()
+    eval_step = steps_lib.make_eval_step(model, metrics)
+    run_eval_step = tf.function(lambda batch: strategy.run(eval_step, args=(batch,)))
+    for batch in exp.eval_dataset():
+        run_eval_step(batch)
+    if float(tf.convert_to_tensor(metrics["top1"].count)) == 0:  # summed over replicas
+        raise RunError(
+            f"Cannot evaluate: the eval split {cfg.eval_split!r} of {cfg.dataset!r} "
+            "has no labelled examples (labels are -1). Pass a labelled --eval_split.")
+    result = {"top1": float(metrics["top1"].result()),
+              "top5": float(metrics["top5"].result()),
+              "global_step": exp.step,
+              "eval_split": cfg.eval_split,
+              "train_mode": cfg.train_mode,
+              "num_labeled_examples": exp.num_labeled_examples}
+    if exp.is_chief and cfg.train_mode == "pretrain" and cfg.feature_linear_eval:
+        result["feature_linear_eval"] = linear_eval.evaluate(
+            model.encoder, cfg.data, exp.num_classes,
+            train_indices=exp.label_subset.indices if exp.label_subset is not None else None)
+    if exp.is_chief:
+        with exp.run_dir.summary_writer(EVAL_EVENTS).as_default(step=exp.step):
+            tf.summary.scalar("top1", result["top1"])
+            tf.summary.scalar("top5", result["top5"])
+            for key, value in result.get("feature_linear_eval", {}).items():
+                if key.startswith("top"):
+                    tf.summary.scalar(f"feature_linear_eval/{key}", value)
+        exp.run_dir.write_result(result)
+    return result
+
+
+def export(exp, restore=False):
+    """Exports ``exp``'s model into its model_dir (``saved_model/``, ``simclr.keras``).
+
+    Args:
+        exp: the run's Experiment.
+        restore: first restore the newest readable checkpoint of model_dir
+            (``--mode=export``); raises RunError if there is none.
+
+    Returns:
+        dict of the written paths (see :func:`simclr_tf.export.export_model`).
+    """
+    if restore:
+        exp.checkpointer.restore_finished("export")
+    try:
+        return writer.export_model(exp.model, exp.run_dir.path, exp.cfg.image_size)
+    except (OSError, ValueError, tf.errors.OpError) as e:
+        raise RunError(
+            f"Export to {exp.run_dir.path!r} failed ({type(e).__name__}: {e}). "
+            "Any previous export there is unchanged.") from e

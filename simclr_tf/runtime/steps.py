@@ -1,0 +1,173 @@
+"""The compiled steps of a run: one training step, a chunk of them, one eval step.
+
+A training step runs a task's loss (:mod:`simclr_tf.tasks`) under a
+``tf.GradientTape`` on each replica, applies the gradients and updates the
+step metrics; the non-finite policy lives here, not in the model.
+"""
+
+import keras
+import tensorflow as tf
+
+
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+def train_metrics(names, nonfinite_policy="stop"):
+    """``{name: keras.metrics.Mean}`` for the task's metrics (+ ``skipped_steps``)."""
+    metrics = {n: keras.metrics.Mean(name=n) for n in names}
+    if nonfinite_policy == "skip":
+        metrics["skipped_steps"] = keras.metrics.Sum(name="skipped_steps")
+    return metrics
+
+
+def _bn_state(model):
+    """The variables a training-mode forward pass updates (BN statistics)."""
+    return [v for v in model.non_trainable_variables
+            if v.name in ("moving_mean", "moving_variance")]
+
+
+def make_train_step(model, task, optimizer, metrics, nonfinite_policy="stop"):
+    """Returns ``train_step(batch) -> {metric: value}`` for ``strategy.run``.
+
+    Each replica computes ``task.compute_loss`` (the mean over its examples),
+    divides it by the number of replicas (the optimizer sums the replicas'
+    gradients, so the update follows the global-batch mean) and applies the
+    gradients; weights without a gradient (the probe when it is off,
+    projection layers above ``ft_proj_selector``) are left out.
+
+    ``nonfinite_policy``: ``"stop"`` applies every update (the loop checks
+    the loss and stops); ``"skip"``: a step whose loss or gradients are
+    non-finite on any replica changes no weight (nor optimizer slot or BN
+    statistic), only ``optimizer.iterations`` advances, and the
+    ``skipped_steps`` metric counts it.
+    """
+    if nonfinite_policy not in NONFINITE_POLICIES:
+        raise ValueError(f"nonfinite_policy must be 'stop' or 'skip', got "
+                         f"{nonfinite_policy!r}.")
+    skip = nonfinite_policy == "skip"
+
+    def train_step(batch):
+        num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        bn_state = [tf.identity(v) for v in _bn_state(model)] if skip else None
+        with tf.GradientTape() as tape:
+            loss, results = task.compute_loss(model, batch, training=True)
+            scaled_loss = loss / num_replicas
+        variables = model.trainable_variables
+        grads = tape.gradient(scaled_loss, variables)
+        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        if skip:
+            _apply_or_skip(model, optimizer, metrics, loss, pairs, results, bn_state,
+                           num_replicas)
+        else:
+            optimizer.apply_gradients(pairs)
+            for name, value in results.items():
+                if name in metrics:
+                    metrics[name].update_state(value)
+        return {name: m.result() for name, m in metrics.items()}
+
+    return train_step
+
+
+def _apply_or_skip(model, optimizer, metrics, loss, pairs, results, bn_state, num_replicas):
+    """nonfinite_policy="skip": the update unless the step is non-finite.
+
+    The decision is all-reduced, so every replica (and worker) takes the
+    same branch. A skipped step restores the BN statistics its forward pass
+    changed, leaves weights and optimizer slots alone and only advances
+    ``optimizer.iterations`` (so the step keeps pointing at the same batch
+    of the data stream when the run resumes).
+    """
+    if not optimizer.built:  # no variable creation inside tf.cond
+        optimizer.build(model.trainable_variables)
+    finite = tf.math.is_finite(tf.cast(loss, tf.float32))
+    for g, _ in pairs:
+        finite = tf.logical_and(finite, tf.reduce_all(
+            tf.math.is_finite(tf.convert_to_tensor(g))))
+    bad_replicas = tf.distribute.get_replica_context().all_reduce(
+        tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
+    skip = bad_replicas > 0
+
+    def apply_fn(grads_and_vars):
+        optimizer.apply_gradients(grads_and_vars)
+
+    def skip_fn():
+        optimizer.iterations.assign_add(1)
+
+    if tf.__internal__.distribute.strategy_supports_no_merge_call():
+        tf.cond(skip, skip_fn, lambda: apply_fn(pairs))
+    else:
+        # As keras.optimizers.LossScaleOptimizer: a strategy cannot run a
+        # tf.cond whose branch calls merge_call (apply_gradients does) in a
+        # replica context, so branch in the cross-replica context.
+        def merge_fn(strategy, skip, grads_and_vars):
+            skip = strategy.experimental_local_results(skip)[0]
+            tf.cond(skip, skip_fn, lambda: strategy.extended.call_for_each_replica(
+                apply_fn, args=(grads_and_vars,)))
+
+        tf.distribute.get_replica_context().merge_call(merge_fn, args=(skip, pairs))
+    for v, old in zip(_bn_state(model), bn_state):
+        v.assign(tf.where(skip, old, v))
+    keep = 1.0 - tf.cast(skip, tf.float32)
+    for name, value in results.items():
+        if name in metrics:
+            value = tf.cast(value, tf.float32)
+            metrics[name].update_state(tf.where(skip, tf.zeros_like(value), value),
+                                       sample_weight=keep)
+    # Sum metrics add up their replicas when read: count each step once.
+    metrics["skipped_steps"].update_state(tf.cast(skip, tf.float32) / num_replicas)
+
+
+def make_train_steps(train_step, strategy, optimizer, jit_compile=False,
+                     nonfinite_step=None):
+    """The ``tf.function(iterator, num_steps)`` that runs ``num_steps`` steps.
+
+    One call runs the steps in a ``tf.range`` loop without host syncs; with
+    ``jit_compile`` each replica's step is XLA-compiled.
+
+    ``nonfinite_step``: optional int64 ``tf.Variable`` holding 0; after the
+    first step whose loss is non-finite on a replica of this worker it holds
+    that step's number, so the loop can name it (no cross-worker
+    communication: on several workers it may name a later step).
+    """
+    step_fn = train_step
+    if jit_compile:
+        step_fn = tf.function(train_step, jit_compile=True, reduce_retracing=True)
+
+    @tf.function
+    def train_steps(iterator, num_steps):
+        for _ in tf.range(num_steps):
+            logs = strategy.run(step_fn, args=(next(iterator),))
+            if nonfinite_step is not None:
+                # The running mean of the chunk's loss turns non-finite at the
+                # first bad step and stays so.
+                finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(x)) for x in
+                                        strategy.experimental_local_results(logs["loss"])])
+                step = tf.cast(tf.convert_to_tensor(optimizer.iterations), tf.int64)
+                nonfinite_step.assign(tf.where(
+                    tf.logical_or(finite, nonfinite_step > 0), nonfinite_step, step))
+
+    return train_steps
+
+
+def eval_metrics():
+    return {"top1": keras.metrics.SparseTopKCategoricalAccuracy(k=1, name="top1"),
+            "top5": keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")}
+
+
+def make_eval_step(model, metrics):
+    """Returns ``eval_step(batch)`` updating top-1/top-5 of ``logits_sup``.
+
+    Unlabelled examples (label -1) do not count; the metrics' ``count`` is
+    the number of labelled ones.
+    """
+
+    def eval_step(batch):
+        images, labels = batch
+        logits = tf.cast(model(images, training=False)["logits_sup"], tf.float32)
+        labels = tf.cast(labels, tf.int32)
+        valid = tf.cast(labels >= 0, tf.float32)
+        labels = tf.maximum(labels, 0)
+        for metric in metrics.values():
+            metric.update_state(labels, logits, sample_weight=valid)
+
+    return eval_step

@@ -1,0 +1,64 @@
+"""Self-training by distillation (SimCLR v2)."""
+
+import tensorflow as tf
+
+from simclr_tf import losses
+from simclr_tf.data import pipeline
+from simclr_tf.tasks.finetune import FinetuneTask
+
+
+class DistillTask(FinetuneTask):
+    """A student learns a frozen teacher's soft labels (SimCLR v2, Eq. 2).
+
+    Batches are ``(images [B, H, W, 3], labels)`` like fine-tuning, but from
+    every image of the split (labels -1 outside the labelled subset). The
+    teacher (a callable images -> logits, e.g.
+    :class:`simclr_tf.export.Teacher`: run in inference mode, never trained,
+    not part of the student) labels each image with
+    ``softmax(teacher_logits / T)``; the student minimises
+    :func:`simclr_tf.losses.distillation_loss` on its ``logits_sup``, plus
+    ``distill_label_weight`` times the cross-entropy on the true labels of the
+    examples that have one.
+
+    Metrics: ``distill_loss``, ``distill_acc`` (agreement with the teacher's
+    top class) and, with a label weight, ``sup_loss``, ``sup_acc``.
+
+    Args:
+        loss_cfg: a ``simclr_tf.config.LossConfig``.
+        teacher: callable images -> float32 logits [B, C], no gradient.
+
+    Reference: Chen et al., "Big Self-Supervised Models are Strong
+    Semi-Supervised Learners", NeurIPS 2020 (arXiv:2006.10029), section 2.3.
+    """
+
+    name = "distill"
+
+    def __init__(self, loss_cfg, teacher):
+        super().__init__(loss_cfg)
+        self.teacher = teacher
+
+    def objective_metrics(self, model):
+        names = ("distill_loss", "distill_acc")
+        return names + (("sup_loss", "sup_acc") if self.cfg.distill_label_weight > 0 else ())
+
+    def objective(self, model, images, labels, training):
+        teacher_logits = self.teacher(images)
+        logits = tf.cast(model(images, training=training)["logits_sup"], tf.float32)
+        distill = losses.distillation_loss(teacher_logits, logits,
+                                           self.cfg.distill_temperature)
+        agree = tf.equal(tf.argmax(logits, -1), tf.argmax(teacher_logits, -1))
+        results = {"distill_loss": distill,
+                   "distill_acc": tf.reduce_mean(tf.cast(agree, tf.float32))}
+        total = distill
+        if self.cfg.distill_label_weight > 0:
+            sup_loss, sup_acc = losses.masked_cross_entropy(logits, labels)
+            results.update(sup_loss=sup_loss, sup_acc=sup_acc)
+            total = total + self.cfg.distill_label_weight * sup_loss
+        return total, results
+
+    def train_dataset(self, data_cfg, augment_cfg, batch_size, label_subset, **stream):
+        # Every image (one crop+flip view, as fine-tuning); labels only inside
+        # the labelled subset.
+        return pipeline.build_finetune_dataset(
+            data_cfg.dataset, data_cfg.train_split, batch_size, data_cfg.image_size,
+            label_subset=label_subset, keep_unlabeled=True, **stream)

@@ -1,0 +1,69 @@
+"""Contrastive pretraining (SimCLR), with the optional linear probe."""
+
+import tensorflow as tf
+
+from simclr_tf import losses
+from simclr_tf.data import pipeline
+from simclr_tf.models.simclr_model import views_to_batch
+from simclr_tf.tasks.base import Task
+
+
+class PretrainTask(Task):
+    """SimCLR pretraining: NT-Xent between two views, plus the linear probe.
+
+    Batches are ``(images [B, H, W, 6], labels)``: two augmented views on the
+    channel axis. Both views go through the encoder as one batch of 2B (so BN
+    statistics cover both views, as in the paper), the projection head maps
+    h to z, and :func:`simclr_tf.losses.nt_xent_loss` (Eq. 1 of the paper)
+    contrasts each view with the other view of its image against every other
+    view of the global batch. When the model has a supervised head and
+    ``lineareval_while_pretraining`` is on, the head is a linear probe on
+    ``stop_gradient(h)`` that learns to classify both views (labels >= 0
+    only) at the same time; it never changes the encoder.
+
+    Metrics: ``contrast_loss``, ``contrast_acc``, ``contrast_entropy`` and,
+    with the probe, ``sup_loss``, ``sup_acc``.
+
+    Example:
+
+    ```python
+    task = PretrainTask(cfg.loss)
+    loss, metrics = task.compute_loss(model, (views, labels))
+    ```
+
+    Reference: Chen et al. 2020, arXiv:2002.05709, section 2.1 and Eq. 1.
+    """
+
+    name = "pretrain"
+
+    def _probe(self, model):
+        return model.supervised_head is not None and self.cfg.lineareval_while_pretraining
+
+    def objective_metrics(self, model):
+        names = ("contrast_loss", "contrast_acc", "contrast_entropy")
+        return names + (("sup_loss", "sup_acc") if self._probe(model) else ())
+
+    def objective(self, model, images, labels, training):
+        h = model.encoder(views_to_batch(images), training=training)
+        z, _ = model.projection_head(h, training=training)
+        z1, z2 = tf.split(z, 2, axis=0)
+        contrast_loss, logits, contrast_labels = losses.nt_xent_loss(
+            z1, z2, self.cfg.temperature, hidden_norm=self.cfg.hidden_norm)
+        results = {"contrast_loss": contrast_loss}
+        results.update(losses.contrastive_metrics(logits, contrast_labels))
+        total = contrast_loss
+        if self._probe(model):
+            probe_logits = model.supervised_head(tf.stop_gradient(h), training=training)
+            sup_loss, sup_acc = losses.masked_cross_entropy(
+                probe_logits, tf.concat([labels, labels], axis=0))
+            results.update(sup_loss=sup_loss, sup_acc=sup_acc)
+            total = total + sup_loss
+        return total, results
+
+    def train_dataset(self, data_cfg, augment_cfg, batch_size, label_subset, **stream):
+        return pipeline.build_train_dataset(
+            data_cfg.dataset, data_cfg.train_split, batch_size, data_cfg.image_size,
+            color_jitter_strength=augment_cfg.color_jitter_strength,
+            color_jitter_impl=augment_cfg.color_jitter_impl,
+            view1_augmentations=augment_cfg.view1, view2_augmentations=augment_cfg.view2,
+            label_subset=label_subset, **stream)
