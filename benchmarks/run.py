@@ -5,7 +5,7 @@ Sections (``--sections``, comma-separated; default all but time_to_accuracy):
 * ``machine``: CPU model and the flags that matter (AVX-512, AVX512-BF16,
   AMX), TF/Keras versions, measured matmul and 3x3 conv GFLOP/s for float32
   and bfloat16 (the denominators of the fraction of peak);
-* ``train_step``: pretraining images/s of the trainer's step for ResNet-18
+* ``train_step``: pretraining images/s of the training step for ResNet-18
   (CIFAR stem, 32 px, batch 256) and ResNet-50 (32 px, batch 64), float32 and
   bfloat16, with and without XLA, with the analytic model FLOPs per image and
   the fraction of the measured conv peak;
@@ -83,8 +83,8 @@ def parse_args(argv=None):
                    "CPU/GPU) sets TF_CPU_ALLOCATOR_USE_BFC=true, system sets it false, "
                    "inherit leaves the environment as it is")
     p.add_argument("--onednn", choices=("package", "tf", "on", "off"), default="package",
-                   help="TF's oneDNN CPU kernels: package = what importing simclr_tf "
-                   "chooses (on for x86-64 CPUs with AVX2, see simclr_tf/_tf_env.py); "
+                   help="TF's oneDNN CPU kernels: package = what python -m simclr_tf.run "
+                   "chooses (on for x86-64 CPUs with AVX2, see simclr_tf/env.py); "
                    "tf = TensorFlow's own default for this CPU; on/off = "
                    "TF_ENABLE_ONEDNN_OPTS=1/0")
     p.add_argument("--batch_size", type=int, default=None,
@@ -222,8 +222,10 @@ def _set_onednn(mode):
     """Fixes TF_ENABLE_ONEDNN_OPTS before TF is imported (subprocesses inherit it)."""
     if mode in ("on", "off"):
         os.environ["TF_ENABLE_ONEDNN_OPTS"] = "1" if mode == "on" else "0"
-    elif mode == "package":
-        import simclr_tf  # noqa: F401  (sets it as the CLI does, then imports TF)
+    elif mode == "package":  # as the CLI sets it (env.tune_for_cli), then import TF
+        from simclr_tf import env
+        env.prefer_onednn()
+        import tensorflow  # noqa: F401
     else:  # TF's own choice, made explicit for the subprocesses
         os.environ.pop("TF_ENABLE_ONEDNN_OPTS", None)
         import tensorflow  # noqa: F401

@@ -1,12 +1,14 @@
-"""Pretraining throughput of the trainer's step, and where its time goes.
+"""Pretraining throughput of the training step, and where its time goes.
 
-Each configuration builds a :class:`simclr_tf.trainer.Session` (the model,
-LARS and schedule exactly as ``python -m simclr_tf.run`` builds them) and times
-:func:`simclr_tf.trainer.make_train_steps`, the function the trainer calls, one
-step per call, on one fixed batch of real augmented views (so the input
-pipeline is not measured; the ``input="pipeline"`` rows feed the real
-``tf.data`` pipeline instead). Images/s counts each source image once; it has
-two views, both through the encoder.
+Each configuration builds an :class:`simclr_tf.runtime.Experiment` with
+:func:`simclr_tf.runtime.build` (the model, task, LARS and schedule exactly as
+``python -m simclr_tf.run`` builds them) and times the function that
+:func:`simclr_tf.runtime.train` runs (:func:`simclr_tf.runtime.steps.make_train_steps`
+around the task's :func:`~simclr_tf.runtime.steps.make_train_step`), one step
+per call, on one fixed batch of real augmented views (so the input pipeline is
+not measured; the ``input="pipeline"`` rows feed the real ``tf.data`` pipeline
+instead). Images/s counts each source image once; it has two views, both
+through the encoder.
 """
 
 import glob
@@ -20,7 +22,8 @@ import tensorflow as tf
 from benchmarks import common, machine
 from simclr_tf import config as config_lib
 from simclr_tf import losses as losses_lib
-from simclr_tf import trainer
+from simclr_tf import runtime
+from simclr_tf.runtime import steps as steps_lib
 
 MODELS = {
     # name: (config overrides of the full run, of the smoke run)
@@ -46,40 +49,52 @@ def make_config(model, precision, smoke, model_dir, jit_compile="false", batch_s
     return config_lib.resolve(None, values)
 
 
-def model_flops_per_image(session):
+def model_flops_per_image(exp):
     """Analytic training FLOPs per source image: conv/dense MACs x2 x3 x2 views."""
-    size = session.cfg.image_size
-    model = session.model
+    size = exp.cfg.image_size
+    model = exp.model
     macs = common.count_macs(lambda x: model(x, training=False),
                              tf.TensorSpec([1, size, size, 3], tf.float32))
     return {"macs_per_view": macs, "flops_per_image": 2 * 3 * 2 * macs}
 
 
-def fixed_batch(session):
+def fixed_batch(exp):
     from simclr_tf.data import pipeline
-    cfg = session.cfg
+    cfg = exp.cfg
     ds, _ = pipeline.build_train_dataset(cfg.dataset, cfg.train_split,
                                          cfg.train_batch_size, cfg.image_size, seed=0)
     return next(iter(ds))
 
 
-def _distributed_repeat(session, batch):
+def _distributed_repeat(exp, batch):
     ds = tf.data.Dataset.from_tensors(batch).repeat()
-    return iter(session.strategy.experimental_distribute_dataset(ds))
+    return iter(exp.strategy.experimental_distribute_dataset(ds))
 
 
-def time_steps(session, iterator, jit_compile, steps, warmup, steps_per_call=1):
-    """Times the trainer's step function.
+def make_train_steps(exp, jit_compile):
+    """The ``tf.function(iterator, num_steps)`` that :func:`simclr_tf.runtime.train` runs.
+
+    The task's step with its metrics and the run's ``nonfinite_policy``; without
+    the loop's ``nonfinite_step`` variable (only used to name a diverged step).
+    """
+    cfg, model = exp.cfg, exp.model
+    metrics = steps_lib.train_metrics(exp.task.metric_names(model), cfg.nonfinite_policy)
+    step_fn = steps_lib.make_train_step(model, exp.task, exp.optimizer, metrics,
+                                        cfg.nonfinite_policy)
+    return steps_lib.make_train_steps(step_fn, exp.strategy, exp.optimizer, jit_compile)
+
+
+def time_steps(exp, iterator, jit_compile, steps, warmup, steps_per_call=1):
+    """Times the training step function.
 
     Returns (first call s, wall s per step, CPU s per step): lists of ``steps``.
     """
-    model = session.model
-    train_steps = trainer.make_train_steps(model, session.strategy, jit_compile)
+    train_steps = make_train_steps(exp, jit_compile)
     n = tf.constant(steps_per_call)
 
     def call():
         train_steps(iterator, n)
-        model.optimizer.iterations.numpy()
+        exp.optimizer.iterations.numpy()
 
     start = time.perf_counter()
     call()
@@ -88,9 +103,9 @@ def time_steps(session, iterator, jit_compile, steps, warmup, steps_per_call=1):
     return first, [t / steps_per_call for t in wall], [t / steps_per_call for t in cpu]
 
 
-def _row(session, flops, peaks, precision, jit, source, first, wall, cpu):
+def _row(exp, flops, peaks, precision, jit, source, first, wall, cpu):
     """One result row. ``peaks``: {precision: {"wall": GFLOP/s, "cpu": GFLOP/cpu-s}}."""
-    batch = session.cfg.train_batch_size
+    batch = exp.cfg.train_batch_size
     stats = common.summary(wall, cpu)
     images_per_s = batch / stats["median_s"]
     gflops = images_per_s * flops["flops_per_image"] / 1e9
@@ -126,32 +141,32 @@ def run(models=("resnet18", "resnet50"), precisions=("float32", "bfloat16"),
         for precision in precisions:
             model_dir = tempfile.mkdtemp(prefix="simclr_bench_")
             try:
-                session = trainer.Session(make_config(model, precision, smoke, model_dir,
-                                                      batch_size=batch_size))
+                exp = runtime.build(make_config(model, precision, smoke, model_dir,
+                                                batch_size=batch_size))
                 if entry is None:
-                    cfg = session.cfg
+                    cfg = exp.cfg
                     entry = {"model": model, "resnet_depth": cfg.resnet_depth,
                              "width_multiplier": cfg.width_multiplier,
                              "image_size": cfg.image_size,
                              "batch_size": cfg.train_batch_size,
-                             **model_flops_per_image(session), "rows": []}
+                             **model_flops_per_image(exp), "rows": []}
                     configs.append(entry)
                     flops = entry
-                batch = fixed_batch(session)
+                batch = fixed_batch(exp)
                 for jit in jits:
                     first, wall, cpu = time_steps(
-                        session, _distributed_repeat(session, batch), jit, steps, warmup)
-                    row = _row(session, flops, peaks, precision, jit, "fixed batch",
+                        exp, _distributed_repeat(exp, batch), jit, steps, warmup)
+                    row = _row(exp, flops, peaks, precision, jit, "fixed batch",
                                first, wall, cpu)
                     entry["rows"].append(row)
                     log(f"  {model} {precision} jit={jit}: {row['images_per_s']:.2f} img/s "
                         f"(step {row['step_s']:.3f} s, CPU {row['step_cpu_s']:.3f} s, "
                         f"first call {first:.1f} s)")
                 if pipeline_rows and model == models[0] and precision == precisions[0]:
-                    # The real input pipeline, as the trainer feeds it.
+                    # The real input pipeline, as the training loop feeds it.
                     first, wall, cpu = time_steps(
-                        session, iter(session.train_dataset(0)), False, steps, warmup)
-                    row = _row(session, flops, peaks, precision, False, "pipeline",
+                        exp, iter(exp.train_dataset(0)), False, steps, warmup)
+                    row = _row(exp, flops, peaks, precision, False, "pipeline",
                                first, wall, cpu)
                     entry["rows"].append(row)
                     log(f"  {model} {precision} jit=False input=pipeline: "
@@ -205,35 +220,35 @@ def breakdown(model="resnet18", precisions=("float32", "bfloat16"), steps=3, smo
     for precision in precisions:
         model_dir = tempfile.mkdtemp(prefix="simclr_bench_")
         try:
-            session = trainer.Session(make_config(model, precision, smoke, model_dir,
-                                                  batch_size=batch_size))
-            results.append(_breakdown_one(session, precision, steps, profile, log))
+            exp = runtime.build(make_config(model, precision, smoke, model_dir,
+                                            batch_size=batch_size))
+            results.append(_breakdown_one(exp, precision, steps, profile, log))
         finally:
             shutil.rmtree(model_dir, ignore_errors=True)
     return {"model": model, "rows": results}
 
 
-def _breakdown_one(session, precision, steps, profile, log):
-    model, cfg = session.model, session.cfg
-    batch = fixed_batch(session)
+def _breakdown_one(exp, precision, steps, profile, log):
+    model, cfg, task, optimizer = exp.model, exp.cfg, exp.task, exp.optimizer
+    batch = fixed_batch(exp)
     variables = model.trainable_variables
 
     @tf.function
     def forward():
-        loss, _ = model.compute_train_losses(batch, training=True)
+        loss, _ = task.compute_loss(model, batch, training=True)
         return loss
 
     @tf.function
     def forward_backward():
         with tf.GradientTape() as tape:
-            loss, _ = model.compute_train_losses(batch, training=True)
+            loss, _ = task.compute_loss(model, batch, training=True)
         return tape.gradient(loss, variables)
 
     grads = [tf.zeros_like(v) if g is None else g for g, v in zip(forward_backward(), variables)]
 
     @tf.function
     def optimizer_only():
-        model.optimizer.apply_gradients(zip(grads, variables))
+        optimizer.apply_gradients(zip(grads, variables))
 
     z = tf.random.normal([cfg.train_batch_size, cfg.proj_out_dim])
 
@@ -248,7 +263,7 @@ def _breakdown_one(session, precision, steps, profile, log):
     parts = {
         "forward": lambda: common.sync(forward()),
         "forward_backward": lambda: common.sync(forward_backward()),
-        "optimizer_apply": lambda: (optimizer_only(), model.optimizer.iterations.numpy()),
+        "optimizer_apply": lambda: (optimizer_only(), optimizer.iterations.numpy()),
         "nt_xent_fwd_bwd": lambda: common.sync(loss_only()),
     }
     row = {"precision": precision, "batch_size": cfg.train_batch_size, "parts_s": {}}
@@ -257,7 +272,7 @@ def _breakdown_one(session, precision, steps, profile, log):
         stats = common.summary(*common.timed(fn, steps, warmup=1))
         row["parts_s"][name] = stats["median_s"]
         row["parts_cpu_s"][name] = stats["cpu_median_s"]
-    _, wall, cpu = time_steps(session, _distributed_repeat(session, batch), False, steps, 1)
+    _, wall, cpu = time_steps(exp, _distributed_repeat(exp, batch), False, steps, 1)
     row["parts_s"]["full_step"] = common.summary(wall)["median_s"]
     row["parts_cpu_s"]["full_step"] = step = common.summary(cpu)["median_s"]
     p = row["parts_cpu_s"]  # shares of CPU time: robust to other jobs
@@ -270,25 +285,25 @@ def _breakdown_one(session, precision, steps, profile, log):
     }
     log(f"  breakdown {precision} (CPU s): " + ", ".join(f"{k} {v:.3f}" for k, v in p.items()))
     if profile:
-        row["op_profile"] = profile_step(session, batch)
+        row["op_profile"] = profile_step(exp, batch)
     row["load_average"] = common.load_average()
     return row
 
 
-def profile_step(session, batch, top=12):
+def profile_step(exp, batch, top=12):
     """Summed op time by TF op type over one traced step (``tf.profiler``)."""
     from tensorflow.tsl.profiler.protobuf import xplane_pb2
 
     logdir = tempfile.mkdtemp(prefix="simclr_prof_")
-    iterator = _distributed_repeat(session, batch)
-    train_steps = trainer.make_train_steps(session.model, session.strategy, False)
+    iterator = _distributed_repeat(exp, batch)
+    train_steps = make_train_steps(exp, False)
     one = tf.constant(1)
     train_steps(iterator, one)
-    session.model.optimizer.iterations.numpy()
+    exp.optimizer.iterations.numpy()
     try:
         tf.profiler.experimental.start(logdir)
         train_steps(iterator, one)
-        session.model.optimizer.iterations.numpy()
+        exp.optimizer.iterations.numpy()
         tf.profiler.experimental.stop()
         paths = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
         space = xplane_pb2.XSpace()
