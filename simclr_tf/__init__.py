@@ -43,6 +43,7 @@ _PUBLIC = {
     "WarmUpAndCosine": "simclr_tf.optimizers",
     "step_counts": "simclr_tf.optimizers",
     "build_task": "simclr_tf.tasks",
+    "TaskModel": "simclr_tf.runtime",
     "export_model": "simclr_tf.export",
     "load_encoder": "simclr_tf.export",
     "load_keras_model": "simclr_tf.export",

@@ -116,9 +116,9 @@ class StepCounts:
 def step_counts(num_examples, batch_size, train_epochs, train_steps=None, warmup_epochs=0.0):
     """The one definition of a run's length in steps.
 
-    An epoch is ``steps_per_epoch = num_examples // batch_size`` full batches
-    (at least 1): the input pipeline drops the last partial batch of each
-    epoch. ``total_steps`` is ``train_steps`` when it is given and positive
+    An epoch is ``steps_per_epoch = num_examples // batch_size`` full batches:
+    the input pipeline drops the last partial batch of each epoch (and
+    refuses a batch larger than the split). ``total_steps`` is ``train_steps`` when it is given and positive
     (the official flag uses 0 for "not set"), else ``train_epochs *
     steps_per_epoch``; ``warmup_steps = round(warmup_epochs *
     steps_per_epoch)``. The trainer (checkpoint and resume positions), the
@@ -137,7 +137,7 @@ def step_counts(num_examples, batch_size, train_epochs, train_steps=None, warmup
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    per_epoch = max(int(num_examples) // int(batch_size), 1)
+    per_epoch = int(num_examples) // int(batch_size)
     if train_steps is not None and int(train_steps) > 0:
         total = int(train_steps)
     else:

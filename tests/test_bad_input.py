@@ -18,7 +18,8 @@ from PIL import Image
 
 import subprocs
 from simclr_tf import config as config_lib
-from simclr_tf import trainer
+from simclr_tf import errors, runtime
+from simclr_tf.runtime.run_dir import RunDir
 from simclr_tf.data import datasets, image_header
 
 
@@ -52,6 +53,13 @@ def _snapshot(root):
             with open(p, "rb") as fh:
                 out[os.path.relpath(p, root)] = hashlib.sha1(fh.read()).hexdigest()
     return out
+
+
+def _check_model_dir(cfg):
+    """What run.py checks before it writes anything."""
+    run_dir = RunDir(cfg.model_dir)
+    run_dir.check_writable()
+    run_dir.check_compatible(cfg)
 
 
 def _cfg(tmp_path, **overrides):
@@ -229,14 +237,14 @@ def test_training_runs_on_a_folder_of_every_kind_of_image(tmp_path):
         writer(root / "train" / ("cats", "dogs")[i % 2] / name)
     before = _snapshot(root)
     cfg = _cfg(tmp_path, data_dir=str(root))  # image_size=8: the smallest allowed
-    session = trainer.Session(cfg)
-    assert session.train_info.skipped == len(UNREADABLE)
-    assert session.train_info.skipped_too_large == len(BOMBS)
-    assert session.train_info.num_examples == 6 + len(UNUSUAL)
+    exp = runtime.build(cfg)
+    assert exp.train_info.skipped == len(UNREADABLE)
+    assert exp.train_info.skipped_too_large == len(BOMBS)
+    assert exp.train_info.num_examples == 6 + len(UNUSUAL)
     os.makedirs(cfg.model_dir)
-    session.train()
-    result = session.evaluate()
-    assert session.step == 2 and result["global_step"] == 2
+    runtime.train(exp)
+    result = runtime.evaluate(exp)
+    assert exp.step == 2 and result["global_step"] == 2
     assert 0.0 <= result["top1"] <= 1.0
     assert _snapshot(root) == before
 
@@ -285,11 +293,11 @@ def test_a_single_class_trains_with_a_warning(tmp_path, caplog):
     root = _folder(tmp_path / "data", classes=("only",), n=6)
     cfg = _cfg(tmp_path, data_dir=str(root))
     with caplog.at_level(logging.WARNING):
-        session = trainer.Session(cfg)
-    assert session.num_classes == 1
+        exp = runtime.build(cfg)
+    assert exp.num_classes == 1
     assert "single class" in caplog.text and "trivially 1.0" in caplog.text
     os.makedirs(cfg.model_dir)
-    result = session.evaluate()  # one logit: top-1 is trivially right
+    result = runtime.evaluate(exp)  # one logit: top-1 is trivially right
     assert result["top1"] == 1.0 and result["top5"] == 1.0
 
 
@@ -304,37 +312,37 @@ def _unlabelled(monkeypatch):
         return ds, info.__class__(**{**info.__dict__, "num_classes": 0,
                                      "class_names": None})
 
-    monkeypatch.setattr(trainer.datasets, "load", load)
+    monkeypatch.setattr(runtime.experiment.datasets, "load", load)
 
 
 def test_finetune_without_labels_is_refused(tmp_path, monkeypatch):
     root = _folder(tmp_path / "data")
     _unlabelled(monkeypatch)
     with pytest.raises(ValueError, match="needs a supervised_head.*must have labels"):
-        trainer.Session(_cfg(tmp_path, data_dir=str(root), train_mode="finetune"))
+        runtime.build(_cfg(tmp_path, data_dir=str(root), train_mode="finetune"))
 
 
 def test_linear_eval_without_labels_is_refused(tmp_path, monkeypatch):
     root = _folder(tmp_path / "data")
     _unlabelled(monkeypatch)
-    session = trainer.Session(_cfg(tmp_path, data_dir=str(root), mode="eval"))
-    with pytest.raises(trainer.RunError, match="has no labels, so there is no supervised"):
-        session.evaluate()
+    exp = runtime.build(_cfg(tmp_path, data_dir=str(root), mode="eval"))
+    with pytest.raises(errors.RunError, match="has no labels, so there is no supervised"):
+        runtime.evaluate(exp)
 
 
 def test_eval_split_with_only_missing_labels_is_refused(tmp_path):
     root = _folder(tmp_path / "data")
     cfg = _cfg(tmp_path, data_dir=str(root), mode="eval")
-    session = trainer.Session(cfg)
+    exp = runtime.build(cfg)
     from simclr_tf.data import pipeline
     ds, _ = pipeline.build_eval_dataset(cfg.dataset, cfg.eval_split, cfg.eval_batch_size,
                                         cfg.image_size, data_dir=cfg.data_dir)
     # Labels of -1, as TFDS gives for unlabelled splits (stl10's "unlabelled").
     ds = ds.map(lambda images, labels: (images, -tf.ones_like(labels)))
-    session.eval_dataset = lambda: session.strategy.experimental_distribute_dataset(ds)
+    exp.eval_dataset = lambda: exp.strategy.experimental_distribute_dataset(ds)
     os.makedirs(cfg.model_dir)
-    with pytest.raises(trainer.RunError, match="no labelled examples"):
-        session.evaluate()
+    with pytest.raises(errors.RunError, match="no labelled examples"):
+        runtime.evaluate(exp)
     assert not os.path.exists(os.path.join(cfg.model_dir, "result.json"))
 
 
@@ -357,7 +365,7 @@ def test_batch_larger_than_the_dataset_is_refused(tmp_path):
     root = _folder(tmp_path / "data", n=3)  # 6 training images
     with pytest.raises(config_lib.ConfigError,
                        match="'train_batch_size'.*has only 6 examples.*<= 6"):
-        trainer.Session(_cfg(tmp_path, data_dir=str(root), train_batch_size=8))
+        runtime.build(_cfg(tmp_path, data_dir=str(root), train_batch_size=8))
     assert not os.path.exists(tmp_path / "run")
 
 
@@ -367,8 +375,8 @@ def test_unwritable_model_dir_is_refused(tmp_path, where):
     blocker.write_text("precious")
     model_dir = blocker if where == "file_as_model_dir" else blocker / "run"
     cfg = _cfg(tmp_path, model_dir=str(model_dir))
-    with pytest.raises(trainer.RunError, match="is a file"):
-        trainer.check_model_dir(cfg)
+    with pytest.raises(errors.RunError, match="is a file"):
+        _check_model_dir(cfg)
     assert blocker.read_text() == "precious"
 
 
@@ -379,8 +387,8 @@ def test_read_only_model_dir_is_refused(tmp_path):
     parent.mkdir()
     parent.chmod(0o555)
     try:
-        with pytest.raises(trainer.RunError, match="not writable"):
-            trainer.check_model_dir(_cfg(tmp_path, model_dir=str(parent / "run")))
+        with pytest.raises(errors.RunError, match="not writable"):
+            _check_model_dir(_cfg(tmp_path, model_dir=str(parent / "run")))
     finally:
         parent.chmod(0o755)
 
@@ -405,9 +413,9 @@ def test_model_dir_of_an_incompatible_run_is_refused(tmp_path):
     with open(os.path.join(directory, "checkpoint"), "w") as f:
         f.write('model_checkpoint_path: "ckpt-5"\nall_model_checkpoint_paths: "ckpt-5"\n')
     before = _snapshot(old.model_dir)
-    with pytest.raises(trainer.RunError, match=r"resnet_depth: 18 -> 34.*new --model_dir"):
-        trainer.check_model_dir(old.replace(resnet_depth=34))
-    trainer.check_model_dir(old.replace(learning_rate=0.1))  # compatible: resumes
+    with pytest.raises(errors.RunError, match=r"resnet_depth: 18 -> 34.*new --model_dir"):
+        _check_model_dir(old.replace(resnet_depth=34))
+    _check_model_dir(old.replace(learning_rate=0.1))  # compatible: resumes
     assert _snapshot(old.model_dir) == before
 
 

@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from multidevice import run_with_devices
 from simclr_tf import config as config_lib
-from simclr_tf import export, teacher as teacher_lib
+from simclr_tf import export, runtime
 from simclr_tf.losses import distillation_loss
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -137,7 +137,9 @@ def _small_cfg(**changes):
 
 
 def test_distill_model_trains_on_teacher_logits_and_keeps_teacher_out_of_weights():
+    from simclr_tf import tasks
     from simclr_tf.models import simclr_model
+    from simclr_tf.runtime import TaskModel
 
     cfg = _small_cfg(train_mode="distill", distill_temperature=2.0, optimizer="momentum",
                      learning_rate=0.1, distill_label_weight=0.5)
@@ -146,19 +148,21 @@ def test_distill_model_trains_on_teacher_logits_and_keeps_teacher_out_of_weights
     n_weights = len(model.weights)
     teacher_net = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(4)])
     teacher_net.build((None, 16, 16, 3))
-    model.set_teacher(lambda images: teacher_net(images, training=False))
+    task = tasks.build_task("distill", cfg.loss,
+                            teacher=lambda images: teacher_net(images, training=False))
+    trainer = TaskModel(model, task)
     assert len(model.weights) == n_weights  # the teacher is not the student's
-    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    assert len(trainer.weights) == n_weights
+    trainer.compile(optimizer=keras.optimizers.SGD(0.1))
     images = tf.random.uniform([8, 16, 16, 3], seed=1)
-    logs = model.train_step((images, tf.constant([0, 1, -1, -1, 2, 3, -1, -1])))
+    logs = trainer.train_step((images, tf.constant([0, 1, -1, -1, 2, 3, -1, -1])))
     assert {"loss", "distill_loss", "distill_acc", "sup_loss", "sup_acc"} <= set(logs)
     assert np.isfinite(float(logs["distill_loss"]))
-    config = model.get_config()
-    assert config["train_mode"] == "distill" and config["distill_temperature"] == 2.0
-    clone = simclr_model.SimCLRModel.from_config(config)
-    assert clone.distill_label_weight == 0.5
+    assert task.cfg.distill_temperature == 2.0 and task.cfg.distill_label_weight == 0.5
+    clone = simclr_model.SimCLRModel.from_config(model.get_config())
+    assert clone.probe is False and len(clone.get_config()) == len(model.get_config())
     with pytest.raises(ValueError, match="needs a teacher"):
-        clone.compute_train_losses((images, tf.zeros([8], tf.int32)))
+        tasks.build_task("distill", cfg.loss)
 
 
 # ------------------------------------------------------------ teacher / config
@@ -179,20 +183,23 @@ def exports(tmp_path_factory):
 
 def test_teacher_loads_export_and_returns_inference_logits(exports):
     path, model = exports["with_head"]
-    assert teacher_lib.INFO_FILE == export.INFO_FILE
-    assert teacher_lib.SAVED_MODEL_SUBDIR == export.SAVED_MODEL_SUBDIR
-    teacher = teacher_lib.Teacher(path, 16)
+    teacher = export.Teacher(path, 16)
     assert teacher.num_classes == 3
     images = tf.random.uniform([4, 16, 16, 3], seed=2)
     np.testing.assert_allclose(teacher(images).numpy(),
                                model(images, training=False)["logits_sup"].numpy(),
                                atol=1e-4)
-    teacher_lib.Teacher(os.path.join(path, "saved_model"), 16)  # the SavedModel itself
+    export.Teacher(os.path.join(path, "saved_model"), 16)  # the SavedModel itself
 
 
 def test_config_rejects_bad_teachers(exports, tmp_path):
     def resolve(**changes):
-        return config_lib.resolve(None, dict(image_size=16, **changes))
+        """The config, then the run's setup (which loads and checks the teacher)."""
+        cfg = config_lib.resolve(None, dict(image_size=16, model_dir=str(tmp_path / "run"),
+                                            **changes))
+        if cfg.train_mode == "distill":
+            runtime.build(cfg)
+        return cfg
 
     with pytest.raises(config_lib.ConfigError, match="distill needs 'teacher_checkpoint'"):
         resolve(train_mode="distill")
@@ -201,8 +208,8 @@ def test_config_rejects_bad_teachers(exports, tmp_path):
     with pytest.raises(config_lib.ConfigError, match="no SavedModel"):
         resolve(train_mode="distill", teacher_checkpoint=str(tmp_path))
     with pytest.raises(config_lib.ConfigError, match="takes 16 px images"):
-        config_lib.resolve(None, dict(train_mode="distill", image_size=32,
-                                      teacher_checkpoint=exports["with_head"][0]))
+        runtime.build(config_lib.resolve(None, dict(
+            train_mode="distill", image_size=32, teacher_checkpoint=exports["with_head"][0])))
     with pytest.raises(config_lib.ConfigError, match="only used with train_mode=distill"):
         resolve(train_mode="finetune", teacher_checkpoint=exports["with_head"][0])
     for key in ("distill_temperature",):
@@ -215,13 +222,13 @@ def test_config_rejects_bad_teachers(exports, tmp_path):
 
 
 def test_session_rejects_a_teacher_of_another_class_count(exports, tmp_path):
-    from simclr_tf import trainer
+    from simclr_tf import runtime
 
     cfg = config_lib.resolve(None, dict(
         train_mode="distill", image_size=16, teacher_checkpoint=exports["with_head"][0],
         model_dir=str(tmp_path / "run")))
     with pytest.raises(config_lib.ConfigError, match="predicts 3 classes but"):
-        trainer.Session(cfg)
+        runtime.build(cfg)
 
 
 @pytest.mark.slow
@@ -250,26 +257,26 @@ def _run_cfg(model_dir, **changes):
 def test_student_distilled_from_a_confident_teacher_beats_its_random_init(tmp_path):
     """A supervised teacher (fine-tuned from scratch on offline_shapes, exported),
     then a fresh student trained only on its soft labels (no true label)."""
-    from simclr_tf import trainer
+    from simclr_tf import runtime
 
     keras.utils.set_random_seed(0)
     teacher_cfg = _run_cfg(tmp_path / "teacher", train_mode="finetune",
                            train_steps=TEACHER_STEPS)
-    session = trainer.Session(teacher_cfg)
-    session.train()
-    teacher_top1 = session.evaluate()["top1"]
-    export.export_run(session)
+    exp = runtime.build(teacher_cfg)
+    runtime.train(exp)
+    teacher_top1 = runtime.evaluate(exp)["top1"]
+    runtime.export(exp)
     assert teacher_top1 > 0.2, teacher_top1  # well above chance (0.1)
 
     keras.utils.set_random_seed(1)
     student_cfg = _run_cfg(tmp_path / "student", train_mode="distill",
                            teacher_checkpoint=str(tmp_path / "teacher"),
                            train_steps=STUDENT_STEPS)
-    session = trainer.Session(student_cfg)
-    assert session.num_labeled_examples == 0
-    random_init_top1 = session.evaluate()["top1"]  # before any training step
-    session.train()
-    result = session.evaluate()
+    exp = runtime.build(student_cfg)
+    assert exp.num_labeled_examples == 0
+    random_init_top1 = runtime.evaluate(exp)["top1"]  # before any training step
+    runtime.train(exp)
+    result = runtime.evaluate(exp)
     with open(tmp_path / "student" / "result.json") as f:
         saved = json.load(f)
     assert saved["train_mode"] == "distill" and saved["num_labeled_examples"] == 0
@@ -287,7 +294,7 @@ STUDENT_STEPS = 200
 
 TWO_REPLICA_SESSION_BODY = r"""
 import json, sys, tempfile
-from simclr_tf import config as config_lib, export, trainer
+from simclr_tf import config as config_lib, export, runtime
 from simclr_tf.models import simclr_model
 
 root = tempfile.mkdtemp()
@@ -301,11 +308,11 @@ cfg = config_lib.resolve(None, dict(
     eval_split="test[:500]", distill_label_weight=0.5, label_fraction=0.1,
     model_dir=root + "/student"))
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-session = trainer.Session(cfg, strategy=strategy)
-session.train()
-result = session.evaluate()
-print(json.dumps({"step": session.step, "num_labeled": result["num_labeled_examples"],
-                  "replicas": session.num_replicas, "top1": result["top1"]}))
+exp = runtime.build(cfg, strategy=strategy)
+runtime.train(exp)
+result = runtime.evaluate(exp)
+print(json.dumps({"step": exp.step, "num_labeled": result["num_labeled_examples"],
+                  "replicas": exp.strategy.num_replicas_in_sync, "top1": result["top1"]}))
 """
 
 

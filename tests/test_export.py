@@ -353,7 +353,7 @@ def _file_digest(path):
 @pytest.mark.slow
 def test_cli_exports_after_eval_and_in_export_mode_and_failures_keep_it(
         tmp_path, monkeypatch):
-    from simclr_tf import trainer
+    from simclr_tf import errors, runtime
 
     model_dir = str(tmp_path / "run")
     sm = os.path.join(model_dir, "saved_model")
@@ -387,17 +387,17 @@ def test_cli_exports_after_eval_and_in_export_mode_and_failures_keep_it(
     # CIFAR path of the uint8 endpoint: resize only).
     cfg = config_lib.resolve(SMOKE, {"model_dir": model_dir, "mode": "export",
                                      "train_steps": 2})
-    session = trainer.Session(cfg)
-    export.restore_latest(session)
-    assert session.step == 2
+    exp = runtime.build(cfg)
+    exp.checkpointer.restore_finished("export")
+    assert exp.step == 2
     rng = np.random.default_rng(4)
     x = rng.uniform(size=(3, 16, 16, 3)).astype("float32")
     u8 = rng.integers(0, 256, size=(2, 20, 24, 3), dtype=np.uint8)
     loaded = tf.saved_model.load(sm)
-    _assert_outputs_close(_np(loaded.serve(x)), _np(session.model(x, training=False)))
+    _assert_outputs_close(_np(loaded.serve(x)), _np(exp.model(x, training=False)))
     by_hand = tf.stack([augment.preprocess_for_eval(image, 16) for image in u8])
     _assert_outputs_close(_np(loaded.serve_uint8(u8)),
-                          _np(session.model(by_hand, training=False)))
+                          _np(exp.model(by_hand, training=False)))
     del loaded
     # simclr.keras loads in a fresh process once simclr_tf.export is imported.
     np.save(tmp_path / "x.npy", x)
@@ -410,14 +410,14 @@ def test_cli_exports_after_eval_and_in_export_mode_and_failures_keep_it(
         capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     np.testing.assert_allclose(np.array(json.loads(proc.stdout.splitlines()[-1])),
-                               session.model(x, training=False)["final_avg_pool"],
+                               exp.model(x, training=False)["final_avg_pool"],
                                atol=ATOL, rtol=0)
 
     # Export mode refuses a model_dir without checkpoints (run.py turns the
     # RunError into this message and exit status 2).
     empty = types.SimpleNamespace(cfg=cfg.replace(model_dir=str(tmp_path / "empty")))
-    with pytest.raises(trainer.RunError, match="holds no checkpoint. Train first"):
-        export.export_run(empty, restore=True)
+    with pytest.raises(errors.RunError, match="holds no checkpoint. Train first"):
+        runtime.export(empty, restore=True)
     assert not os.path.exists(tmp_path / "empty")
 
     # 3. A failing export (SavedModel complete, .keras half-written) changes
@@ -430,10 +430,10 @@ def test_cli_exports_after_eval_and_in_export_mode_and_failures_keep_it(
         raise OSError("disk full (simulated)")
 
     monkeypatch.setattr(export, "_write_keras", broken_write_keras)
-    for v in session.model.trainable_weights:  # what a new export would change
+    for v in exp.model.trainable_weights:  # what a new export would change
         v.assign(v * 0.5)
-    with pytest.raises(trainer.RunError, match="previous export there is unchanged"):
-        export.export_run(session)
+    with pytest.raises(errors.RunError, match="previous export there is unchanged"):
+        runtime.export(exp)
     monkeypatch.undo()
     assert _tree_digest(sm) == sm_digest
     assert _file_digest(keras_path) == keras_digest
@@ -456,20 +456,20 @@ def test_cli_exports_after_eval_and_in_export_mode_and_failures_keep_it(
 def test_cli_export_falls_back_from_a_corrupt_newest_checkpoint(tmp_path):
     """--mode=export skips a truncated newest checkpoint with a warning, as
     training does, and exports the previous checkpoint's weights."""
-    from simclr_tf import trainer
+    from simclr_tf import errors, runtime
 
     model_dir = str(tmp_path / "run")
     cfg = config_lib.resolve(SMOKE, dict(model_dir=model_dir, train_steps=2,
                                          checkpoint_steps=1, log_every_steps=1))
     os.makedirs(model_dir)
     config_lib.save_yaml(cfg, os.path.join(model_dir, "config.yaml"))
-    session = trainer.Session(cfg)
-    session.train()
+    exp = runtime.build(cfg)
+    runtime.train(exp)
     x = np.random.default_rng(5).uniform(size=(3, 16, 16, 3)).astype("float32")
-    newest = _np(session.model(x, training=False))
+    newest = _np(exp.model(x, training=False))
     directory = os.path.join(model_dir, "checkpoints")
-    session.checkpoint.read(os.path.join(directory, "ckpt-1")).assert_existing_objects_matched()
-    older = _np(session.model(x, training=False))
+    exp.checkpointer.checkpoint.read(os.path.join(directory, "ckpt-1")).assert_existing_objects_matched()
+    older = _np(exp.model(x, training=False))
     assert np.abs(older["final_avg_pool"] - newest["final_avg_pool"]).max() > 1e-4
 
     data = os.path.join(directory, "ckpt-2.data-00000-of-00001")

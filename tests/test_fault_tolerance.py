@@ -18,7 +18,8 @@ import tensorflow as tf
 import subprocs
 from multidevice import run_with_devices
 from simclr_tf import config as config_lib
-from simclr_tf import trainer
+from simclr_tf import errors, runtime
+from simclr_tf.runtime import run_dir as run_dir_lib
 
 TOTAL_STEPS = 12
 RUN_FLAGS = [
@@ -160,7 +161,7 @@ def three_checkpoints(tmp_path_factory):
     """A model_dir with checkpoints at steps 1, 2 and 3, and the tensors of each."""
     cfg = _cfg(tmp_path_factory.mktemp("ckpts"))
     os.makedirs(cfg.model_dir)
-    trainer.Session(cfg).train()
+    runtime.build(cfg).train()
     directory = os.path.join(cfg.model_dir, "checkpoints")
     tensors = {}
     for step in (1, 2, 3):
@@ -179,9 +180,9 @@ def _copy_run(three_checkpoints, tmp_path):
 _SKIP_KEYS = ("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter/.ATTRIBUTES/VARIABLE_VALUE")
 
 
-def _assert_session_holds(session, expected, tmp_path):
-    """The session's state equals the checkpoint tensors ``expected``."""
-    reader = tf.train.load_checkpoint(session.checkpoint.write(str(tmp_path / "now")))
+def _assert_session_holds(exp, expected, tmp_path):
+    """The exp's state equals the checkpoint tensors ``expected``."""
+    reader = tf.train.load_checkpoint(exp.checkpointer.checkpoint.write(str(tmp_path / "now")))
     keys = [k for k in reader.get_variable_to_shape_map() if k not in _SKIP_KEYS]
     assert sorted(keys) == sorted(k for k in expected if k not in _SKIP_KEYS)
     for key in keys:
@@ -197,13 +198,13 @@ def test_truncated_newest_checkpoint_falls_back_with_a_warning(three_checkpoints
     with open(data, "wb") as f:
         f.write(content[: len(content) // 2])
     before = sorted(os.listdir(directory))
-    session = trainer.Session(cfg)
+    exp = runtime.build(cfg)
     with caplog.at_level("WARNING"):
-        message = session.restore()
-    assert session.step == 2
+        message = exp.checkpointer.restore_for_training(exp.cfg.checkpoint)
+    assert exp.step == 2
     assert "ckpt-2 at step 2" in message and "skipped unreadable ckpt-3" in message
     assert any("ckpt-3 is unreadable" in r.getMessage() for r in caplog.records)
-    _assert_session_holds(session, tensors[2], tmp_path)
+    _assert_session_holds(exp, tensors[2], tmp_path)
     assert sorted(os.listdir(directory)) == before  # nothing deleted or rewritten
 
 
@@ -216,10 +217,10 @@ def test_corrupt_bytes_and_missing_files_fall_back_too(three_checkpoints, tmp_pa
     with open(data3, "wb") as f:
         f.write(bytes(content))
     os.remove(os.path.join(directory, "ckpt-2.data-00000-of-00001"))
-    session = trainer.Session(cfg)
-    message = session.restore()
-    assert session.step == 1 and "skipped unreadable ckpt-3, ckpt-2" in message
-    _assert_session_holds(session, tensors[1], tmp_path)
+    exp = runtime.build(cfg)
+    message = exp.checkpointer.restore_for_training(exp.cfg.checkpoint)
+    assert exp.step == 1 and "skipped unreadable ckpt-3, ckpt-2" in message
+    _assert_session_holds(exp, tensors[1], tmp_path)
 
 
 def test_no_readable_checkpoint_is_a_clear_error(three_checkpoints, tmp_path):
@@ -227,20 +228,20 @@ def test_no_readable_checkpoint_is_a_clear_error(three_checkpoints, tmp_path):
     for step in (1, 2, 3):
         with open(os.path.join(directory, f"ckpt-{step}.index"), "wb") as f:
             f.write(b"")
-    session = trainer.Session(cfg)
-    with pytest.raises(trainer.RunError, match="No readable checkpoint.*unreadable: "
+    exp = runtime.build(cfg)
+    with pytest.raises(errors.RunError, match="No readable checkpoint.*unreadable: "
                                                "ckpt-3, ckpt-2, ckpt-1.*move the directory"):
-        session.restore()
+        exp.checkpointer.restore_for_training(exp.cfg.checkpoint)
 
 
 def test_checkpoint_of_another_model_is_refused_not_skipped(three_checkpoints, tmp_path):
     """Eval with other model settings: a clear error, no fallback, files untouched."""
     cfg, directory, _ = _copy_run(three_checkpoints, tmp_path)
     before = {f: os.path.getmtime(os.path.join(directory, f)) for f in os.listdir(directory)}
-    session = trainer.Session(cfg.replace(mode="eval", width_multiplier=0.5))
-    with pytest.raises(trainer.RunError, match=r"ckpt-3' does not match the model.*"
+    exp = runtime.build(cfg.replace(mode="eval", width_multiplier=0.5))
+    with pytest.raises(errors.RunError, match=r"ckpt-3' does not match the model.*"
                                                r"incompatible tensor.*config\.yaml"):
-        session.restore()
+        exp.checkpointer.restore_for_training(exp.cfg.checkpoint)
     assert before == {f: os.path.getmtime(os.path.join(directory, f))
                       for f in os.listdir(directory)}
 
@@ -253,9 +254,9 @@ def test_truncated_state_file_still_finds_the_checkpoints(three_checkpoints, tmp
     with open(state, "w") as f:
         f.write(text[: text.index("all_model_checkpoint_timestamps") + 10])  # cut mid-key
     assert tf.train.latest_checkpoint(directory) is None
-    session = trainer.Session(cfg)
-    assert "at step 3" in session.restore()
-    _assert_session_holds(session, tensors[3], tmp_path)
+    exp = runtime.build(cfg)
+    assert "at step 3" in exp.checkpointer.restore_for_training(exp.cfg.checkpoint)
+    _assert_session_holds(exp, tensors[3], tmp_path)
 
 
 def test_interrupted_save_leaves_the_previous_checkpoint_usable(three_checkpoints, tmp_path):
@@ -271,10 +272,10 @@ def test_interrupted_save_leaves_the_previous_checkpoint_usable(three_checkpoint
         f.write(b"\0" * 100)  # killed after renaming the data ...
     with open(os.path.join(directory, "ckpt-5.index"), "wb") as f:
         f.write(b"\0" * 10)  # ... while writing the index
-    session = trainer.Session(cfg.replace(train_steps=4))
-    assert "at step 3 (skipped unreadable ckpt-5)" in session.restore()
-    session.train()
-    assert session.step == 4
+    exp = runtime.build(cfg.replace(train_steps=4))
+    assert "at step 3 (skipped unreadable ckpt-5)" in exp.checkpointer.restore_for_training(exp.cfg.checkpoint)
+    runtime.train(exp)
+    assert exp.step == 4
     assert not os.path.exists(temp)  # the orphaned temp dir is cleaned up
     state = tf.train.get_checkpoint_state(directory)
     assert os.path.basename(state.model_checkpoint_path) == "ckpt-4"
@@ -282,9 +283,9 @@ def test_interrupted_save_leaves_the_previous_checkpoint_usable(three_checkpoint
 
 # ------------------------------------------------------------- nonfinite_policy=skip
 
-def _nan_batches(session, nan_at):
+def _nan_batches(exp, nan_at):
     """A training stream whose batch number ``nan_at`` (1-based) holds a NaN pixel."""
-    cfg = session.cfg
+    cfg = exp.cfg
     from simclr_tf.data import pipeline
     ds, _ = pipeline.build_train_dataset(cfg.dataset, cfg.train_split,
                                          cfg.train_batch_size, cfg.image_size)
@@ -295,31 +296,31 @@ def _nan_batches(session, nan_at):
         return tf.where(i == nan_at - 1, bad, images), labels
 
     ds = ds.enumerate().map(poison)
-    return lambda start: session.strategy.experimental_distribute_dataset(ds)
+    return lambda start: exp.strategy.experimental_distribute_dataset(ds)
 
 
 def test_skip_policy_skips_the_bad_step_and_counts_it(tmp_path):
     cfg = _cfg(tmp_path, nonfinite_policy="skip", train_steps=3, checkpoint_steps=3)
     os.makedirs(cfg.model_dir)
-    session = trainer.Session(cfg)
-    session.train_dataset = _nan_batches(session, nan_at=2)
-    session.train()
-    log = trainer.read_train_log(cfg.model_dir)
+    exp = runtime.build(cfg)
+    exp.train_dataset = _nan_batches(exp, nan_at=2)
+    runtime.train(exp)
+    log = run_dir_lib.read_train_log(cfg.model_dir)
     assert [e["step"] for e in log] == [1, 2, 3]
     assert [e["skipped_steps"] for e in log] == [0, 1, 0]
     assert np.isfinite(log[1]["loss"]) and log[1]["loss"] == 0.0  # nothing to average
-    assert session.step == 3
-    for v in session.model.weights:
+    assert exp.step == 3
+    for v in exp.model.weights:
         assert np.all(np.isfinite(np.asarray(v))), v.path
 
 
 def test_stop_policy_names_the_first_bad_step(tmp_path):
     cfg = _cfg(tmp_path, train_steps=4, checkpoint_steps=4, log_every_steps=4)
     os.makedirs(cfg.model_dir)
-    session = trainer.Session(cfg)
-    session.train_dataset = _nan_batches(session, nan_at=2)
-    with pytest.raises(trainer.RunError, match=r"Loss became nan at step 2\. .*none yet"):
-        session.train()
+    exp = runtime.build(cfg)
+    exp.train_dataset = _nan_batches(exp, nan_at=2)
+    with pytest.raises(errors.RunError, match=r"Loss became nan at step 2\. .*none yet"):
+        runtime.train(exp)
     assert not os.path.exists(os.path.join(cfg.model_dir, "checkpoints", "checkpoint"))
 
 
@@ -327,8 +328,9 @@ _SKIP_BODY = """
 import json
 import numpy as np
 import keras
-from simclr_tf import config as config_lib, optimizers
+from simclr_tf import config as config_lib, optimizers, tasks
 from simclr_tf.models import simclr_model
+from simclr_tf.runtime import TaskModel
 
 strategy = (tf.distribute.MirroredStrategy() if len(tf.config.list_logical_devices("CPU")) > 1
             else tf.distribute.get_strategy())
@@ -336,7 +338,8 @@ cfg = config_lib.resolve(None, dict(image_size=16, width_multiplier=0.25, proj_o
                                     nonfinite_policy="skip"))
 keras.utils.set_random_seed(0)
 with strategy.scope():
-    model = simclr_model.build_model(cfg, 10)
+    model = TaskModel(simclr_model.build_model(cfg, 10), tasks.build_task("pretrain", cfg.loss),
+                      nonfinite_policy="skip")
     opt = optimizers.build_optimizer("lars", 0.5, momentum=0.9, weight_decay=1e-4)
     model.compile(optimizer=opt)
     model(tf.zeros([1, 16, 16, 3]))

@@ -83,31 +83,32 @@ def reference(tmp_path_factory):
     import tensorflow as tf
 
     from simclr_tf import config as config_lib
-    from simclr_tf import trainer
+    from simclr_tf import runtime
     from simclr_tf.data import pipeline
+    from simclr_tf.runtime import steps as steps_lib
 
     model_dir = str(tmp_path_factory.mktemp("reference") / "run")
     cfg = config_lib.resolve(subprocs.SMOKE, dict(OVERRIDES, model_dir=model_dir))
     keras.utils.set_random_seed(cfg.seed)  # as run.py does before building the model
-    session = trainer.Session(cfg)
-    assert session.num_replicas == 1
+    exp = runtime.build(cfg)
+    assert exp.strategy.num_replicas_in_sync == 1
     shards = [iter(pipeline.build_train_dataset(
         cfg.dataset, cfg.train_split, cfg.train_batch_size // 2, cfg.image_size,
         data_dir=cfg.data_dir, seed=cfg.seed, num_shards=2, shard_index=i,
         color_jitter_strength=cfg.resolved_color_jitter_strength,
         use_blur=cfg.resolved_use_blur, color_jitter_impl=cfg.color_jitter_impl)[0])
         for i in range(2)]
-    model = session.model
-    step = tf.function(model.train_step)
+    metrics = steps_lib.train_metrics(exp.task.metric_names(exp.model))
+    step = tf.function(steps_lib.make_train_step(exp.model, exp.task, exp.optimizer, metrics))
     logs = []
     for _ in range(2):
         parts = [next(it) for it in shards]
         batch = (tf.concat([p[0] for p in parts], 0), tf.concat([p[1] for p in parts], 0))
-        for m in model.metrics:
+        for m in metrics.values():
             m.reset_state()
         step(batch)
-        logs.append({m.name: float(m.result()) for m in model.metrics
-                     if m.name in ("loss", "contrast_loss", "contrast_acc")})
+        logs.append({name: float(m.result()) for name, m in metrics.items()
+                     if name in ("loss", "contrast_loss", "contrast_acc")})
     return logs
 
 
@@ -127,25 +128,26 @@ def test_a_killed_worker_stops_the_chief_with_a_clear_message(cluster):
     assert "Traceback" not in err
 
 
-def test_workers_that_restore_different_steps_refuse_to_train():
+def test_workers_that_restore_different_steps_refuse_to_train(monkeypatch):
     """Each worker sums (step, step**2, 1) over all replicas; unequal steps
     (a model_dir that is not shared) stop every worker with a RunError, which
     run.py prints as one line with exit status 2."""
-    from simclr_tf import trainer
+    from simclr_tf import distribute, errors
 
     def worker(other_step):
         """This worker in a two-worker cluster whose other worker restored ``other_step``."""
         other = np.array([other_step, other_step ** 2, 1.0])
-        return types.SimpleNamespace(
-            multi_worker=True,
-            _sum_over_replicas=lambda values: np.array(values, np.float64) + other)
+        monkeypatch.setattr(distribute, "num_workers", lambda strategy: 2)
+        monkeypatch.setattr(distribute, "sum_over_replicas",
+                            lambda strategy, values: np.array(values, np.float64) + other)
+        return None  # the strategy: unused by the patched collectives
 
     for own, other in ((3, 0), (0, 3)):  # the chief resumed at 3; worker 1 saw nothing
-        with pytest.raises(trainer.RunError, match=rf"workers restored different steps "
+        with pytest.raises(errors.RunError, match=rf"workers restored different steps "
                                                    rf"\(this worker: {own}, mean 1.5\).*"
                                                    "same --model_dir"):
-            trainer.Session._check_workers_agree(worker(other), own)
-    trainer.Session._check_workers_agree(worker(3), 3)  # agreeing: no error
+            distribute.check_workers_agree(worker(other), own)
+    distribute.check_workers_agree(worker(3), 3)  # agreeing: no error
 
 
 def test_restarted_workers_resume_from_the_last_checkpoint(cluster):

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from multidevice import run_with_devices
+from simclr_tf import optimizers
 from simclr_tf.optimizers import (DEFAULT_EXCLUDE, LARS, WarmUpAndCosine,
                                   build_optimizer, is_excluded, total_steps,
                                   weight_decay_l2)
@@ -254,13 +255,14 @@ def test_schedule_sqrt_scaling():
 
 
 def test_schedule_without_warmup():
+    # 1000 // 256 = 3 full batches an epoch (the pipeline drops the rest).
     s = WarmUpAndCosine(0.256, 1000, 256, train_epochs=10, warmup_epochs=0)
-    assert s.warmup_steps == 0 and s.total_steps == 39
+    assert s.warmup_steps == 0 and s.total_steps == 30
     np.testing.assert_allclose(float(s(0)), 0.256, rtol=1e-6)
     np.testing.assert_allclose(
-        float(s(13)), 0.256 * 0.5 * (1 + math.cos(math.pi * 13 / 39)),
+        float(s(13)), 0.256 * 0.5 * (1 + math.cos(math.pi * 13 / 30)),
         rtol=1e-5)
-    np.testing.assert_allclose(float(s(39)), 0.0, atol=1e-7)
+    np.testing.assert_allclose(float(s(30)), 0.0, atol=1e-7)
 
 
 @pytest.mark.parametrize("epochs,warmup", [(1, 2), (2, 2), (0, 0), (0, 1)])
@@ -284,8 +286,8 @@ def test_schedule_train_steps_override_and_rounding():
     peak = 0.3 * 100 / 256
     np.testing.assert_allclose(float(s(35)), peak / 2, rtol=1e-5)
     np.testing.assert_allclose(float(s(50)), 0.0, atol=1e-7)
-    # warmup_steps = round(epochs * N / B): 1000/600 = 1.67 -> 2 (not floor 1).
-    assert WarmUpAndCosine(0.3, 1000, 600, 10, 1).warmup_steps == 2
+    # warmup_steps = round(warmup_epochs * (N // B)): 0.6 * 3 = 1.8 -> 2 (not floor 1).
+    assert WarmUpAndCosine(0.3, 1000, 300, 10, 0.6).warmup_steps == 2
     # train_steps=0 means "not set", like the official flag.
     assert WarmUpAndCosine(0.3, 1000, 100, 10, 2, train_steps=0).total_steps == 100
 
@@ -320,10 +322,26 @@ def test_schedule_config_round_trip():
 
 
 def test_total_steps():
-    assert total_steps(50000, 512, 100) == 50000 * 100 // 512
+    # An epoch is N // B full batches; a run is epochs of them.
+    assert total_steps(50000, 512, 100) == 100 * (50000 // 512) == 9700
     assert total_steps(50000, 512, 100, train_steps=7) == 7
-    assert total_steps(50000, 512, 100, train_steps=0) == 9765
-    assert total_steps(10, 4, 3) == 7
+    assert total_steps(50000, 512, 100, train_steps=0) == 9700
+    assert total_steps(10, 4, 3) == 6
+
+
+@pytest.mark.parametrize("n,b,epochs,warmup,steps", [
+    (1000, 256, 10, 1.5, 0), (50000, 512, 100, 10, 0), (10, 4, 3, 0.4, 0),
+    (1000, 100, 10, 2, 37)])
+def test_step_counts_have_one_definition(n, b, epochs, warmup, steps):
+    """steps per epoch, total steps and the schedule's steps are the same numbers."""
+    counts = optimizers.step_counts(n, b, epochs, steps, warmup)
+    assert counts.steps_per_epoch == optimizers.steps_per_epoch(n, b) == n // b
+    assert counts.total_steps == total_steps(n, b, epochs, steps) == (
+        steps or epochs * (n // b))
+    assert counts.warmup_steps == round(warmup * (n // b))
+    schedule = WarmUpAndCosine(0.3, n, b, epochs, warmup, train_steps=steps)
+    assert (schedule.total_steps, schedule.warmup_steps) == (
+        counts.total_steps, counts.warmup_steps)
 
 
 def test_is_excluded():

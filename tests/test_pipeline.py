@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from simclr_tf import optimizers
 from simclr_tf.data import augment
 from simclr_tf.data import datasets
 from simclr_tf.data import offline
@@ -50,11 +51,11 @@ def _example_ids(images):
 
 
 def test_steps_per_epoch():
-    assert pipeline.steps_per_epoch(10_000, 256) == 39
-    assert pipeline.steps_per_epoch(512, 256) == 2
-    assert pipeline.steps_per_epoch(100, 256) == 0
+    assert optimizers.steps_per_epoch(10_000, 256) == 39
+    assert optimizers.steps_per_epoch(512, 256) == 2
+    assert optimizers.steps_per_epoch(100, 256) == 0
     with pytest.raises(ValueError):
-        pipeline.steps_per_epoch(100, 0)
+        optimizers.steps_per_epoch(100, 0)
 
 
 def test_train_batches_shapes_ranges_and_views():
@@ -103,7 +104,7 @@ def test_global_tf_seed_does_not_change_the_stream():
 
 
 def test_resume_from_epoch_matches_uninterrupted_stream():
-    steps = pipeline.steps_per_epoch(N, B)
+    steps = optimizers.steps_per_epoch(N, B)
     assert steps == 4
     full, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=3)
     xs, ys = _take(full, 2 * steps)

@@ -16,8 +16,10 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf import config as config_lib
-from simclr_tf import losses, optimizers, trainer
+from simclr_tf import distribute, losses, optimizers, tasks
 from simclr_tf.models import simclr_model
+from simclr_tf.runtime import TaskModel
+from simclr_tf.runtime import steps as steps_lib
 
 SIZE = 16
 BATCH = 16
@@ -39,7 +41,9 @@ def _cfg(**overrides):
 
 def _build(precision):
     keras.utils.set_random_seed(0)
-    model = simclr_model.build_model(_cfg(precision=precision), num_classes=10)
+    cfg = _cfg(precision=precision)
+    model = TaskModel(simclr_model.build_model(cfg, num_classes=10),
+                      tasks.build_task("pretrain", cfg.loss))
     model.compile(optimizer=optimizers.LARS(0.5, momentum=0.9, weight_decay=1e-4))
     model(tf.zeros([1, SIZE, SIZE, 3]))
     model.optimizer.build(model.trainable_variables)
@@ -56,7 +60,8 @@ def _batch():
 def _one_step(model, batch):
     """One step through the trainer's loop; returns its metrics."""
     before = [v.numpy() for v in model.trainable_variables]
-    steps = trainer.make_train_steps(model, tf.distribute.get_strategy())
+    steps = steps_lib.make_train_steps(model.train_step, tf.distribute.get_strategy(),
+                                       model.optimizer)
     steps(iter(tf.data.Dataset.from_tensors(batch).repeat()), tf.constant(1))
     assert int(model.optimizer.iterations.numpy()) == 1
     assert any(np.any(v.numpy() != b) for v, b in zip(model.trainable_variables, before))
@@ -65,7 +70,7 @@ def _one_step(model, batch):
 
 def _gradients(model, batch):
     with tf.GradientTape() as tape:
-        loss, _ = model.compute_train_losses(batch, training=True)
+        loss, _ = model.compute_loss(batch, training=True)
     grads = tape.gradient(loss, model.trainable_variables)
     assert all(g.dtype == tf.float32 for g in grads)
     return [g.numpy().ravel() for g in grads]
@@ -97,28 +102,28 @@ def test_precision_and_jit_compile_flags_are_validated():
 
 def test_jit_compile_resolution():
     strategy = tf.distribute.get_strategy()
-    assert trainer.resolve_jit_compile("true", strategy) is True
-    assert trainer.resolve_jit_compile("false", strategy) is False
+    assert distribute.resolve_jit_compile("true", strategy) is True
+    assert distribute.resolve_jit_compile("false", strategy) is False
     on_gpu = bool(tf.config.list_logical_devices("GPU"))
-    assert trainer.resolve_jit_compile("auto", strategy) is on_gpu
+    assert distribute.resolve_jit_compile("auto", strategy) is on_gpu
 
 
 def test_bfloat16_model_dtypes():
     model = _build("bfloat16")
     assert keras.mixed_precision.global_policy().name == "float32"  # not leaked
-    assert model.encoder.dtype_policy.name == "mixed_bfloat16"
+    assert model.network.encoder.dtype_policy.name == "mixed_bfloat16"
     assert all(v.dtype == "float32" for v in model.variables)
     slots = [v for v in model.optimizer.variables if v.dtype != "int64"]
     assert slots and all(v.dtype == "float32" for v in slots)
     # BN keeps float32 moving statistics.
-    bn = [v for v in model.encoder.non_trainable_variables if "moving" in v.path]
+    bn = [v for v in model.network.encoder.non_trainable_variables if "moving" in v.path]
     assert bn and all(v.dtype == "float32" for v in bn)
     outputs = model(tf.random.uniform([4, SIZE, SIZE, 3]), training=False)
     assert outputs["final_avg_pool"].dtype == tf.bfloat16  # the encoder runs in bf16
     assert outputs["proj_head_output"].dtype == tf.float32
     assert outputs["logits_sup"].dtype == tf.float32
     # float32 builds are unchanged.
-    assert _build("float32").encoder.dtype_policy.name == "float32"
+    assert _build("float32").network.encoder.dtype_policy.name == "float32"
 
 
 def test_bfloat16_train_step_matches_float32():
@@ -180,7 +185,7 @@ def test_nt_xent_under_bfloat16_policy_is_float32():
 def test_onednn_default_only_fills_an_unset_variable(monkeypatch):
     import types
 
-    from simclr_tf import _tf_env
+    from simclr_tf import env as _tf_env
 
     # TensorFlow is already imported here, so nothing may change.
     monkeypatch.delenv(_tf_env.ONEDNN_ENV, raising=False)

@@ -12,7 +12,7 @@ import pytest
 
 from simclr_tf import config as config_lib
 from simclr_tf import linear_eval
-from simclr_tf import trainer
+from simclr_tf import runtime
 
 # Chosen so that the test takes about a minute on 2 CPU cores. Measured on an
 # AMD EPYC with AVX512-BF16 (2026-11-30): seed 0 (this test) 0.1515 at random
@@ -33,10 +33,10 @@ def test_short_pretraining_beats_random_init(tmp_path):
         train_batch_size=128, warmup_epochs=0.1, checkpoint_steps=10_000,
         feature_linear_eval=False, seed=0))
     keras.utils.set_random_seed(cfg.seed)
-    session = trainer.Session(cfg)
-    before = linear_eval.evaluate(session.model.encoder, cfg, 10)["top1"]
-    session.train()
-    after = linear_eval.evaluate(session.model.encoder, cfg, 10)["top1"]
+    exp = runtime.build(cfg)
+    before = linear_eval.evaluate(exp.model.encoder, cfg, 10)["top1"]
+    runtime.train(exp)
+    after = linear_eval.evaluate(exp.model.encoder, cfg, 10)["top1"]
     print(f"frozen-feature linear eval top-1: random init {before:.4f}, "
           f"after {STEPS} steps {after:.4f}")
     assert after >= before + MIN_GAIN, (before, after)

@@ -1,4 +1,4 @@
-"""SimCLRModel: train_step/test_step, distribution, freezing and config."""
+"""SimCLRModel with its tasks (through TaskModel): steps, distribution, freezing, config."""
 
 import numpy as np
 import pytest
@@ -6,16 +6,19 @@ import tensorflow as tf
 
 from multidevice import run_with_devices
 from simclr_tf import config as config_lib
-from simclr_tf import optimizers
+from simclr_tf import optimizers, tasks
 from simclr_tf.models import simclr_model
+from simclr_tf.runtime import TaskModel
 
 TINY = dict(resnet_depth=18, width_multiplier=0.25, image_size=16, proj_out_dim=16,
             num_proj_layers=2, temperature=0.5)
 
 
 def _model(num_classes=5, **overrides):
+    """A TaskModel: the network of the config with the task of its train_mode."""
     cfg = config_lib.Config(**{**TINY, **overrides})
-    return simclr_model.build_model(cfg, num_classes)
+    return TaskModel(simclr_model.build_model(cfg.model, num_classes),
+                     tasks.build_task(cfg.train_mode, cfg.loss))
 
 
 def _batch(n=8, size=16, seed=0, views=2, num_classes=5):
@@ -30,7 +33,7 @@ def test_call_outputs_and_shapes():
     out = model(tf.zeros([2, 16, 16, 3]))
     assert set(out) == {"final_avg_pool", "proj_head_output", "proj_head_hidden_1",
                         "proj_head_hidden_2", "logits_sup"}
-    assert out["final_avg_pool"].shape == (2, model.encoder.feature_dim)
+    assert out["final_avg_pool"].shape == (2, model.network.encoder.feature_dim)
     assert out["proj_head_output"].shape == (2, 16)
     assert out["logits_sup"].shape == (2, 5)
 
@@ -46,7 +49,7 @@ def test_probe_does_not_change_the_encoder_update():
         model.compile(optimizer=optimizers.LARS(0.5, weight_decay=1e-4))
         model(tf.zeros([1, 16, 16, 3]))
         model.train_step(data)
-        weights.append([v.numpy() for v in model.encoder.trainable_variables])
+        weights.append([v.numpy() for v in model.network.encoder.trainable_variables])
     for a, b in zip(*weights):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
@@ -56,19 +59,30 @@ def test_pretrain_logs_and_probe_learns_on_a_fixed_batch():
     model = _model()
     model.compile(optimizer=optimizers.LARS(1.0, weight_decay=1e-6))
     data = _batch()
-    first = {k: float(v) for k, v in model.train_step(data).items()}
+    logs = []
+    for _ in range(15):
+        for m in model.metrics:
+            m.reset_state()
+        logs.append({k: float(v) for k, v in model.train_step(data).items()})
+    first, last = logs[0], logs[-1]
     assert {"loss", "contrast_loss", "contrast_acc", "contrast_entropy", "sup_loss",
-            "sup_acc", "weight_decay"} <= set(first)
-    # Before any update the contrastive loss is near ln(2N-1) for a random net
-    # and the entropy is at most ln(2N-1).
-    assert first["contrast_entropy"] <= np.log(2 * 8 - 1) + 1e-4
+            "sup_acc", "weight_decay"} == set(first)
+    # A random net starts near chance on both tasks: the contrastive loss near
+    # ln(2N-1) (2N = 16 views), the 5-way probe near ln(5).
+    assert abs(first["contrast_loss"] - np.log(15)) < 0.5
+    assert abs(first["sup_loss"] - np.log(5)) < 1.0
+    # On one fixed batch both must fit: the encoder learns the pairs, the
+    # probe the labels.
+    assert last["contrast_loss"] < first["contrast_loss"] - 0.3, (first, last)
+    assert last["sup_loss"] < first["sup_loss"] - 0.3, (first, last)
+    assert last["contrast_acc"] > first["contrast_acc"]
 
 
 def test_l2_weight_decay_for_non_lars_optimizers():
     model = _model(weight_decay=1e-3, optimizer="momentum")
     model.compile(optimizer=optimizers.build_optimizer("momentum", 0.1))
     model(tf.zeros([1, 16, 16, 3]))
-    _, results = model.compute_train_losses(_batch())
+    _, results = model.compute_loss(_batch())
     expected = sum(1e-3 * float(tf.reduce_sum(tf.square(v))) / 2
                    for v in model.trainable_variables
                    if "batch_normalization" not in v.path and "bias" not in v.path)
@@ -76,7 +90,7 @@ def test_l2_weight_decay_for_non_lars_optimizers():
     lars_model = _model(weight_decay=1e-3)
     lars_model.compile(optimizer=optimizers.LARS(0.1, weight_decay=1e-3))
     lars_model(tf.zeros([1, 16, 16, 3]))
-    loss, results = lars_model.compute_train_losses(_batch())
+    loss, results = lars_model.compute_loss(_batch())
     # LARS decays inside its update: the penalty is reported, not added.
     assert float(results["weight_decay"]) > 0
     np.testing.assert_allclose(
@@ -87,9 +101,10 @@ def test_finetune_freezes_blocks_and_their_bn_statistics():
     model = _model(train_mode="finetune", fine_tune_after_block=2, ft_proj_selector=1)
     model.compile(optimizer=optimizers.build_optimizer("momentum", 0.1))
     model(tf.zeros([1, 16, 16, 3]))
-    frozen = model.encoder.stem.weights + model.encoder.block_groups[0].weights + \
-        model.encoder.block_groups[1].weights
-    free = model.encoder.block_groups[3].weights
+    encoder = model.network.encoder
+    frozen = encoder.stem.weights + encoder.block_groups[0].weights + \
+        encoder.block_groups[1].weights
+    free = encoder.block_groups[3].weights
     before_frozen = [v.numpy().copy() for v in frozen]
     before_free = [v.numpy().copy() for v in free]
     model.train_step(_batch(views=1))
@@ -102,9 +117,9 @@ def test_linear_eval_mode_only_trains_the_head():
     model = _model(train_mode="finetune", fine_tune_after_block=4)
     model.compile(optimizer=optimizers.build_optimizer("momentum", 0.1))
     model(tf.zeros([1, 16, 16, 3]))
-    encoder_before = [v.numpy().copy() for v in model.encoder.weights]
+    encoder_before = [v.numpy().copy() for v in model.network.encoder.weights]
     model.train_step(_batch(views=1))
-    for v, old in zip(model.encoder.weights, encoder_before):
+    for v, old in zip(model.network.encoder.weights, encoder_before):
         np.testing.assert_array_equal(v.numpy(), old)
     assert [v.path for v in model.trainable_variables
             if "encoder" in v.path] == []
@@ -127,10 +142,10 @@ def test_unlabelled_examples_are_masked_from_the_probe():
     model = _model()
     model(tf.zeros([1, 16, 16, 3]))
     images, labels = _batch()
-    _, all_labelled = model.compute_train_losses((images, labels), training=False)
+    _, all_labelled = model.compute_loss((images, labels), training=False)
     masked = tf.concat([labels[:4], -tf.ones([4], tf.int32)], 0)
-    _, half = model.compute_train_losses((images, masked), training=False)
-    _, first_half = model.compute_train_losses((images[:4], labels[:4]),
+    _, half = model.compute_loss((images, masked), training=False)
+    _, first_half = model.compute_loss((images[:4], labels[:4]),
                                                training=False)
     # Eval-mode BN makes each example independent of the others.
     np.testing.assert_allclose(float(half["sup_loss"]), float(first_half["sup_loss"]),
@@ -139,7 +154,7 @@ def test_unlabelled_examples_are_masked_from_the_probe():
 
 
 def test_get_config_round_trip_gives_identical_outputs():
-    model = _model(train_mode="finetune", ft_proj_selector=1)
+    model = _model(train_mode="finetune", ft_proj_selector=1).network
     images = tf.random.uniform([2, 16, 16, 3], seed=1)
     out = model(images)
     clone = simclr_model.SimCLRModel.from_config(model.get_config())
@@ -148,13 +163,14 @@ def test_get_config_round_trip_gives_identical_outputs():
     out2 = clone(images)
     for key in out:
         np.testing.assert_allclose(out[key].numpy(), out2[key].numpy(), rtol=1e-6)
-    assert clone.train_mode == "finetune" and clone.ft_proj_selector == 1
+    assert clone.probe is False and clone.ft_proj_selector == 1
 
 
 _TWO_REPLICA_STEP = """
 import json, numpy as np, tensorflow as tf
-from simclr_tf import config as config_lib, optimizers
+from simclr_tf import config as config_lib, optimizers, tasks
 from simclr_tf.models import simclr_model
+from simclr_tf.runtime import TaskModel
 cfg = config_lib.Config(resnet_depth=18, width_multiplier=0.25, image_size=16,
                         proj_out_dim=16, temperature=0.5, global_bn=True)
 rng = np.random.default_rng(0)
@@ -164,7 +180,8 @@ labels = rng.integers(0, 5, size=8).astype("int32")
 def one_step(strategy):
     tf.keras.utils.set_random_seed(4)
     with strategy.scope():
-        model = simclr_model.build_model(cfg, 5)
+        model = TaskModel(simclr_model.build_model(cfg.model, 5),
+                          tasks.build_task("pretrain", cfg.loss))
         model.compile(optimizer=optimizers.LARS(0.5, weight_decay=1e-4))
         model(tf.zeros([1, 16, 16, 3]))
         model.optimizer.build(model.trainable_variables)
@@ -176,7 +193,7 @@ def one_step(strategy):
     logs = step(next(iter(dist)))
     logs = {k: float(strategy.reduce("MEAN", v, axis=None)) for k, v in logs.items()}
     moving = np.concatenate([v.numpy().ravel()
-                             for v in model.encoder.non_trainable_variables]).tolist()
+                             for v in model.network.encoder.non_trainable_variables]).tolist()
     return logs, [v.numpy() for v in model.trainable_variables], moving, \\
         [v.path for v in model.trainable_variables]
 
@@ -208,8 +225,9 @@ def test_one_device_and_two_replicas_take_the_same_step():
 
 _MIRRORED_FIT = """
 import json, numpy as np, tensorflow as tf
-from simclr_tf import config as config_lib, optimizers
+from simclr_tf import config as config_lib, optimizers, tasks
 from simclr_tf.models import simclr_model
+from simclr_tf.runtime import TaskModel
 cfg = config_lib.Config(resnet_depth=18, width_multiplier=0.25, image_size=16,
                         proj_out_dim=16, temperature=0.5, global_bn=True)
 strategy = tf.distribute.MirroredStrategy(
@@ -219,11 +237,12 @@ rng = np.random.default_rng(0)
 images = rng.uniform(size=(16, 16, 16, 6)).astype("float32")
 labels = rng.integers(0, 5, size=16).astype("int32")
 with strategy.scope():
-    model = simclr_model.build_model(cfg, 5)
+    model = TaskModel(simclr_model.build_model(cfg.model, 5),
+                      tasks.build_task("pretrain", cfg.loss))
     model.compile(optimizer=optimizers.LARS(0.3, weight_decay=1e-6))
 ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16).repeat()
 hist = model.fit(ds, steps_per_epoch=1, epochs=8, verbose=0)
-bn = [l for l in model.encoder._flatten_layers() if "batch_normalization" in l.name]
+bn = [l for l in model.network.encoder._flatten_layers() if "batch_normalization" in l.name]
 print(json.dumps({"loss": hist.history["contrast_loss"],
                   "replicas": strategy.num_replicas_in_sync,
                   "synchronized": all(l.synchronized for l in bn)}))

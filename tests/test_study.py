@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from simclr_tf import study
-from simclr_tf import study_grids
-from simclr_tf import study_plots
+from simclr_tf.experiments import grids as study_grids
+from simclr_tf.experiments import plots as study_plots
+from simclr_tf.experiments import study
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, "configs", "smoke.yaml")
@@ -67,6 +67,7 @@ def test_bad_study_name_and_overrides_fail_before_any_work(tmp_path):
 
 
 def test_cli_bad_study_name_exits_2(capsys):
+    study.define_flags()
     flags = study.FLAGS
     flags(["simclr_tf.study", "--study=colour"])
     try:

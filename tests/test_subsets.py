@@ -76,7 +76,7 @@ def test_finetune_stream_holds_only_the_subset_and_distill_stream_masks_the_rest
     ds, info = pipeline.build_finetune_dataset("offline_shapes", "test", 100, 16,
                                                label_subset=sub)
     assert info.num_examples == 100
-    assert pipeline.steps_per_epoch(info.num_examples, 100) == 1
+    assert optimizers.steps_per_epoch(info.num_examples, 100) == 1
     _, labels = next(iter(ds))
     np.testing.assert_array_equal(np.bincount(labels.numpy()), np.full(10, 10))
     ds, info = pipeline.build_finetune_dataset("offline_shapes", "test", 500, 16,
@@ -164,13 +164,13 @@ def test_config_rejects_bad_subset_settings(changes, match):
 
 
 def test_session_fine_tunes_on_the_subset_and_counts_its_labels():
-    from simclr_tf import trainer
+    from simclr_tf import runtime
 
     base = dict(train_mode="finetune", image_size=16, train_steps=1,
                 label_fraction=0.01, model_dir="/tmp/unused_subset_session")
     with pytest.raises(config_lib.ConfigError, match="only 100 examples in the labelled"):
-        trainer.Session(config_lib.resolve(None, dict(base, train_batch_size=128)))
-    session = trainer.Session(config_lib.resolve(None, dict(base, train_batch_size=50)))
-    assert session.train_info.num_examples == 100
-    assert session.steps_per_epoch == 2
-    assert session.num_labeled_examples == 100
+        runtime.build(config_lib.resolve(None, dict(base, train_batch_size=128)))
+    exp = runtime.build(config_lib.resolve(None, dict(base, train_batch_size=50)))
+    assert exp.train_info.num_examples == 100
+    assert exp.steps.steps_per_epoch == 2
+    assert exp.num_labeled_examples == 100

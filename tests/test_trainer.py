@@ -9,7 +9,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from simclr_tf import config as config_lib
-from simclr_tf import trainer
+from simclr_tf import errors, optimizers, runtime
 
 
 def _cfg(tmp_path, **overrides):
@@ -24,13 +24,13 @@ def _cfg(tmp_path, **overrides):
 def test_tfds_dataset_trains_and_evaluates_offline(tmp_path):
     cfg = _cfg(tmp_path)
     with tfds.testing.mock_data(num_examples=64):
-        session = trainer.Session(cfg)
-        assert session.num_classes == 10
-        assert session.total_steps == 3 and session.steps_per_epoch == 4
+        exp = runtime.build(cfg)
+        assert exp.num_classes == 10
+        assert exp.steps.total_steps == 3 and exp.steps.steps_per_epoch == 4
         os.makedirs(cfg.model_dir)
-        session.train()
-        result = session.evaluate()
-    assert session.step == 3
+        runtime.train(exp)
+        result = runtime.evaluate(exp)
+    assert exp.step == 3
     with open(os.path.join(cfg.model_dir, "result.json")) as f:
         saved = json.load(f)
     assert saved == result and saved["global_step"] == 3
@@ -38,35 +38,55 @@ def test_tfds_dataset_trains_and_evaluates_offline(tmp_path):
     assert abs(saved["top1"] * 64 - round(saved["top1"] * 64)) < 1e-4
 
 
+def test_run_schedule_and_stream_share_the_step_counts(tmp_path):
+    """One definition of an epoch: the run's steps, its schedule and the stream."""
+    # 60 examples, batch 16: 3 full batches an epoch (12 examples dropped).
+    cfg = _cfg(tmp_path, train_steps=0, train_epochs=2, warmup_epochs=1.0,
+               checkpoint_epochs=1)
+    with tfds.testing.mock_data(num_examples=60):
+        exp = runtime.build(cfg)
+        assert exp.steps == optimizers.step_counts(60, 16, 2, 0, 1.0)
+        assert (exp.steps.steps_per_epoch, exp.steps.total_steps,
+                exp.steps.warmup_steps) == (3, 6, 3)
+        assert (exp.schedule.total_steps, exp.schedule.warmup_steps) == (6, 3)
+        os.makedirs(cfg.model_dir)
+        runtime.train(exp)
+    assert exp.step == 6
+    # A checkpoint at each epoch end: steps 3 and 6.
+    saved = sorted(int(p.rsplit("-", 1)[1].split(".")[0]) for p in os.listdir(
+        os.path.join(cfg.model_dir, "checkpoints")) if p.endswith(".index"))
+    assert saved == [3, 6]
+
+
 def test_learning_rate_follows_the_schedule(tmp_path):
     cfg = _cfg(tmp_path, optimizer="momentum", learning_rate=0.4, train_steps=4,
                warmup_epochs=0.5)
     with tfds.testing.mock_data(num_examples=64):
-        session = trainer.Session(cfg)
+        exp = runtime.build(cfg)
         # 64 examples / batch 16 = 4 steps per epoch; warmup 0.5 epochs = 2 steps.
         peak = 0.4 * 16 / 256
         expected = [0.0, peak / 2, peak, peak * (1 + np.cos(np.pi * 1 / 2)) / 2]
-        got = [float(session.schedule(s)) for s in range(4)]
+        got = [float(exp.schedule(s)) for s in range(4)]
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-9)
 
 
 def test_eval_without_labels_is_refused(tmp_path):
     cfg = _cfg(tmp_path)
     with tfds.testing.mock_data(num_examples=64):
-        session = trainer.Session(cfg)
-    session.model.supervised_head = None
-    with pytest.raises(trainer.RunError, match="no labels"):
-        session.evaluate()
+        exp = runtime.build(cfg)
+    exp.model.supervised_head = None
+    with pytest.raises(errors.RunError, match="no labels"):
+        runtime.evaluate(exp)
 
 
 def test_non_finite_loss_stops_with_the_step(tmp_path):
     cfg = _cfg(tmp_path, learning_rate=1e30, optimizer="momentum", train_steps=4,
                checkpoint_steps=1)
     with tfds.testing.mock_data(num_examples=64):
-        session = trainer.Session(cfg)
+        exp = runtime.build(cfg)
         os.makedirs(cfg.model_dir)
-        with pytest.raises(trainer.RunError, match=r"at step \d+"):
-            session.train()
+        with pytest.raises(errors.RunError, match=r"at step \d+"):
+            runtime.train(exp)
 
 
 def test_batch_not_divisible_by_replicas_is_refused(tmp_path):
@@ -76,4 +96,4 @@ def test_batch_not_divisible_by_replicas_is_refused(tmp_path):
         num_replicas_in_sync = 2
 
     with pytest.raises(config_lib.ConfigError, match="divisible by the number of replicas"):
-        trainer.Session(cfg, strategy=TwoReplicas())
+        runtime.build(cfg, strategy=TwoReplicas())

@@ -140,7 +140,7 @@ def views_to_batch(images):
 
 
 def build_model(cfg, num_classes):
-    """Builds the SimCLRModel of a ``simclr_tf.config.ModelConfig`` (``cfg.model``).
+    """Builds the SimCLRModel of a config: a ``simclr_tf.Config`` or its ``cfg.model`` section.
 
     ``num_classes`` of 0 builds no supervised head (unlabelled data). In
     pretraining the supervised head is the linear probe: it reads
@@ -151,6 +151,7 @@ def build_model(cfg, num_classes):
     its statistics in float32) and keeps the heads in float32, so z, the
     logits and the losses are float32. No global policy is set.
     """
+    cfg = getattr(cfg, "model", cfg)  # a whole Config: its model section
     probe = cfg.train_mode == "pretrain"
     encoder_dtype = head_dtype = None
     if cfg.precision == "bfloat16":

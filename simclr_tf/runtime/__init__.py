@@ -9,10 +9,13 @@
 - :mod:`~simclr_tf.runtime.checkpointer`: resume and the fallback over
   damaged checkpoints;
 - :mod:`~simclr_tf.runtime.run_dir`: the model_dir layout and its files;
-- :mod:`~simclr_tf.runtime.report`: progress bar, TensorBoard, train_log.jsonl.
+- :mod:`~simclr_tf.runtime.report`: progress bar, TensorBoard, train_log.jsonl;
+- :mod:`~simclr_tf.runtime.task_model`: :class:`TaskModel`, the same step
+  through Keras' ``compile``/``fit``/``evaluate``.
 """
 
 from simclr_tf.runtime.experiment import Experiment, build
 from simclr_tf.runtime.loop import evaluate, export, train
+from simclr_tf.runtime.task_model import TaskModel
 
-__all__ = ["Experiment", "build", "train", "evaluate", "export"]
+__all__ = ["Experiment", "build", "train", "evaluate", "export", "TaskModel"]

@@ -90,13 +90,16 @@ class Experiment:
         return distribute.distribute_dataset(self.strategy, make, cfg.eval_batch_size)
 
 
-def _check_batch_sizes(cfg, num_replicas, num_examples, subset_note):
+def _check_batches_split(cfg, num_replicas):
     for key in ("train_batch_size", "eval_batch_size"):
         value = getattr(cfg, key)
         if value % num_replicas:
             raise ConfigError(
                 f"Invalid value {value} for '{key}': it must be divisible by the "
                 f"number of replicas ({num_replicas}).")
+
+
+def _check_batch_fits(cfg, num_examples, subset_note):
     if cfg.mode in ("train", "train_then_eval") and cfg.train_batch_size > num_examples:
         raise ConfigError(
             f"Invalid value {cfg.train_batch_size} for 'train_batch_size': the "
@@ -158,6 +161,7 @@ def build(cfg, strategy=None):
     strategy = strategy or distribute.get_strategy(cfg.use_tpu, cfg.tpu_name)
     distribute.warn_slow_bfloat16(cfg.precision, strategy)
     is_chief = distribute.is_chief(strategy)
+    _check_batches_split(cfg, strategy.num_replicas_in_sync)
 
     _, train_info = datasets.load(cfg.dataset, cfg.train_split, cfg.data_dir)
     num_classes = train_info.num_classes
@@ -172,7 +176,7 @@ def build(cfg, strategy=None):
             "The %r split of %r has a single class: pretraining works, but the "
             "linear probe and the eval accuracy are trivially 1.0.",
             cfg.train_split, cfg.dataset)
-    _check_batch_sizes(cfg, strategy.num_replicas_in_sync, train_info.num_examples, note)
+    _check_batch_fits(cfg, train_info.num_examples, note)
     steps = optimizers.step_counts(train_info.num_examples, cfg.train_batch_size,
                                    cfg.train_epochs, cfg.train_steps, cfg.warmup_epochs)
 

@@ -1,0 +1,69 @@
+"""Keras' ``compile``/``fit``/``evaluate`` for a SimCLR model and a task."""
+
+import keras
+
+from simclr_tf.runtime import steps as steps_lib
+
+
+class TaskModel(keras.Model):
+    """Trains a :class:`~simclr_tf.SimCLRModel` on a :class:`~simclr_tf.tasks.Task` with ``fit``.
+
+    ``python -m simclr_tf.run`` drives training with its own loop
+    (:func:`simclr_tf.runtime.train`: exact resume, checkpoints, several
+    workers). In a notebook or a Keras app, this adapter gives the same
+    training step (:func:`simclr_tf.runtime.steps.make_train_step`) through
+    ``model.fit`` and the top-1/top-5 evaluation through ``model.evaluate``;
+    the network stays a separate object (``network``) to export or reuse.
+
+    Args:
+        network: the :class:`~simclr_tf.SimCLRModel` to train.
+        task: the objective, e.g. ``simclr_tf.tasks.PretrainTask(cfg.loss)``.
+        nonfinite_policy: ``"stop"`` or ``"skip"`` (see
+            :func:`~simclr_tf.runtime.steps.make_train_step`).
+
+    Example:
+
+    ```python
+    cfg = simclr_tf.Config(image_size=32)
+    network = simclr_tf.build_model(cfg.model, num_classes=10)
+    trainer = TaskModel(network, simclr_tf.build_task("pretrain", cfg.loss))
+    trainer.compile(optimizer=simclr_tf.LARS(0.3, weight_decay=1e-6))
+    trainer.fit(train_ds, steps_per_epoch=100)  # (views [B, 32, 32, 6], labels)
+    trainer.evaluate(eval_ds)                    # (images [B, 32, 32, 3], labels)
+    ```
+
+    Reference: Chen et al. 2020, arXiv:2002.05709.
+    """
+
+    def __init__(self, network, task, nonfinite_policy="stop", **kwargs):
+        super().__init__(**kwargs)
+        self.network = network
+        self.task = task
+        self.nonfinite_policy = nonfinite_policy
+        self._train_metrics = steps_lib.train_metrics(task.metric_names(network),
+                                                      nonfinite_policy)
+        self._eval_metrics = steps_lib.eval_metrics()
+        self._eval_step = steps_lib.make_eval_step(network, self._eval_metrics)
+        self._train_step = None
+
+    def call(self, images, training=False):
+        return self.network(images, training=training)
+
+    def compute_loss(self, batch, training=True):
+        """``(loss, metrics)`` of the task on ``batch`` (no update)."""
+        return self.task.compute_loss(self.network, batch, training=training)
+
+    def train_step(self, data):
+        if self._train_step is None:
+            self._train_step = steps_lib.make_train_step(
+                self.network, self.task, self.optimizer, self._train_metrics,
+                self.nonfinite_policy)
+        return self._train_step(data)
+
+    def test_step(self, data):
+        self._eval_step(data)
+        return {name: m.result() for name, m in self._eval_metrics.items()}
+
+    @property
+    def metrics(self):
+        return list(self._train_metrics.values()) + list(self._eval_metrics.values())
