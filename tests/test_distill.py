@@ -217,7 +217,8 @@ def test_config_rejects_bad_teachers(exports, tmp_path):
             resolve(**{key: 0.0})
     with pytest.raises(config_lib.ConfigError, match="distill_label_weight"):
         resolve(distill_label_weight=-1.0)
-    cfg = resolve(train_mode="distill", teacher_checkpoint=exports["with_head"][0])
+    cfg = config_lib.resolve(None, dict(image_size=16, train_mode="distill",
+                                        teacher_checkpoint=exports["with_head"][0]))
     assert cfg.distill_temperature == 1.0 and cfg.distill_label_weight == 0.0
 
 

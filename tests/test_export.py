@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from simclr_tf import config as config_lib
 from simclr_tf import export
+from simclr_tf.export import writer
 from simclr_tf.data import augment
 from simclr_tf.models import simclr_model
 
@@ -328,7 +329,7 @@ def test_an_export_killed_mid_swap_is_recovered(tmp_path):
     (old / "saved_model.pb").write_bytes(b"good")
     (tmp_path / ".saved_model.tmp-123-abc").mkdir()
     (tmp_path / ".simclr.keras.tmp-123-abc.keras").write_bytes(b"partial")
-    export._recover(str(tmp_path))
+    writer._recover(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["saved_model"]
     assert (tmp_path / "saved_model" / "saved_model.pb").read_bytes() == b"good"
 

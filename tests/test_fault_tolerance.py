@@ -161,7 +161,7 @@ def three_checkpoints(tmp_path_factory):
     """A model_dir with checkpoints at steps 1, 2 and 3, and the tensors of each."""
     cfg = _cfg(tmp_path_factory.mktemp("ckpts"))
     os.makedirs(cfg.model_dir)
-    runtime.build(cfg).train()
+    runtime.train(runtime.build(cfg))
     directory = os.path.join(cfg.model_dir, "checkpoints")
     tensors = {}
     for step in (1, 2, 3):

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf import config as config_lib
+from simclr_tf import optimizers
 from simclr_tf.data import datasets, offline, pipeline, subsets
 
 

@@ -153,6 +153,9 @@ def build_model(cfg, num_classes):
     """
     cfg = getattr(cfg, "model", cfg)  # a whole Config: its model section
     probe = cfg.train_mode == "pretrain"
+    if not probe and num_classes <= 0:
+        raise ValueError(f"train_mode={cfg.train_mode!r} needs a supervised_head (the "
+                         "dataset, or the teacher, must have labels).")
     encoder_dtype = head_dtype = None
     if cfg.precision == "bfloat16":
         encoder_dtype, head_dtype = "mixed_bfloat16", "float32"
