@@ -483,6 +483,10 @@ if sys.argv[2]:  # drop root
 logging.basicConfig(level=logging.WARNING)
 ds, info = datasets.load("image_folder", "train", data_dir=sys.argv[1])
 print("RESULT", info.num_examples, info.skipped, len(list(ds)))
+try:  # a root whose only class folder may not be listed
+    datasets.load("image_folder", "train", data_dir=sys.argv[3])
+except ValueError as e:
+    print("ERROR", str(e).replace("\n", " "))
 """
 
 
@@ -514,18 +518,26 @@ def test_image_folder_permission_denied_as_unprivileged_user(tmp_path):
                 os.chmod(os.path.join(dirpath, f), 0o644)
         os.chmod(os.path.join(root, "train/k/secret.png"), 0)
         os.chmod(os.path.join(root, "train/k/locked"), 0)
+        root2 = os.path.join(base, "root2")
+        os.makedirs(os.path.join(root2, "train/k"))
+        os.chmod(root2, 0o755)
+        os.chmod(os.path.join(root2, "train"), 0o755)
+        os.chmod(os.path.join(root2, "train/k"), 0)
         env = dict(os.environ, HOME=base, **{datasets.CACHE_DIR_ENV: os.path.join(base, "cache")})
         env["PYTHONPATH"] = os.pathsep.join(
             [os.path.dirname(os.path.dirname(os.path.abspath(datasets.__file__)))]
             + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         proc = subprocess.run(
-            [sys.executable, "-c", _UNPRIVILEGED_SCRIPT, root, user or ""], env=env, cwd=base,
+            [sys.executable, "-c", _UNPRIVILEGED_SCRIPT, root, user or "", root2], env=env, cwd=base,
             capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
         result = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")]
         assert result == ["RESULT 1 1 1"], proc.stdout + proc.stderr[-3000:]
         assert "permission denied" in proc.stderr and "secret.png" in proc.stderr
         assert "locked" in proc.stderr
+        errors = [l for l in proc.stdout.splitlines() if l.startswith("ERROR")]
+        assert len(errors) == 1 and "No images could be listed" in errors[0], proc.stdout
+        assert "permission denied" in errors[0] and "chmod -R a+rX" in errors[0]
     finally:
         for dirpath, dirnames, _ in os.walk(base):
             for d in dirnames:
@@ -539,3 +551,19 @@ def _has_user(pwd, name):
         return True
     except KeyError:
         return False
+
+
+def test_image_folder_with_only_unreadable_files_is_a_clear_error(tmp_path, cache_dir):
+    root = tmp_path / "root"
+    (root / "train" / "k").mkdir(parents=True)
+    (root / "train/k/a.png").write_bytes(b"")
+    (root / "train/k/b.jpg").write_bytes(b"\xff\xd8 not a jpeg" * 10)
+    with pytest.raises(ValueError, match=r"has no readable images \(2 corrupt or empty, "
+                                         r"0 permission denied, 0 above the pixel limit\)"):
+        datasets.load("image_folder", "train", data_dir=str(root))
+
+
+def test_bad_split_names_the_available_splits():
+    with pytest.raises(ValueError, match=r"Bad split 'validation' for 'offline_shapes'.*"
+                                         r"Available splits: \['test', 'train'\]"):
+        datasets.load("offline_shapes", "validation")
