@@ -311,6 +311,7 @@ def _save(path, array, **kw):
     PIL.fromarray(array).save(path, **kw)
 
 
+@pytest.mark.timeout(120)  # before the fix, the walk took exponentially long
 def test_image_folder_symlink_loop_ends_and_lists_each_file_once(tmp_path, cache_dir):
     root = tmp_path / "root"
     img = np.zeros((8, 8, 3), np.uint8)

@@ -398,8 +398,9 @@ def _list_images(class_dir, unreadable_dirs=None):
                 dirnames[:] = []
                 continue
             visited.add(real)
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")
-                           and os.path.realpath(os.path.join(dirpath, d)) not in visited]
+            dirnames[:] = sorted(  # sorted: the same walk, so the same paths, each time
+                d for d in dirnames if not d.startswith(".")
+                and os.path.realpath(os.path.join(dirpath, d)) not in visited)
             for f in filenames:
                 if _is_image_name(f):
                     p = os.path.join(dirpath, f)
