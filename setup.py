@@ -21,7 +21,8 @@ setup(
         "numpy",
     ],
     extras_require={
-        "test": ["pytest>=7", "pillow", "nbclient", "nbformat", "ipykernel", "matplotlib"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "pillow", "nbclient", "nbformat", "ipykernel",
+                 "matplotlib"],
         "study": ["matplotlib"],
     },
 )

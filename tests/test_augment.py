@@ -378,9 +378,16 @@ def test_gaussian_blur_dynamic_shape_in_graph():
 @pytest.mark.parametrize("side,expected", [(10, 3), (32, 3), (64, 7), (96, 9), (224, 23)])
 def test_blur_kernel_size_is_odd_and_about_a_tenth(side, expected):
     assert augment.blur_kernel_size(side) == expected
-    assert expected % 2 == 1
-    if side >= 30:
-        assert abs(expected - 0.1 * side) <= 1.0
+    # The rule itself, over every side (Python int and tensor), not the table above.
+    for n in range(1, 600):
+        k = augment.blur_kernel_size(n)
+        assert k % 2 == 1 and k >= 3, n
+        if n >= 30:
+            assert abs(k - 0.1 * n) <= 1.0, n
+    sides = tf.range(1, 600)
+    np.testing.assert_array_equal(
+        augment.blur_kernel_size(sides).numpy(),
+        [augment.blur_kernel_size(n) for n in range(1, 600)])
     # Measured from the output: the support of the blurred impulse.
     impulse = np.zeros((side, side, 3), np.float32)
     impulse[side // 2, side // 2] = 1.0

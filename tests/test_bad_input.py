@@ -276,6 +276,7 @@ def test_empty_or_misarranged_folder_is_a_clear_error(tmp_path, layout, message)
         assert _snapshot(root) == before
 
 
+@pytest.mark.slow
 def test_empty_folder_through_the_cli_fails_in_one_line(tmp_path):
     (tmp_path / "data" / "train" / "cats").mkdir(parents=True)
     model_dir = tmp_path / "existing"
@@ -348,6 +349,7 @@ def test_eval_split_with_only_missing_labels_is_refused(tmp_path):
 
 # ----------------------------------------------------------------- settings
 
+@pytest.mark.slow
 def test_image_size_below_the_minimum_is_refused_before_anything_runs(tmp_path):
     model_dir = tmp_path / "existing"
     model_dir.mkdir()
@@ -393,6 +395,7 @@ def test_read_only_model_dir_is_refused(tmp_path):
         parent.chmod(0o755)
 
 
+@pytest.mark.slow
 def test_unwritable_model_dir_through_the_cli_fails_in_one_line(tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("precious")

@@ -2,6 +2,7 @@
 
 import io
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -134,8 +135,14 @@ def _make_folder(root):
     good_png = (root / "train/zebra/f.png").read_bytes()
     (root / "train/cat/corrupt.png").write_bytes(good_png[: len(good_png) // 2])
     (root / "train/dog/empty.jpg").write_bytes(b"")
-    # Ignored: non-image files and hidden files.
+    # Ignored: non-image files, hidden files, hidden sub-folders and a hidden class
+    # folder, all holding valid images (so a loader that reads them counts them).
     (root / "train/dog/notes.txt").write_text("not an image")
+    hidden = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    for rel in ("train/dog/.hidden.png", "train/cat/.thumbs/x.png",
+                "train/.ipynb_checkpoints/y.png", "test/dog/.t3.png"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        PIL.fromarray(hidden).save(root / rel)
     # The test split lacks the 'cat' class: labels must still use all classes.
     test_img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     save("test/dog/t1.png", test_img, label=1, exact=test_img)
@@ -150,7 +157,7 @@ def test_image_folder_loads_all_formats(tmp_path, cache_dir, caplog):
         ds, info = datasets.load("image_folder", "train", data_dir=str(root))
     assert info.skipped == 2
     assert info.num_examples == 8
-    assert info.num_classes == 3
+    assert info.num_classes == 3  # not the hidden .ipynb_checkpoints folder
     assert info.class_names == ("cat", "dog", "zebra")
     assert info.image_shape is None  # sizes differ
     warning = " ".join(r.getMessage() for r in caplog.records)
@@ -292,3 +299,272 @@ def test_to_rgb_uint8():
                           input_signature=[tf.TensorSpec([None, None, None], tf.uint8)])
     np.testing.assert_array_equal(unknown(tf.constant([[[7]]], tf.uint8)).numpy(), [[[7, 7, 7]]])
     np.testing.assert_array_equal(unknown(rgba).numpy(), [[[1, 2, 3]]])
+
+
+# ---------------------------------------------------------------------------
+# image_folder: awkward folders (issue 17)
+# ---------------------------------------------------------------------------
+
+
+def _save(path, array, **kw):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    PIL.fromarray(array).save(path, **kw)
+
+
+@pytest.mark.timeout(120)  # before the fix, the walk took exponentially long
+def test_image_folder_symlink_loop_ends_and_lists_each_file_once(tmp_path, cache_dir):
+    root = tmp_path / "root"
+    img = np.zeros((8, 8, 3), np.uint8)
+    _save(root / "train/a/one.png", img)
+    _save(root / "train/a/sub/two.png", img)
+    (root / "train/a/sub/loop").symlink_to(root / "train/a", target_is_directory=True)
+    (root / "train/a/self").symlink_to(".", target_is_directory=True)
+    # A link to a folder outside the class is followed (once).
+    _save(root / "elsewhere/three.png", img)
+    (root / "train/a/linked").symlink_to(root / "elsewhere", target_is_directory=True)
+    ds, info = datasets.load("image_folder", "train", data_dir=str(root))
+    assert info.num_examples == 3 and info.skipped == 0
+    assert len(list(ds)) == 3
+
+
+def test_image_folder_upper_case_extensions_and_webp(tmp_path, cache_dir):
+    root = tmp_path / "root"
+    rng = np.random.default_rng(1)
+    pixels = {}
+    for name in ("a.PNG", "b.Png", "c.BMP", "d.webp", "e.WEBP"):
+        x = rng.integers(0, 256, (10 + len(pixels), 7, 3), dtype=np.uint8)
+        kw = {"lossless": True} if name.lower().endswith(".webp") else {}
+        _save(root / "train/k" / name, x, **kw)
+        pixels[name] = x
+    _save(root / "train/k/f.JPG", np.full((9, 9, 3), 128, np.uint8), quality=95)
+    _save(root / "train/k/g.JPEG", np.full((9, 9, 3), 64, np.uint8), quality=95)
+    ds, info = datasets.load("image_folder", "train", data_dir=str(root))
+    assert info.num_examples == 7 and info.skipped == 0
+    images, _ = _collect(ds)
+    for name, image in zip(sorted(pixels), images[:5]):  # sorted paths: a..e first
+        np.testing.assert_array_equal(image, pixels[name], err_msg=name)
+    assert abs(int(images[5].mean()) - 128) <= 2 and abs(int(images[6].mean()) - 64) <= 2
+
+
+def test_image_folder_animated_gif_gives_first_frame(tmp_path, cache_dir):
+    root = tmp_path / "root"
+    frames = [PIL.fromarray(np.full((12, 10, 3), c, np.uint8)) for c in (30, 220, 120)]
+    path = root / "train/k/anim.gif"
+    path.parent.mkdir(parents=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50, loop=0)
+    assert PIL.open(path).n_frames == 3
+    ds, info = datasets.load("image_folder", "train", data_dir=str(root))
+    assert info.num_examples == 1 and info.image_shape == (12, 10, 3)
+    (image,), _ = _collect(ds)
+    assert image.shape == (12, 10, 3)
+    np.testing.assert_array_equal(image, np.asarray(frames[0].convert("RGB")))
+
+
+def test_image_folder_animated_webp_is_skipped_not_crashing(tmp_path, cache_dir, caplog):
+    root = tmp_path / "root"
+    frames = [PIL.fromarray(np.full((8, 6, 3), c, np.uint8)) for c in (10, 200)]
+    path = root / "train/k/anim.webp"
+    path.parent.mkdir(parents=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], lossless=True)
+    _save(root / "train/k/still.png", np.zeros((8, 6, 3), np.uint8))
+    with caplog.at_level(logging.WARNING, logger="simclr_tf.data.datasets"):
+        ds, info = datasets.load("image_folder", "train", data_dir=str(root))
+    assert info.num_examples == 1 and info.skipped == 1
+    assert "anim.webp" in caplog.text and "animated WebP" in caplog.text
+    assert len(list(ds)) == 1
+
+
+def _oriented_jpeg(path, array, orientation):
+    exif = PIL.Exif()
+    exif[0x0112] = orientation
+    _save(path, array, quality=100, subsampling=0, exif=exif.tobytes())
+
+
+def test_image_folder_applies_exif_orientation(tmp_path, cache_dir):
+    from PIL import ImageOps
+
+    root = tmp_path / "root"
+    # 16 x 24 stored pixels in four flat blocks: JPEG keeps them, and each of the
+    # eight orientations gives a different layout.
+    stored = np.zeros((16, 24, 3), np.uint8)
+    stored[:8, :12] = (250, 0, 0)
+    stored[:8, 12:] = (0, 250, 0)
+    stored[8:, :12] = (0, 0, 250)
+    stored[8:, 12:] = (250, 250, 250)
+    for o in range(1, 9):
+        _oriented_jpeg(root / f"train/k/o{o}.jpg", stored, o)
+    ds, info = datasets.load("image_folder", "train", data_dir=str(root))
+    assert info.num_examples == 8 and info.image_shape is None  # 16x24 and 24x16
+    images, _ = _collect(ds)
+    layouts = set()
+    for o, image in zip(range(1, 9), images):
+        expected = np.asarray(ImageOps.exif_transpose(PIL.open(root / f"train/k/o{o}.jpg")))
+        assert image.shape == expected.shape, o
+        assert image.shape[:2] == ((16, 24) if o <= 4 else (24, 16)), o
+        diff = np.abs(image.astype(int) - expected.astype(int))
+        assert diff.mean() < 3, o  # JPEG decoders differ a little at block edges
+        np.testing.assert_allclose(image[4::8, 4::8], expected[4::8, 4::8], atol=12,
+                                   err_msg=f"orientation {o}")  # block centres
+        layouts.add(tuple((image[::8, ::8] > 128).reshape(-1)))
+    assert len(layouts) == 8
+    # Orientation 6 ("rotate 90 clockwise to display"): the stored top-left block
+    # (red) ends up top-right.
+    assert tuple(images[5][0, -1] > 128) == (True, False, False)
+    # One orientation for the whole folder: the displayed shape is known.
+    root2 = tmp_path / "root2"
+    _oriented_jpeg(root2 / "train/k/a.jpg", stored, 8)
+    _, info = datasets.load("image_folder", "train", data_dir=str(root2))
+    assert info.image_shape == (24, 16, 3)
+
+
+def test_read_header_orientation_and_size(tmp_path):
+    from simclr_tf.data import image_header
+
+    _oriented_jpeg(tmp_path / "a.jpg", np.zeros((5, 7, 3), np.uint8), 6)
+    assert image_header.read_header(str(tmp_path / "a.jpg")) == ((5, 7), 6)
+    assert image_header.image_size(str(tmp_path / "a.jpg")) == (5, 7)
+    _save(tmp_path / "b.jpg", np.zeros((5, 7, 3), np.uint8))
+    assert image_header.read_header(str(tmp_path / "b.jpg")) == ((5, 7), 1)
+    _save(tmp_path / "c.png", np.zeros((5, 7, 3), np.uint8))
+    assert image_header.read_header(str(tmp_path / "c.png")) == ((5, 7), 1)
+
+
+def _make_unreadable_folder(root):
+    img = np.full((8, 8, 3), 7, np.uint8)
+    _save(root / "train/k/ok.png", img)
+    _save(root / "train/k/secret.png", img)
+    _save(root / "train/k/locked/inner.png", img)
+
+
+def test_image_folder_permission_denied_is_skipped_then_rechecked(
+        tmp_path, cache_dir, caplog, monkeypatch):
+    """The guard, with os.access and the header read refusing as for a non-root user.
+
+    The same case with real permissions runs in a process without root below.
+    """
+    from simclr_tf.data import image_header
+
+    root = tmp_path / "root"
+    _make_unreadable_folder(root)
+    secret = str(root / "train/k/secret.png")
+    real_access, real_open = os.access, image_header._open
+
+    def access(path, mode, *a, **kw):
+        return False if str(path) == secret else real_access(path, mode, *a, **kw)
+
+    def open_(path):
+        if str(path) == secret:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path)
+
+    monkeypatch.setattr(datasets.os, "access", access)
+    monkeypatch.setattr(image_header, "_open", open_)
+    with caplog.at_level(logging.WARNING, logger="simclr_tf.data.datasets"):
+        ds, info = datasets.load("image_folder", "train", data_dir=str(root))
+    assert info.num_examples == 2 and info.skipped == 1
+    assert "permission denied" in caplog.text and "secret.png" in caplog.text
+    assert len(list(ds)) == 2
+    # Made readable again (chmod keeps size and mtime): used on the next load.
+    monkeypatch.undo()
+    monkeypatch.setenv(datasets.CACHE_DIR_ENV, str(cache_dir))
+    _, info = datasets.load("image_folder", "train", data_dir=str(root))
+    assert info.num_examples == 3 and info.skipped == 0
+
+
+_UNPRIVILEGED_SCRIPT = r"""
+import logging, os, pwd, sys
+# Import everything first: the interpreter may live under root's home.
+import tensorflow_datasets
+from simclr_tf.data import datasets
+if sys.argv[2]:  # drop root
+    user = pwd.getpwnam(sys.argv[2])
+    os.setgroups([])
+    os.setgid(user.pw_gid)
+    os.setuid(user.pw_uid)
+logging.basicConfig(level=logging.WARNING)
+ds, info = datasets.load("image_folder", "train", data_dir=sys.argv[1])
+print("RESULT", info.num_examples, info.skipped, len(list(ds)))
+try:  # a root whose only class folder may not be listed
+    datasets.load("image_folder", "train", data_dir=sys.argv[3])
+except ValueError as e:
+    print("ERROR", str(e).replace("\n", " "))
+"""
+
+
+@pytest.mark.slow
+def test_image_folder_permission_denied_as_unprivileged_user(tmp_path):
+    """chmod 000 files and folders, read by a process that is not root."""
+    import pwd
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    if os.geteuid() != 0:
+        user = None  # already unprivileged: run as ourselves
+    else:
+        user = next((n for n in ("nobody", "nfsnobody", "daemon")
+                     if _has_user(pwd, n)), None)
+        if user is None:
+            pytest.skip("running as root and no unprivileged user exists")
+    # A world-traversable folder (pytest's tmp_path is private to root).
+    base = tempfile.mkdtemp(prefix="simclr_perm_")
+    try:
+        os.chmod(base, 0o777)
+        root = os.path.join(base, "root")
+        _make_unreadable_folder(__import__("pathlib").Path(root))
+        for dirpath, dirnames, filenames in os.walk(root):
+            os.chmod(dirpath, 0o755)
+            for f in filenames:
+                os.chmod(os.path.join(dirpath, f), 0o644)
+        os.chmod(os.path.join(root, "train/k/secret.png"), 0)
+        os.chmod(os.path.join(root, "train/k/locked"), 0)
+        root2 = os.path.join(base, "root2")
+        os.makedirs(os.path.join(root2, "train/k"))
+        os.chmod(root2, 0o755)
+        os.chmod(os.path.join(root2, "train"), 0o755)
+        os.chmod(os.path.join(root2, "train/k"), 0)
+        env = dict(os.environ, HOME=base, **{datasets.CACHE_DIR_ENV: os.path.join(base, "cache")})
+        env["PYTHONPATH"] = os.pathsep.join(
+            [os.path.dirname(os.path.dirname(os.path.abspath(datasets.__file__)))]
+            + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        proc = subprocess.run(
+            [sys.executable, "-c", _UNPRIVILEGED_SCRIPT, root, user or "", root2], env=env, cwd=base,
+            capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        result = [l for l in proc.stdout.splitlines() if l.startswith("RESULT")]
+        assert result == ["RESULT 1 1 1"], proc.stdout + proc.stderr[-3000:]
+        assert "permission denied" in proc.stderr and "secret.png" in proc.stderr
+        assert "locked" in proc.stderr
+        errors = [l for l in proc.stdout.splitlines() if l.startswith("ERROR")]
+        assert len(errors) == 1 and "No images could be listed" in errors[0], proc.stdout
+        assert "permission denied" in errors[0] and "chmod -R a+rX" in errors[0]
+    finally:
+        for dirpath, dirnames, _ in os.walk(base):
+            for d in dirnames:
+                os.chmod(os.path.join(dirpath, d), 0o755)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _has_user(pwd, name):
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def test_image_folder_with_only_unreadable_files_is_a_clear_error(tmp_path, cache_dir):
+    root = tmp_path / "root"
+    (root / "train" / "k").mkdir(parents=True)
+    (root / "train/k/a.png").write_bytes(b"")
+    (root / "train/k/b.jpg").write_bytes(b"\xff\xd8 not a jpeg" * 10)
+    with pytest.raises(ValueError, match=r"has no readable images \(2 corrupt or empty, "
+                                         r"0 permission denied, 0 above the pixel limit\)"):
+        datasets.load("image_folder", "train", data_dir=str(root))
+
+
+def test_bad_split_names_the_available_splits():
+    with pytest.raises(ValueError, match=r"Bad split 'validation' for 'offline_shapes'.*"
+                                         r"Available splits: \['test', 'train'\]"):
+        datasets.load("offline_shapes", "validation")

@@ -123,6 +123,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_two_replicas_match_the_global_batch_even_when_uneven():
     r = run_with_devices(MULTI_DEVICE_BODY, n_devices=2)
     for split in ("4", "3"):

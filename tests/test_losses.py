@@ -283,6 +283,7 @@ def two_replica_result():
     return run_with_devices(MULTI_DEVICE_BODY, n_devices=2)
 
 
+@pytest.mark.slow
 def test_two_replicas_match_single_device_loss_and_gradients(two_replica_result):
     r = two_replica_result
     even = r["even"]
@@ -300,6 +301,7 @@ def test_two_replicas_match_single_device_loss_and_gradients(two_replica_result)
                                rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_two_replicas_labels_point_at_global_columns(two_replica_result):
     n, b = 8, 4
     labels = two_replica_result["even"]["labels"]
@@ -309,6 +311,7 @@ def test_two_replicas_labels_point_at_global_columns(two_replica_result):
         np.testing.assert_array_equal(labels[rep], expected)
 
 
+@pytest.mark.slow
 def test_uneven_replica_batches_use_gathered_offsets(two_replica_result):
     n = 8
     uneven = two_replica_result["uneven"]

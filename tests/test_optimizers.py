@@ -487,6 +487,7 @@ def two_replica_result():
     return run_with_devices(MULTI_DEVICE_BODY, n_devices=2)
 
 
+@pytest.mark.slow
 def test_keras_optimizer_sums_gradients_across_replicas(two_replica_result):
     # Per-replica mean loss without dividing by the number of replicas: the
     # applied gradient is the SUM of the 2 replica gradients, i.e. twice the
@@ -496,6 +497,7 @@ def test_keras_optimizer_sums_gradients_across_replicas(two_replica_result):
     assert r["sgd_err_divided"] < 1e-6
 
 
+@pytest.mark.slow
 def test_lars_two_replicas_match_one_device(two_replica_result):
     r = two_replica_result
     assert r["lars_kernel_moved"] > 1e-4 and r["lars_bias_moved"] > 1e-3

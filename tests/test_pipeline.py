@@ -72,8 +72,38 @@ def test_train_batches_shapes_ranges_and_views():
     view1, view2 = x[..., :3], x[..., 3:]
     per_example_diff = np.abs(view1 - view2).mean(axis=(1, 2, 3))
     assert (per_example_diff > 1e-3).all()
-    # Labels follow the images: every label is an offline train label.
-    assert set(np.unique(y)) <= set(range(10))
+
+
+def test_train_labels_follow_their_images(tmp_path, monkeypatch):
+    """Each label belongs to its image: the images encode their label.
+
+    An image folder whose class-c images are flat gray at ``40 c + 20 +- 8``;
+    crop and flip keep a flat image's value, so after shuffling, batching and
+    both views, each view's value tells its true label.
+    """
+    from PIL import Image
+
+    monkeypatch.setenv(datasets.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    root = tmp_path / "root"
+    rng = np.random.default_rng(0)
+    for c in range(5):
+        (root / "train" / f"c{c}").mkdir(parents=True)
+        for i in range(13):
+            value = 40 * c + 20 + int(rng.integers(-8, 9))
+            Image.fromarray(np.full((20 + i, 24, 3), value, np.uint8)).save(
+                root / "train" / f"c{c}" / f"{i}.png")
+    ds, info = pipeline.build_train_dataset(
+        "image_folder", "train", 16, S, data_dir=str(root), seed=0,
+        view1_augmentations=("crop", "flip"), view2_augmentations=("crop", "flip"))
+    assert info.num_examples == 65 and info.num_classes == 5
+    seen = set()
+    xs, ys = _take(ds, 8)
+    for x, y in zip(xs, ys):
+        for view in (x[..., :3], x[..., 3:]):
+            value = view.mean(axis=(1, 2, 3)) * 255.0
+            np.testing.assert_array_equal(np.round((value - 20) / 40).astype(int), y)
+        seen.update(y.tolist())
+    assert seen == set(range(5))
 
 
 def test_train_same_seed_same_stream_and_different_seed_differs():

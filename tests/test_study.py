@@ -90,6 +90,7 @@ def test_zero_time_budget_runs_nothing_but_writes_outputs(tmp_path):
     assert len(_read_csv(tmp_path / "results.csv")) == 3
 
 
+@pytest.mark.slow
 def test_smoke_study_writes_csv_and_png_skips_and_resumes(tmp_path):
     out = str(tmp_path / "aug")
     logs = []
@@ -150,6 +151,7 @@ def test_plots_of_every_study(tmp_path, name):
     _assert_png(path)
 
 
+@pytest.mark.slow
 def test_projection_head_cell_also_evaluates_z(tmp_path):
     cells = dict((c.name, (c, cfg)) for c, cfg in
                  study.cell_configs("projection_head", str(tmp_path), SMOKE, dict(TINY)))

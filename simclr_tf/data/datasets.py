@@ -7,8 +7,18 @@ label=int64 [])`` plus a :class:`DatasetInfo`, whatever the source:
   generated in memory by :mod:`simclr_tf.data.offline`; no files, no network.
 * ``"image_folder"``: ``data_dir=ROOT`` holding ``ROOT/<split>/<class>/<image>``
   (the ``tfds.folder_dataset.ImageFolder`` layout). JPEG, PNG (8 or 16 bit,
-  gray, RGB, RGBA), BMP and GIF files of any size are decoded to RGB ``uint8``
-  (alpha is dropped, 16-bit is scaled down, CMYK JPEG is converted). The class
+  gray, RGB, RGBA), BMP, GIF and WebP files of any size are decoded to RGB
+  ``uint8`` (alpha is dropped, 16-bit is scaled down, CMYK JPEG is converted,
+  animated GIF gives its first frame, a JPEG's EXIF orientation is
+  applied so the image appears as the camera meant). Extensions match in any
+  case (``.JPG``); files and folders whose names start with ``.`` are
+  ignored; symbolic links are followed, each real folder once (a link loop
+  ends). Files that may not be read (permission denied) are skipped with a
+  warning and counted in ``info.skipped``, and checked again on the next
+  load. Animated WebP files are skipped as unreadable: TensorFlow 2.21
+  decodes them only as 4-channel frame stacks (``decode_image(channels=3)``
+  refuses them, and ``decode_webp(channels=0)`` corrupts memory on them), so
+  convert them to a still format first. The class
   index is the position of the class-folder name in the sorted union of the
   class folders of all splits under ``ROOT`` (so train and test agree even when
   one lacks a class). Every file is decoded once to find corrupt or empty
@@ -62,7 +72,7 @@ logger = logging.getLogger(__name__)
 OFFLINE_NAME = offline.NAME  # "offline_shapes"
 OFFLINE_ALIASES = (OFFLINE_NAME, "offline")
 IMAGE_FOLDER_NAME = "image_folder"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # any case
 CACHE_DIR_ENV = "SIMCLR_TF_CACHE_DIR"
 
 _LAYOUT_HELP = (
@@ -82,7 +92,8 @@ class DatasetInfo:
         num_examples: number of (valid) examples in the split.
         num_classes: number of classes (0 when the dataset has no labels).
         image_shape: ``(H, W, 3)`` when all images share one size, else None.
-        skipped: files skipped as unreadable (image folders only).
+        skipped: files skipped as unreadable: corrupt, empty or permission
+            denied (image folders only).
         class_names: class names in label order, when known.
         skipped_too_large: files skipped (undecoded) because their header
             gives more pixels than :func:`image_header.max_image_pixels`
@@ -205,14 +216,40 @@ def to_rgb_uint8(image):
 
 
 def decode_image_bytes(contents):
-    """Decodes encoded JPEG/PNG/BMP/GIF bytes to RGB ``uint8`` [H, W, 3].
+    """Decodes encoded JPEG/PNG/BMP/GIF/WebP bytes to RGB ``uint8`` [H, W, 3].
 
     16-bit PNGs are scaled to 8 bit, gray and CMYK become RGB, alpha is
-    dropped, animated GIFs give their first frame. Raises
+    dropped, animated GIFs give their first frame (animated WebP raises). The EXIF
+    orientation is not applied here (see :func:`apply_orientation`). Raises
     ``tf.errors.InvalidArgumentError`` on corrupt data.
     """
     image = tf.io.decode_image(contents, channels=3, dtype=tf.uint8, expand_animations=False)
     return tf.ensure_shape(image, [None, None, 3])
+
+
+def apply_orientation(image, orientation):
+    """Turns decoded pixels [H, W, C] into the image as displayed.
+
+    ``orientation`` is the EXIF orientation tag (int32 scalar, 1-8; other
+    values leave the image as it is), as :func:`image_header.read_header`
+    returns it: 2 mirrors left-right, 3 rotates by 180 degrees, 4 mirrors
+    top-bottom, 5 transposes, 6 rotates 90 degrees clockwise, 7 transverses
+    and 8 rotates 90 degrees counter-clockwise. One branch runs per image.
+    """
+    branches = [
+        lambda: image,
+        lambda: tf.image.flip_left_right(image),
+        lambda: tf.image.rot90(image, k=2),
+        lambda: tf.image.flip_up_down(image),
+        lambda: tf.image.transpose(image),
+        lambda: tf.image.rot90(image, k=3),
+        lambda: tf.image.rot90(tf.image.transpose(image), k=2),
+        lambda: tf.image.rot90(image, k=1),
+    ]
+    orientation = tf.cast(orientation, tf.int32)
+    index = tf.where((orientation >= 1) & (orientation <= 8), orientation - 1, 0)
+    out = tf.switch_case(index, branches)
+    return tf.ensure_shape(out, [None, None, image.shape[-1]])
 
 
 def _resolve_split(split, sizes, what):
@@ -326,24 +363,51 @@ def _isdir(path):
     return tf.io.gfile.isdir(path) if _is_remote(path) else os.path.isdir(path)
 
 
-def _list_images(class_dir):
-    """Image files below ``class_dir`` as sorted ``[(path, size, mtime_ns)]``."""
+def _is_image_name(name):
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def _list_images(class_dir, unreadable_dirs=None):
+    """Image files below ``class_dir`` as sorted ``[(path, size, mtime_ns)]``.
+
+    Hidden files and folders (``.name``) are ignored. Symbolic links to
+    folders are followed, but each real folder is walked once, so a link loop
+    (``a/b -> a``) ends. Folders that cannot be listed are appended to
+    ``unreadable_dirs``.
+    """
     found = []
+
+    def onerror(err):
+        if unreadable_dirs is not None:
+            unreadable_dirs.append(getattr(err, "filename", None) or str(err))
+
     if _is_remote(class_dir):
         for dirpath, dirnames, filenames in tf.io.gfile.walk(class_dir):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             for f in filenames:
-                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
+                if _is_image_name(f):
                     p = os.path.join(dirpath, f)
                     st = tf.io.gfile.stat(p)
                     found.append((p, int(st.length), int(st.mtime_nsec)))
     else:
-        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        visited = set()
+        for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True,
+                                                    onerror=onerror):
+            real = os.path.realpath(dirpath)
+            if real in visited:  # reached again through a link: walked already
+                dirnames[:] = []
+                continue
+            visited.add(real)
+            dirnames[:] = sorted(  # sorted: the same walk, so the same paths, each time
+                d for d in dirnames if not d.startswith(".")
+                and os.path.realpath(os.path.join(dirpath, d)) not in visited)
             for f in filenames:
-                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
+                if _is_image_name(f):
                     p = os.path.join(dirpath, f)
-                    st = os.stat(p)
+                    try:
+                        st = os.stat(p)
+                    except OSError:  # dangling link, or vanished since listing
+                        continue
                     found.append((p, int(st.st_size), int(st.st_mtime_ns)))
     found.sort()
     return found
@@ -368,18 +432,36 @@ def _decode_shapes(paths):
     return good
 
 
-# Manifest entries: rel path -> [size, mtime_ns, status, [h, w] or None], status
-# "ok" (decoded: its size), "bad" (unreadable) or "large" (header size, not decoded).
-_MANIFEST_VERSION = 2
+# Manifest entries: rel path -> [size, mtime_ns, status, [h, w] or None, orientation],
+# status "ok" (decoded: its stored size), "bad" (corrupt or empty), "large" (header
+# size, not decoded) or "denied" (permission denied: never trusted from the cache,
+# since chmod changes neither size nor mtime); orientation is the EXIF tag (1-8).
+_MANIFEST_VERSION = 3
+_DENIED = object()
 
 
-def _header_sizes(paths):
-    """``[(h, w) or None]`` from the file headers (threads: I/O bound, also for gs://)."""
+def _header(path):
+    """``((h, w) or None, orientation)``, or ``_DENIED`` when it may not be read."""
+    if not _is_remote(path) and not os.access(path, os.R_OK):
+        return _DENIED
+    try:
+        return image_header.read_header(path)
+    except PermissionError:
+        return _DENIED
+
+
+def _headers(paths):
+    """:func:`_header` of each path (threads: I/O bound, also for gs://)."""
     if len(paths) < 64:
-        return [image_header.image_size(p) for p in paths]
+        return [_header(p) for p in paths]
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(max_workers=16) as pool:
-        return list(pool.map(image_header.image_size, paths, chunksize=64))
+        return list(pool.map(_header, paths, chunksize=64))
+
+
+def _displayed(hw, orientation):
+    """The displayed ``(h, w)`` of stored size ``hw``: 5-8 swap the sides."""
+    return (hw[1], hw[0]) if orientation in (5, 6, 7, 8) else tuple(hw)
 
 
 def _manifest_path(split_dir):
@@ -412,9 +494,12 @@ def _write_manifest(path, split_dir, files):
 def _scan_split(root, split_name, class_names):
     """Lists and validates one split folder.
 
-    Returns ``(files, labels, shapes, bad, large)``: the good files in sorted
-    (class, path) order, their labels, their ``(h, w)``, the unreadable paths
-    and the paths of images above the pixel limit (never decoded).
+    Returns ``(files, labels, shapes, bad, large, orientations, denied,
+    denied_dirs)``:
+    the good files in sorted (class, path) order, their labels, their
+    displayed ``(h, w)``, the corrupt or empty paths, the paths of images above
+    the pixel limit (never decoded), the good files' EXIF orientations, the
+    files that may not be read and the folders that may not be listed.
     """
     limit = image_header.max_image_pixels()
 
@@ -423,11 +508,17 @@ def _scan_split(root, split_name, class_names):
 
     split_dir = os.path.join(root, split_name)
     candidates = []  # (path, size, mtime, label)
+    denied_dirs = []
     for label, cls in enumerate(class_names):
         class_dir = os.path.join(split_dir, cls)
         if not _isdir(class_dir):
             continue
-        candidates += [(p, s, m, label) for p, s, m in _list_images(class_dir)]
+        candidates += [(p, s, m, label) for p, s, m in _list_images(class_dir, denied_dirs)]
+    if not candidates and denied_dirs:
+        raise ValueError(
+            f"No images could be listed in {split_dir!r} for dataset 'image_folder': "
+            f"permission denied for {denied_dirs[:5]}. Make the folders readable "
+            "(chmod -R a+rX) or run as their owner.")
     if not candidates:
         raise ValueError(
             f"No images found in {split_dir!r} for dataset 'image_folder'. " + _LAYOUT_HELP)
@@ -440,8 +531,9 @@ def _scan_split(root, split_name, class_names):
         rel = os.path.relpath(p, split_dir) if not _is_remote(p) else p
         hit = cached.get(rel)
         if size == 0:
-            entries[rel] = [size, mtime, "bad", None]
-        elif (hit is not None and hit[:2] == [size, mtime]
+            entries[rel] = [size, mtime, "bad", None, 1]
+        elif (hit is not None and hit[:2] == [size, mtime] and hit[2] != "denied"
+              and (_is_remote(p) or os.access(p, os.R_OK))  # chmod keeps size, mtime
               and not (hit[2] == "large" and not too_large(hit[3]))):  # limit raised
             entries[rel] = hit
         else:
@@ -450,32 +542,39 @@ def _scan_split(root, split_name, class_names):
         if len(to_check) > 1000:
             logger.info("image_folder: checking %d images in %s once (cached in %s).",
                         len(to_check), split_dir, manifest_file)
-        headers = _header_sizes([p for _, p, _, _ in to_check])
-        decode = [i for i, hw in enumerate(headers) if not too_large(hw)]
+        headers = _headers([p for _, p, _, _ in to_check])
+        decode = [i for i, h in enumerate(headers)
+                  if h is not _DENIED and not too_large(h[0])]
         good = _decode_shapes([to_check[i][1] for i in decode])
         decoded = {i: good.get(k) for k, i in enumerate(decode)}
         for i, (rel, _, size, mtime) in enumerate(to_check):
-            if i not in decoded:
-                entries[rel] = [size, mtime, "large", list(headers[i])]
+            if headers[i] is _DENIED:
+                entries[rel] = [size, mtime, "denied", None, 1]
+            elif i not in decoded:
+                entries[rel] = [size, mtime, "large", list(headers[i][0]), 1]
             elif decoded[i] is None:
-                entries[rel] = [size, mtime, "bad", None]
+                entries[rel] = [size, mtime, "bad", None, 1]
             else:
-                entries[rel] = [size, mtime, "ok", list(decoded[i])]
+                entries[rel] = [size, mtime, "ok", list(decoded[i]), int(headers[i][1])]
         _write_manifest(manifest_file, split_dir, entries)
 
-    files, labels, shapes, bad, large = [], [], [], [], []
+    files, labels, shapes, bad, large, orientations = [], [], [], [], [], []
+    denied = []
     for p, _, _, label in candidates:
         rel = os.path.relpath(p, split_dir) if not _is_remote(p) else p
-        _, _, status, hw = entries[rel]
+        _, _, status, hw, orientation = entries[rel]
         if status == "bad":
             bad.append(p)
+        elif status == "denied":
+            denied.append(p)
         elif status == "large" or too_large(hw):  # also when the limit was lowered
             large.append(p)
         else:
             files.append(p)
             labels.append(label)
-            shapes.append(tuple(hw))
-    return files, labels, shapes, bad, large
+            shapes.append(_displayed(hw, orientation))
+            orientations.append(orientation)
+    return files, labels, shapes, bad, large, orientations, denied, denied_dirs
 
 
 def _image_folder_source(data_dir, split, order=np.arange):
@@ -507,17 +606,29 @@ def _image_folder_source(data_dir, split, order=np.arange):
     sizes = {name: len(v[0]) for name, v in scanned.items()}
     pieces = _resolve_split(split, sizes, f"image_folder at {root!r}")
 
-    files, labels, shapes = [], [], []
+    files, labels, shapes, orientations = [], [], [], []
     for name, start, stop in pieces:
-        f, l, s, _, _ = scanned[name]
+        f, l, s, _, _, o, _, _ = scanned[name]
         files += f[start:stop]
         labels += l[start:stop]
         shapes += s[start:stop]
+        orientations += o[start:stop]
+    denied = [p for v in scanned.values() for p in v[6]]
+    denied_dirs = [p for v in scanned.values() for p in v[7]]
+    if denied or denied_dirs:
+        examples = ", ".join(repr(p) for p in (denied_dirs + denied)[:5])
+        logger.warning(
+            "image_folder: skipped %d file(s) or folder(s) that may not be read "
+            "(permission denied) under %r, e.g. %s%s; make them readable "
+            "(chmod -R a+rX) and they are used on the next load.",
+            len(denied) + len(denied_dirs), root, examples,
+            " ..." if len(denied) + len(denied_dirs) > 5 else "")
     bad = [p for v in scanned.values() for p in v[3]]
     if bad:
         examples = ", ".join(repr(p) for p in bad[:5])
         logger.warning(
-            "image_folder: skipped %d unreadable image file(s) (corrupt or empty) under %r, "
+            "image_folder: skipped %d unreadable image file(s) (corrupt, empty, or a "
+            "variant TensorFlow cannot decode such as animated WebP) under %r, "
             "e.g. %s%s", len(bad), root, examples, " ..." if len(bad) > 5 else "")
     large = [p for v in scanned.values() for p in v[4]]
     if large:
@@ -530,7 +641,8 @@ def _image_folder_source(data_dir, split, order=np.arange):
     if not files:
         raise ValueError(
             f"Split {split!r} of image_folder {root!r} has no readable images "
-            f"({len(bad)} unreadable, {len(large)} above the pixel limit). " + _LAYOUT_HELP)
+            f"({len(bad)} corrupt or empty, {len(denied)} permission denied, "
+            f"{len(large)} above the pixel limit). " + _LAYOUT_HELP)
     unique_shapes = set(shapes)
     image_shape = (*unique_shapes.pop(), 3) if len(unique_shapes) == 1 else None
     info = DatasetInfo(
@@ -539,20 +651,31 @@ def _image_folder_source(data_dir, split, order=np.arange):
         num_examples=len(files),
         num_classes=len(class_names),
         image_shape=image_shape,
-        skipped=len(bad),
+        skipped=len(bad) + len(denied),
         class_names=class_names,
         skipped_too_large=len(large),
     )
     perm = order(len(files))
-    records = tf.data.Dataset.from_tensor_slices({
+    columns = {
         "path": tf.constant([files[i] for i in perm], tf.string),
         "label": tf.constant([labels[i] for i in perm], tf.int64),
-    })
-    return Source(records=records, decode=_decode_file_record, info=info, cheap_records=True)
+    }
+    decode = _decode_file_record
+    if any(o != 1 for o in orientations):  # else the decode stays as plain as before
+        columns["orientation"] = tf.constant([orientations[i] for i in perm], tf.int32)
+        decode = _decode_oriented_file_record
+    records = tf.data.Dataset.from_tensor_slices(columns)
+    return Source(records=records, decode=decode, info=info, cheap_records=True)
 
 
 def _decode_file_record(record):
     return {"image": decode_image_bytes(tf.io.read_file(record["path"])),
+            "label": record["label"]}
+
+
+def _decode_oriented_file_record(record):
+    image = decode_image_bytes(tf.io.read_file(record["path"]))
+    return {"image": apply_orientation(image, record["orientation"]),
             "label": record["label"]}
 
 
