@@ -19,8 +19,8 @@ from PIL import Image
 import subprocs
 from simclr_tf import config as config_lib
 from simclr_tf import errors, runtime
+from simclr_tf.data import datasets, image_folder, image_header
 from simclr_tf.runtime.run_dir import RunDir
-from simclr_tf.data import datasets, image_header
 
 
 @pytest.fixture(autouse=True)
@@ -144,8 +144,8 @@ def test_decompression_bombs_are_skipped_undecoded_with_a_count(tmp_path, caplog
     (root / "train" / "cats" / "corrupt.jpg").write_bytes(UNREADABLE["corrupt.jpg"]())
     before = _snapshot(root)
     decoded = []
-    real = datasets._decode_shapes
-    monkeypatch.setattr(datasets, "_decode_shapes",
+    real = image_folder._decode_shapes
+    monkeypatch.setattr(image_folder, "_decode_shapes",
                         lambda paths: decoded.extend(paths) or real(paths))
     with caplog.at_level(logging.WARNING):
         ds, info = datasets.load("image_folder", "train", str(root))

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from simclr_tf.data import datasets
+from simclr_tf.data import datasets, image_folder
 from simclr_tf.data import offline
 
 PIL = pytest.importorskip("PIL.Image")
@@ -457,7 +457,7 @@ def test_image_folder_permission_denied_is_skipped_then_rechecked(
             raise PermissionError(13, "Permission denied", str(path))
         return real_open(path)
 
-    monkeypatch.setattr(datasets.os, "access", access)
+    monkeypatch.setattr(image_folder.os, "access", access)
     monkeypatch.setattr(image_header, "_open", open_)
     with caplog.at_level(logging.WARNING, logger="simclr_tf.data.datasets"):
         ds, info = datasets.load("image_folder", "train", data_dir=str(root))

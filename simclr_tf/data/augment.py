@@ -120,7 +120,7 @@ SMALL_IMAGE_MAX = 32
 #: Fraction of the shorter side kept by the evaluation centre crop.
 CROP_PROPORTION = 0.875
 
-_COLOR_JITTER_IMPLS = ("v1", "v2")
+COLOR_JITTER_IMPLS = ("v1", "v2")
 
 # Every function here is plain TensorFlow: Python `if`s only test Python values
 # (flags, dtypes, static shapes) and data-dependent choices use tf.cond /
@@ -473,8 +473,8 @@ def color_jitter(image, seed, strength=1.0, impl="v2", random_order=True):
     Returns:
       float32 [H, W, 3] image in [0, 1].
     """
-    if impl not in _COLOR_JITTER_IMPLS:
-        raise ValueError(f"color_jitter_impl must be one of {_COLOR_JITTER_IMPLS}, got {impl!r}")
+    if impl not in COLOR_JITTER_IMPLS:
+        raise ValueError(f"color_jitter_impl must be one of {COLOR_JITTER_IMPLS}, got {impl!r}")
     image = _to_float_image(image)
     b = c = s = 0.8 * float(strength)
     h = 0.2 * float(strength)
@@ -539,8 +539,8 @@ def random_color_distortion(
     Returns:
       float32 [H, W, 3] image in [0, 1].
     """
-    if impl not in _COLOR_JITTER_IMPLS:
-        raise ValueError(f"color_jitter_impl must be one of {_COLOR_JITTER_IMPLS}, got {impl!r}")
+    if impl not in COLOR_JITTER_IMPLS:
+        raise ValueError(f"color_jitter_impl must be one of {COLOR_JITTER_IMPLS}, got {impl!r}")
     image = _to_float_image(image)
     jitter_apply_seed, gray_seed, jitter_seed = _split(seed, 3)
     image = tf.cond(
@@ -1020,9 +1020,9 @@ def preprocess_for_train(
     >>> view.shape
     TensorShape([32, 32, 3])
     """
-    if color_jitter_impl not in _COLOR_JITTER_IMPLS:
+    if color_jitter_impl not in COLOR_JITTER_IMPLS:
         raise ValueError(
-            f"color_jitter_impl must be one of {_COLOR_JITTER_IMPLS}, got {color_jitter_impl!r}"
+            f"color_jitter_impl must be one of {COLOR_JITTER_IMPLS}, got {color_jitter_impl!r}"
         )
     if augmentations is None:
         augmentations = (("crop",) if crop else ()) + (("flip",) if flip else ()) + (

@@ -26,6 +26,8 @@ import struct
 
 import tensorflow as tf
 
+from simclr_tf.files import is_remote
+
 MAX_PIXELS_ENV = "SIMCLR_TF_MAX_IMAGE_PIXELS"
 DEFAULT_MAX_PIXELS = 50_000_000
 
@@ -57,7 +59,7 @@ def max_image_pixels():
 
 
 def _open(path):
-    return tf.io.gfile.GFile(path, "rb") if "://" in path else open(path, "rb")
+    return tf.io.gfile.GFile(path, "rb") if is_remote(path) else open(path, "rb")
 
 
 def image_size(path):

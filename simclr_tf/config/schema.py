@@ -1,62 +1,24 @@
-"""Typed experiment configuration: one flat schema, read in sections.
-
-:class:`Config` holds every setting of a run. Its field names are the
-command-line flag names of ``python -m simclr_tf.run`` (they follow the
-official google-research/simclr ``tf2/run.py`` names so users can move over)
-and the keys of the YAML files in ``configs/``: one key, one flag, one YAML
-line, one row in the README's flag table (generated from :func:`flag_table`).
-
-The rest of the package reads a run's settings in sections, each a small
-frozen dataclass holding what one part needs, with the values derived from
-other keys computed here and nowhere else:
-
-=================  ==========================================================
-``cfg.data``       :class:`DataConfig`: dataset, splits, image size, batches,
-                   label subset (read by the input pipelines)
-``cfg.augment``    :class:`AugmentConfig`: the two views' op lists and colour
-                   strength, with the image-size preset resolved
-``cfg.model``      :class:`ModelConfig`: encoder and heads (``cifar_stem``
-                   derived from the image size)
-``cfg.loss``       :class:`LossConfig`: contrastive, probe and distillation
-                   loss settings
-``cfg.optim``      :class:`OptimConfig`: optimizer, learning rate, schedule
-                   length
-``cfg.runtime``    the flat config itself: mode, model_dir, checkpoints and
-                   devices are read by the runtime, which sees everything
-=================  ==========================================================
-
-The image-size rule (<= 32 px is the CIFAR setting) is
-:func:`simclr_tf.data.augment.is_small_image`; steps per epoch, total steps
-and warm-up steps are :func:`simclr_tf.optimizers.step_counts`.
-
-Precedence, lowest first: the defaults below < the ``--config`` YAML file <
-flags given on the command line. Validation happens before any work: unknown
-keys and invalid values raise :class:`ConfigError` naming the key, the value
-and what is allowed.
-The config checks types and values only: it loads no data and no model
-(the teacher of a distillation run is checked when the run loads it).
-"""
+"""The schema of a run's settings: :class:`Config`, one field per flag and YAML key."""
 
 import dataclasses
-import difflib
 import math
 import os
-from typing import Optional, Tuple
-
-import yaml
+from typing import Optional
 
 from simclr_tf import files
+from simclr_tf.config.sections import (AugmentConfig, DataConfig, LossConfig, ModelConfig,
+                                       OptimConfig, section)
 from simclr_tf.data import augment
 from simclr_tf.errors import ConfigError
 from simclr_tf.models.projection_head import PROJ_HEAD_MODES
+from simclr_tf.models.resnet import BLOCK_CONFIGS
+from simclr_tf.optimizers import LR_SCALINGS, OPTIMIZERS
 
 DATASET_SHORTCUTS = ("offline_shapes", "image_folder")
 MODES = ("train", "eval", "train_then_eval", "export")
 TRAIN_MODES = ("pretrain", "finetune", "distill")
-OPTIMIZERS = ("lars", "momentum", "adam")
-LR_SCALINGS = ("linear", "sqrt")
-RESNET_DEPTHS = (18, 34, 50, 101, 152, 200)
-COLOR_JITTER_IMPLS = ("v1", "v2")
+RESNET_DEPTHS = tuple(BLOCK_CONFIGS)
+COLOR_JITTER_IMPLS = augment.COLOR_JITTER_IMPLS
 NONFINITE_POLICIES = ("stop", "skip")
 PRECISIONS = ("float32", "bfloat16")
 JIT_COMPILE = ("auto", "true", "false")
@@ -347,7 +309,7 @@ class Config:
 
     @property
     def data(self):
-        return _section(DataConfig, self)
+        return section(DataConfig, self)
 
     @property
     def augment(self):
@@ -359,15 +321,15 @@ class Config:
 
     @property
     def model(self):
-        return _section(ModelConfig, self, cifar_stem=self.cifar_stem)
+        return section(ModelConfig, self, cifar_stem=self.cifar_stem)
 
     @property
     def loss(self):
-        return _section(LossConfig, self)
+        return section(LossConfig, self)
 
     @property
     def optim(self):
-        return _section(OptimConfig, self)
+        return section(OptimConfig, self)
 
     @property
     def runtime(self):
@@ -381,186 +343,3 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-
-
-# Sections ---------------------------------------------------------------
-def _section(cls, cfg, **derived):
-    """``cls`` filled from the same-named keys of ``cfg`` plus ``derived``."""
-    names = [f.name for f in dataclasses.fields(cls) if f.name not in derived]
-    return cls(**{n: getattr(cfg, n) for n in names}, **derived)
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """What the input pipelines read."""
-
-    dataset: str
-    data_dir: Optional[str]
-    train_split: str
-    eval_split: str
-    image_size: int
-    cache_dataset: bool
-    train_batch_size: int
-    eval_batch_size: int
-    seed: int
-    label_fraction: float
-    label_subset_file: Optional[str]
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """The pretraining views: op names per view (see simclr_tf.data.augment.OPS)."""
-
-    image_size: int
-    view1: Tuple[str, ...]
-    view2: Tuple[str, ...]
-    color_jitter_strength: float
-    color_jitter_impl: str
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    """Encoder and heads (simclr_tf.models.simclr_model.build_model)."""
-
-    resnet_depth: int
-    width_multiplier: float
-    sk_ratio: float
-    cifar_stem: bool
-    batch_norm_decay: float
-    global_bn: bool
-    proj_head_mode: str
-    proj_out_dim: int
-    num_proj_layers: int
-    ft_proj_selector: int
-    fine_tune_after_block: int
-    zero_init_logits_layer: bool
-    train_mode: str
-    precision: str
-
-
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-    """The objectives' settings (simclr_tf.tasks)."""
-
-    temperature: float
-    hidden_norm: bool
-    lineareval_while_pretraining: bool
-    distill_temperature: float
-    distill_label_weight: float
-    weight_decay: float
-    optimizer: str
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    """Optimizer and learning-rate schedule (simclr_tf.optimizers)."""
-
-    optimizer: str
-    learning_rate: float
-    learning_rate_scaling: str
-    warmup_epochs: float
-    weight_decay: float
-    momentum: float
-    train_epochs: int
-    train_steps: int
-
-
-def _coerce(name, value):
-    """Converts a YAML/flag value to the field's type, or raises ConfigError."""
-    field_type = FIELDS[name].type
-    if value is None:
-        return None
-    base = field_type
-    origin = getattr(base, "__args__", None)
-    if origin:  # Optional[T]
-        base = [t for t in origin if t is not type(None)][0]
-    if name in AUGMENTATION_KEYS and isinstance(value, (list, tuple)):
-        value = ",".join(map(str, value)) or NO_AUGMENTATION  # YAML list
-    try:
-        if base is str and isinstance(value, bool) and "true" in (
-                FIELDS[name].metadata["choices"] or ()):
-            return "true" if value else "false"  # YAML `jit_compile: true`
-        if base is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
-                return value.lower() in ("true", "1")
-            raise ValueError
-        if base is int:
-            if isinstance(value, bool):
-                raise ValueError
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if base is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"Invalid value {value!r} for '{name}': expected {base.__name__}.") from None
-
-
-def from_dict(values, base=None):
-    """Returns ``base`` (default: the defaults) updated with ``values``.
-
-    Raises ConfigError for unknown keys, naming the closest known key.
-    """
-    base = base or Config()
-    changes = {}
-    for key, value in (values or {}).items():
-        if key not in FIELDS:
-            close = difflib.get_close_matches(key, FIELDS, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"Unknown config key '{key}'.{hint} Known keys are "
-                              "listed in the README's flag table.")
-        changes[key] = _coerce(key, value)
-    return dataclasses.replace(base, **changes)
-
-
-def load_yaml(path):
-    """Reads a YAML experiment file into a dict, with clear errors."""
-    if not files.exists(path):
-        hint = "" if files.is_remote(path) else (
-            " Pass --config=PATH.yaml with an existing file (see configs/).")
-        raise ConfigError(f"Config file not found: {path!r}.{hint}")
-    text = files.read_text(path)
-    try:
-        values = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"Config file {path!r} is not valid YAML: {e}") from None
-    if values is None:
-        return {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"Config file {path!r} must hold a mapping of keys to "
-                          f"values, not a {type(values).__name__}.")
-    return values
-
-
-def resolve(config_path=None, overrides=None):
-    """Defaults < YAML file < ``overrides`` (the flags given), validated."""
-    cfg = Config()
-    if config_path:
-        cfg = from_dict(load_yaml(config_path), cfg)
-    cfg = from_dict(overrides or {}, cfg)
-    return cfg.validate()
-
-
-def save_yaml(cfg, path):
-    """Writes the resolved config atomically (see simclr_tf.files.atomic_write)."""
-    files.atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def flag_table():
-    """Markdown table of every flag: name, default, allowed values, help."""
-    rows = ["| flag | default | allowed | meaning |", "|---|---|---|---|"]
-    for f in dataclasses.fields(Config):
-        meta = f.metadata
-        allowed = ", ".join(map(str, meta["choices"])) if meta["choices"] else ""
-        if meta["minimum"] is not None:
-            allowed = (">" if meta["exclusive_min"] else ">=") + f" {meta['minimum']}"
-        rows.append(f"| `--{f.name}` | `{f.default}` | {allowed} | {meta['help']} |")
-    rows.append("| `--config` | | path | YAML file of the keys above; flags given "
-                "on the command line override it. |")
-    return "\n".join(rows)

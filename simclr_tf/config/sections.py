@@ -1,0 +1,85 @@
+"""The sections of a config: what each part of the package reads (see simclr_tf.config)."""
+
+import dataclasses
+from typing import Optional, Tuple
+
+
+def section(cls, cfg, **derived):
+    """``cls`` filled from the same-named keys of ``cfg`` plus ``derived``."""
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in derived]
+    return cls(**{n: getattr(cfg, n) for n in names}, **derived)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """What the input pipelines read."""
+
+    dataset: str
+    data_dir: Optional[str]
+    train_split: str
+    eval_split: str
+    image_size: int
+    cache_dataset: bool
+    train_batch_size: int
+    eval_batch_size: int
+    seed: int
+    label_fraction: float
+    label_subset_file: Optional[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """The pretraining views: op names per view (see simclr_tf.data.augment.OPS)."""
+
+    image_size: int
+    view1: Tuple[str, ...]
+    view2: Tuple[str, ...]
+    color_jitter_strength: float
+    color_jitter_impl: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Encoder and heads (simclr_tf.models.simclr_model.build_model)."""
+
+    resnet_depth: int
+    width_multiplier: float
+    sk_ratio: float
+    cifar_stem: bool
+    batch_norm_decay: float
+    global_bn: bool
+    proj_head_mode: str
+    proj_out_dim: int
+    num_proj_layers: int
+    ft_proj_selector: int
+    fine_tune_after_block: int
+    zero_init_logits_layer: bool
+    train_mode: str
+    precision: str
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """The objectives' settings (simclr_tf.tasks)."""
+
+    temperature: float
+    hidden_norm: bool
+    lineareval_while_pretraining: bool
+    distill_temperature: float
+    distill_label_weight: float
+    weight_decay: float
+    optimizer: str
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and learning-rate schedule (simclr_tf.optimizers)."""
+
+    optimizer: str
+    learning_rate: float
+    learning_rate_scaling: str
+    warmup_epochs: float
+    weight_decay: float
+    momentum: float
+    train_epochs: int
+    train_steps: int

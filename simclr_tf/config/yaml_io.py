@@ -1,0 +1,111 @@
+"""Configs from YAML files and flags, back to YAML, and the README's flag table."""
+
+import dataclasses
+import difflib
+
+import yaml
+
+from simclr_tf import files
+from simclr_tf.config.schema import AUGMENTATION_KEYS, FIELDS, NO_AUGMENTATION, Config
+from simclr_tf.errors import ConfigError
+
+
+def _coerce(name, value):
+    """Converts a YAML/flag value to the field's type, or raises ConfigError."""
+    field_type = FIELDS[name].type
+    if value is None:
+        return None
+    base = field_type
+    origin = getattr(base, "__args__", None)
+    if origin:  # Optional[T]
+        base = [t for t in origin if t is not type(None)][0]
+    if name in AUGMENTATION_KEYS and isinstance(value, (list, tuple)):
+        value = ",".join(map(str, value)) or NO_AUGMENTATION  # YAML list
+    try:
+        if base is str and isinstance(value, bool) and "true" in (
+                FIELDS[name].metadata["choices"] or ()):
+            return "true" if value else "false"  # YAML `jit_compile: true`
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+                return value.lower() in ("true", "1")
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"Invalid value {value!r} for '{name}': expected {base.__name__}.") from None
+
+
+def from_dict(values, base=None):
+    """Returns ``base`` (default: the defaults) updated with ``values``.
+
+    Raises ConfigError for unknown keys, naming the closest known key.
+    """
+    base = base or Config()
+    changes = {}
+    for key, value in (values or {}).items():
+        if key not in FIELDS:
+            close = difflib.get_close_matches(key, FIELDS, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"Unknown config key '{key}'.{hint} Known keys are "
+                              "listed in the README's flag table.")
+        changes[key] = _coerce(key, value)
+    return dataclasses.replace(base, **changes)
+
+
+def load_yaml(path):
+    """Reads a YAML experiment file into a dict, with clear errors."""
+    if not files.exists(path):
+        hint = "" if files.is_remote(path) else (
+            " Pass --config=PATH.yaml with an existing file (see configs/).")
+        raise ConfigError(f"Config file not found: {path!r}.{hint}")
+    text = files.read_text(path)
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"Config file {path!r} is not valid YAML: {e}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"Config file {path!r} must hold a mapping of keys to "
+                          f"values, not a {type(values).__name__}.")
+    return values
+
+
+def resolve(config_path=None, overrides=None):
+    """Defaults < YAML file < ``overrides`` (the flags given), validated."""
+    cfg = Config()
+    if config_path:
+        cfg = from_dict(load_yaml(config_path), cfg)
+    cfg = from_dict(overrides or {}, cfg)
+    return cfg.validate()
+
+
+def save_yaml(cfg, path):
+    """Writes the resolved config atomically (see simclr_tf.files.atomic_write)."""
+    files.atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def flag_table():
+    """Markdown table of every flag: name, default, allowed values, help."""
+    rows = ["| flag | default | allowed | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(Config):
+        meta = f.metadata
+        allowed = ", ".join(map(str, meta["choices"])) if meta["choices"] else ""
+        if meta["minimum"] is not None:
+            allowed = (">" if meta["exclusive_min"] else ">=") + f" {meta['minimum']}"
+        rows.append(f"| `--{f.name}` | `{f.default}` | {allowed} | {meta['help']} |")
+    rows.append("| `--config` | | path | YAML file of the keys above; flags given "
+                "on the command line override it. |")
+    return "\n".join(rows)
