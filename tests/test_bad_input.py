@@ -406,6 +406,21 @@ def test_unwritable_model_dir_through_the_cli_fails_in_one_line(tmp_path):
     assert blocker.read_text() == "precious"
 
 
+@pytest.mark.slow
+def test_eval_without_a_checkpoint_is_refused_and_writes_nothing(tmp_path):
+    """--mode=eval must never report (or export) a randomly initialised model."""
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()
+    (model_dir / "notes.txt").write_text("precious")
+    child = subprocs.run([f"--config={subprocs.SMOKE}", "--mode=eval",
+                          f"--model_dir={model_dir}"], str(tmp_path), "cli", timeout=300,
+                         check=False)
+    assert child.proc.returncode == 2, child.stderr
+    assert "Nothing to evaluate" in child.stderr and str(model_dir) in child.stderr
+    assert "Traceback" not in child.stderr and "result:" not in child.stdout
+    assert sorted(os.listdir(model_dir)) == ["notes.txt"]  # no config.yaml, export
+
+
 def test_model_dir_of_an_incompatible_run_is_refused(tmp_path):
     old = _cfg(tmp_path, dataset="offline_shapes", resnet_depth=18)
     directory = os.path.join(old.model_dir, "checkpoints")
@@ -418,8 +433,54 @@ def test_model_dir_of_an_incompatible_run_is_refused(tmp_path):
     before = _snapshot(old.model_dir)
     with pytest.raises(errors.RunError, match=r"resnet_depth: 18 -> 34.*new --model_dir"):
         _check_model_dir(old.replace(resnet_depth=34))
-    _check_model_dir(old.replace(learning_rate=0.1))  # compatible: resumes
+    _check_model_dir(old.replace(eval_batch_size=7))  # compatible: resumes
     assert _snapshot(old.model_dir) == before
+
+
+def _run_in_progress(tmp_path, **settings):
+    """A model_dir with config.yaml and a checkpoint, as a run in progress leaves it."""
+    old = _cfg(tmp_path, dataset="offline_shapes", **settings)
+    directory = os.path.join(old.model_dir, "checkpoints")
+    os.makedirs(directory)
+    config_lib.save_yaml(old, os.path.join(old.model_dir, "config.yaml"))
+    with open(os.path.join(directory, "ckpt-1.index"), "wb") as f:
+        f.write(b"index")
+    return old
+
+
+@pytest.mark.parametrize("change", [
+    dict(train_batch_size=8), dict(seed=3), dict(train_split="train[:50%]"),
+    dict(augmentations="crop,color"), dict(color_jitter_strength=1.0),
+    dict(learning_rate=0.1), dict(warmup_epochs=2.0), dict(learning_rate_scaling="sqrt"),
+    dict(weight_decay=0.5), dict(temperature=0.7), dict(label_fraction=0.5),
+    dict(train_steps=1), dict(train_steps=0, train_epochs=9)])
+def test_resuming_with_other_settings_is_refused_naming_the_key(tmp_path, change):
+    old = _run_in_progress(tmp_path)
+    before = _snapshot(old.model_dir)
+    with pytest.raises(errors.RunError) as info:
+        _check_model_dir(old.replace(**change))
+    message = str(info.value)
+    key = "the views" if "augment" in next(iter(change)) or "color" in next(
+        iter(change)) else next(iter(change))
+    assert key in message, message
+    if key != "the views":
+        assert f"{getattr(old, key)!r} -> {change[key]!r}" in message, message
+    assert "new --model_dir" in message and f"--checkpoint={old.model_dir}" in message
+    assert _snapshot(old.model_dir) == before  # config.yaml untouched
+
+
+def test_resuming_may_lengthen_the_run_or_change_where_outputs_go(tmp_path, caplog):
+    old = _run_in_progress(tmp_path)  # train_steps=2
+    same_views = old.replace(augmentations="crop,flip,color")  # the default, spelt out
+    for ok in (same_views, old.replace(log_every_steps=1, checkpoint_steps=1,
+                                       eval_split="test[:10]", keep_checkpoint_max=2,
+                                       jit_compile="false", nonfinite_policy="skip")):
+        _check_model_dir(ok)
+    with caplog.at_level(logging.WARNING):
+        _check_model_dir(old.replace(train_steps=5))
+    assert "longer run (train_steps 2 -> 5" in caplog.text
+    with pytest.raises(errors.RunError, match="train_steps: 2 -> 1"):
+        _check_model_dir(old.replace(train_steps=1))  # shortening is not resuming
 
 
 # --------------------------------------------------------------- SavedModels

@@ -19,6 +19,7 @@ import os
 import time
 
 import tensorflow as tf
+from absl import logging
 
 from simclr_tf import config as config_lib
 from simclr_tf import files
@@ -32,11 +33,21 @@ RESULT = "result.json"
 TRAIN_EVENTS = "train"
 EVAL_EVENTS = "eval"
 
-# Keys whose change makes an existing checkpoint meaningless for a run.
-MODEL_KEYS = ("train_mode", "resnet_depth", "width_multiplier", "sk_ratio",
-              "proj_head_mode", "proj_out_dim", "num_proj_layers", "image_size",
-              "dataset", "optimizer", "label_fraction", "label_subset_file",
-              "teacher_checkpoint")
+# Resuming a run in progress with other settings. Every key not listed here
+# is fixed for the life of a run: the model, the data and its order (dataset,
+# split, seed, batch size, augmentations, label subset), the objective and the
+# optimizer with its schedule. These may change on a resume: where the outputs
+# go and how often, how the steps run on the hardware, and evaluation.
+RESUME_FREE_KEYS = (
+    "mode", "model_dir", "data_dir", "eval_split", "eval_batch_size", "cache_dataset",
+    "checkpoint", "checkpoint_epochs", "checkpoint_steps", "keep_checkpoint_max",
+    "log_every_steps", "nonfinite_policy", "deterministic", "use_tpu", "tpu_name",
+    "precision", "jit_compile", "feature_linear_eval")
+# The run's length may grow (in the same unit); the schedule then decays over
+# the new length from the step the run resumes at.
+RESUME_LENGTH_KEYS = ("train_steps", "train_epochs")
+_AUGMENT_KEYS = ("augmentations", "view1_augmentations", "view2_augmentations",
+                 "use_blur", "color_jitter_strength", "color_jitter_impl")
 
 
 class RunDir:
@@ -88,22 +99,61 @@ class RunDir:
                            f"on {parent!r}). Pass a writable --model_dir.")
 
     def has_checkpoint(self):
-        return bool(tf.train.latest_checkpoint(self.checkpoints))
+        """Whether checkpoints/ holds a checkpoint (its index file; the state file may be lost)."""
+        return bool(tf.io.gfile.glob(os.path.join(self.checkpoints, "*.index")))
 
     def check_compatible(self, cfg):
-        """Refuses to train on checkpoints that an incompatible config wrote. Reads only."""
+        """Refuses to continue a run in progress with settings it was not started with.
+
+        Applies when ``model_dir`` holds a checkpoint and its ``config.yaml``
+        and ``cfg`` trains. Keys of :data:`RESUME_FREE_KEYS` may change; the
+        run's length (``train_steps`` / ``train_epochs``) may grow in the same
+        unit, with a warning that the cosine schedule now ends later; any other
+        change raises :class:`RunError` naming each key, its old and new value,
+        and the way out. Reads only: nothing in model_dir is touched.
+        """
         saved = self.join(CONFIG)
         if cfg.mode not in ("train", "train_then_eval") or not (
                 files.exists(saved) and self.has_checkpoint()):
             return
-        old = config_lib.load_yaml(saved)
-        diffs = [f"{k}: {old.get(k)!r} -> {getattr(cfg, k)!r}" for k in MODEL_KEYS
-                 if k in old and old[k] != getattr(cfg, k)]
+        old_values = config_lib.load_yaml(saved)
+        try:
+            old = config_lib.from_dict(old_values)
+        except config_lib.ConfigError:  # written by another version: compare raw values
+            old = None
+        diffs = []
+        for key, value in old_values.items():
+            if key in RESUME_FREE_KEYS or key in _AUGMENT_KEYS or key not in config_lib.FIELDS:
+                continue
+            new = getattr(cfg, key)
+            if value == new or (key in RESUME_LENGTH_KEYS and self._lengthens(old_values, cfg)):
+                continue
+            diffs.append(f"{key}: {value!r} -> {new!r}")
+        if old is not None and old.augment != cfg.augment:
+            diffs.append(f"the views: {_views(old)} -> {_views(cfg)}")
         if diffs:
             raise RunError(
-                f"model_dir {self.path!r} holds checkpoints of a run with a different "
-                f"config ({'; '.join(diffs)}). Use a new --model_dir, or rerun with the "
-                "same settings to resume.")
+                f"model_dir {self.path!r} holds checkpoints of a run with other settings "
+                f"({'; '.join(diffs)}). Resuming would continue that run with a different "
+                "meaning. To resume, rerun with its settings "
+                f"(--config={saved}); to start over, use a new --model_dir (with "
+                f"--checkpoint={self.path} to start from its weights).")
+        if any(old_values.get(k, getattr(cfg, k)) != getattr(cfg, k)
+               for k in RESUME_LENGTH_KEYS):
+            logging.warning(
+                "Resuming %s with a longer run (train_steps %s -> %s, train_epochs %s -> "
+                "%s): the warm-up + cosine schedule now decays to 0 at the new last step, "
+                "so from the resumed step on the learning rate follows the longer schedule.",
+                self.path, old_values.get("train_steps"), cfg.train_steps,
+                old_values.get("train_epochs"), cfg.train_epochs)
+
+    @staticmethod
+    def _lengthens(old_values, cfg):
+        """Whether ``cfg`` only makes the run longer, in the unit the old run used."""
+        old_steps = old_values.get("train_steps", 0) or 0
+        if old_steps > 0:
+            return cfg.train_steps >= old_steps
+        return cfg.train_steps == 0 and cfg.train_epochs >= old_values.get("train_epochs", 0)
 
     # ------------------------------------------------------------ writing
     def makedirs(self):
@@ -122,6 +172,13 @@ class RunDir:
 
     def train_log(self, resume_step):
         return TrainLog(self.join(TRAIN_LOG), resume_step)
+
+
+def _views(cfg):
+    view1, view2 = cfg.view_augmentations
+    return (f"view1={','.join(view1) or 'none'} view2={','.join(view2) or 'none'} "
+            f"color_jitter_strength={cfg.resolved_color_jitter_strength} "
+            f"color_jitter_impl={cfg.color_jitter_impl}")
 
 
 def read_train_log(path):
