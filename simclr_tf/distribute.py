@@ -128,6 +128,13 @@ def sum_over_replicas(strategy, values):
     return strategy.experimental_local_results(per_replica)[0].numpy()
 
 
+def any_worker(strategy, flag):
+    """Whether ``flag`` is true on any worker (a collective on several workers)."""
+    if num_workers(strategy) == 1:
+        return bool(flag)
+    return sum_over_replicas(strategy, [1.0 if flag else 0.0])[0] > 0
+
+
 def sync_workers(strategy):
     """Returns when every worker has called it (no-op on one worker)."""
     if num_workers(strategy) > 1:

@@ -19,6 +19,16 @@ class RunError(RuntimeError):
     """A run that cannot go on; the message says why and what to do."""
 
 
+class Preempted(RunError):
+    """The run was asked to stop (SIGTERM) and saved a checkpoint at its current step.
+
+    Rerunning the same command resumes at that step. ``exit_code`` is the
+    conventional status of a process ended by SIGTERM (128 + 15).
+    """
+
+    exit_code = 143
+
+
 class NotSimCLRExportError(ValueError):
     """A path exists but does not hold a ``simclr_tf`` export.
 

@@ -22,7 +22,7 @@ from absl import app, flags, logging  # noqa: E402
 
 from simclr_tf import config as config_lib  # noqa: E402
 from simclr_tf import distribute, runtime  # noqa: E402
-from simclr_tf.errors import ConfigError, RunError, short_tf_error  # noqa: E402
+from simclr_tf.errors import ConfigError, Preempted, RunError, short_tf_error  # noqa: E402
 from simclr_tf.runtime.run_dir import RunDir  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -120,6 +120,9 @@ def main(argv):
         if exp.is_chief and cfg.mode != "train":
             print("exported:", " ".join(runtime.export(exp).values()))
         distribute.sync_workers(exp.strategy)  # no worker exits while the chief still writes
+    except Preempted as e:
+        print(f"simclr_tf.run: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except RunError as e:
         fail(str(e))
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError) as e:

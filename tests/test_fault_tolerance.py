@@ -9,6 +9,7 @@ must be bit-identical to the uninterrupted run's (determinism).
 
 import json
 import os
+import signal
 import shutil
 
 import numpy as np
@@ -98,6 +99,50 @@ def test_sigkill_mid_epoch_then_rerun_matches_an_uninterrupted_run(uninterrupted
     ref_ckpt, got_ckpt = _checkpoint_tensors(ref_dir), _checkpoint_tensors(model_dir)
     assert ref_ckpt.keys() == got_ckpt.keys()
     assert any("moving_variance" in k for k in got_ckpt)  # BN statistics are saved
+    for key in ref_ckpt:
+        np.testing.assert_array_equal(got_ckpt[key], ref_ckpt[key], err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def preempted(tmp_path_factory):
+    """A run sent SIGTERM after step 4 (between checkpoints 3 and 6), then rerun."""
+    root = str(tmp_path_factory.mktemp("preempted"))
+    model_dir = os.path.join(root, "run")
+    flags = RUN_FLAGS + [f"--model_dir={model_dir}"]
+    first = subprocs.Child(flags, root, "terminated")
+    try:
+        subprocs.wait_until(lambda: any(s >= 4 for s in subprocs.logged_steps(model_dir)),
+                            timeout=600, children=[first])
+        first.proc.send_signal(signal.SIGTERM)
+        first.wait(300)
+    finally:
+        subprocs.stop([first])
+    saved = sorted(int(name[len("ckpt-"):-len(".index")]) for name in os.listdir(
+        os.path.join(model_dir, "checkpoints")) if name.endswith(".index"))
+    resumed = subprocs.run(flags, root, "resumed")
+    return dict(model_dir=model_dir, first=first, saved=saved, resumed=resumed)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_current_step_and_the_rerun_continues_exactly(uninterrupted,
+                                                                        preempted):
+    """Preemption loses nothing: the checkpoint is at the step SIGTERM reached (not
+    the last multiple of checkpoint_steps), and the rerun matches a run never stopped."""
+    first = preempted["first"]
+    assert first.proc.returncode == 143, first.describe()
+    stopped_at = preempted["saved"][-1]
+    assert stopped_at >= 4 and stopped_at % 3 != 0, preempted["saved"]
+    assert f"Stopped by SIGTERM at step {stopped_at} of {TOTAL_STEPS}" in first.stderr
+    assert "Traceback" not in first.stderr
+    log = preempted["resumed"].stderr
+    assert f"ckpt-{stopped_at} at step {stopped_at}" in log
+    ref_dir, _ = uninterrupted
+    got_log = subprocs.read_log(preempted["model_dir"])
+    assert [e["step"] for e in got_log] == list(range(1, TOTAL_STEPS + 1))
+    for ref, got in zip(subprocs.read_log(ref_dir), got_log):
+        assert got["loss"] == ref["loss"], (ref["step"], ref["loss"], got["loss"])
+    ref_ckpt = _checkpoint_tensors(ref_dir)
+    got_ckpt = _checkpoint_tensors(preempted["model_dir"])
     for key in ref_ckpt:
         np.testing.assert_array_equal(got_ckpt[key], ref_ckpt[key], err_msg=key)
 

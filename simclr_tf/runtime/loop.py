@@ -7,23 +7,57 @@ then works under the default strategy, ``MirroredStrategy``, ``TPUStrategy``
 and ``MultiWorkerMirroredStrategy`` (where Keras 3's ``fit`` has known
 failures), it resumes at an exact step, and the host only synchronises at
 log and checkpoint points.
+
+Preemption (Cloud TPU and preemptible VMs, Kubernetes): a SIGTERM during
+:func:`train` lets the current chunk of steps finish (at most
+``log_every_steps``), saves a checkpoint at that step on every worker (they
+agree through a collective, so all save the same step) and raises
+:class:`~simclr_tf.errors.Preempted`; rerunning the same command resumes
+there exactly, as from any checkpoint.
 """
 
+import contextlib
 import math
+import signal
+import threading
 
 import tensorflow as tf
 from absl import logging
 
 from simclr_tf import distribute, linear_eval
-from simclr_tf.errors import RunError
+from simclr_tf.errors import Preempted, RunError
 from simclr_tf.export import writer
 from simclr_tf.runtime import steps as steps_lib
 from simclr_tf.runtime.report import TrainReport
 from simclr_tf.runtime.run_dir import EVAL_EVENTS
 
 
+@contextlib.contextmanager
+def _sigterm_flag():
+    """A dict whose ``"set"`` turns true on SIGTERM while the block runs (main thread only)."""
+    flag = {"set": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag["set"] = True
+        logging.warning("SIGTERM: saving a checkpoint at the end of the current steps.")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def train(exp):
     """Trains ``exp`` (a :class:`~simclr_tf.runtime.experiment.Experiment`) to its last step."""
+    with _sigterm_flag() as sigterm:
+        _train(exp, sigterm)
+
+
+def _train(exp, sigterm):
     cfg, model, ckpt = exp.cfg, exp.model, exp.checkpointer
     # 1. Where to start: this run's newest checkpoint, else --checkpoint, else scratch.
     logging.info("%s", ckpt.restore_for_training(cfg.checkpoint))
@@ -66,8 +100,11 @@ def train(exp):
                 "is kept. Lower --learning_rate, check the input data, or pass "
                 "--nonfinite_policy=skip to skip such steps.")
         report.write(first, step, logs)
-        if step % save_every == 0 or step == total:
-            ckpt.save(step)
+        saved = ckpt.save(step) if step % save_every == 0 or step == total else None
+        if step < total and distribute.any_worker(exp.strategy, sigterm["set"]):
+            raise Preempted(f"Stopped by SIGTERM at step {step} of {total}; saved "
+                            f"{saved or ckpt.save(step)}. Rerun the same command to "
+                            "resume there.")
     report.close()
     ckpt.remove_worker_scratch()
 
