@@ -8,6 +8,7 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 import struct
 import zlib
 
@@ -382,17 +383,70 @@ def test_unwritable_model_dir_is_refused(tmp_path, where):
     assert blocker.read_text() == "precious"
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0,
-                    reason="root may write to read-only directories")
+_READ_ONLY_CHECK = r"""
+import os, pwd, sys
+from simclr_tf.errors import RunError
+from simclr_tf.runtime.run_dir import RunDir
+if sys.argv[2]:  # drop root, who may write anywhere
+    user = pwd.getpwnam(sys.argv[2])
+    os.setgroups([])
+    os.setgid(user.pw_gid)
+    os.setuid(user.pw_uid)
+try:
+    RunDir(sys.argv[1]).check_writable()
+    print("ACCEPTED")
+except RunError as e:
+    print("REFUSED", e)
+"""
+
+
+@pytest.mark.slow
 def test_read_only_model_dir_is_refused(tmp_path):
-    parent = tmp_path / "ro"
-    parent.mkdir()
-    parent.chmod(0o555)
+    """Checked as an unprivileged user: CI runs as root, who may write anywhere."""
+    import pwd
+    import subprocess
+    import sys
+    import tempfile
+
+    user = ""
+    if os.geteuid() == 0:
+        user = next((n for n in ("nobody", "nfsnobody", "daemon") if _user_exists(pwd, n)),
+                    None)
+        if user is None:
+            pytest.skip("running as root and no unprivileged user exists")
+    base = tempfile.mkdtemp(prefix="simclr_ro_")  # tmp_path is private to root
     try:
-        with pytest.raises(errors.RunError, match="not writable"):
-            _check_model_dir(_cfg(tmp_path, model_dir=str(parent / "run")))
+        os.chmod(base, 0o755)
+        parent = os.path.join(base, "ro")
+        os.mkdir(parent, 0o555)
+        os.chmod(parent, 0o555)
+        env = dict(os.environ, PYTHONPATH=subprocs.REPO, TF_CPP_MIN_LOG_LEVEL="2")
+
+        def check(target):
+            proc = subprocess.run([sys.executable, "-c", _READ_ONLY_CHECK, target, user],
+                                  env=env, cwd=base, capture_output=True, text=True,
+                                  timeout=300)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            return proc.stdout
+
+        refused = check(os.path.join(parent, "run"))
+        assert refused.startswith("REFUSED") and "not writable" in refused, refused
+        assert parent in refused, refused
+        os.chmod(base, 0o777)
+        assert check(os.path.join(base, "elsewhere")).startswith("ACCEPTED")  # the same user may write there
+        assert os.listdir(parent) == []
     finally:
-        parent.chmod(0o755)
+        os.chmod(base, 0o755)
+        os.chmod(os.path.join(base, "ro"), 0o755)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _user_exists(pwd, name):
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
 
 
 @pytest.mark.slow

@@ -99,7 +99,12 @@ def test_train_then_eval_on_an_image_folder(tmp_path):
     with open(os.path.join(model_dir, "result.json")) as f:
         result = json.load(f)
     assert result["global_step"] == 6
-    assert result["top5"] == 1.0  # two classes
+    # 12 test images: accuracies are counts of them. The two classes differ in
+    # brightness, which frozen features separate even after 6 steps.
+    for key in ("top1", "top5"):
+        assert abs(result[key] * 12 - round(result[key] * 12)) < 1e-6, result
+    assert result["feature_linear_eval"]["num_eval"] == 12
+    assert result["feature_linear_eval"]["top1"] >= 10 / 12, result
     assert "skipped 1" in (proc.stdout + proc.stderr).lower()
 
 

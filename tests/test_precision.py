@@ -138,8 +138,23 @@ def test_bfloat16_train_step_matches_float32():
     grads16 = _gradients(model, batch)
     model.set_weights(reference.get_weights())  # undo the BN moving-average updates
 
+    start = [v.numpy().copy() for v in reference.trainable_variables]
     logs32 = _one_step(reference, batch)
     logs16 = _one_step(model, batch)
+    # The weight updates of the step agree (LARS scales each layer's update to
+    # its weight norm, so direction and size follow the gradients).
+    updated = 0
+    for w0, v32, v16 in zip(start, reference.trainable_variables, model.trainable_variables):
+        a, b = (v32.numpy() - w0).ravel(), (v16.numpy() - w0).ravel()
+        if np.linalg.norm(a) == 0:
+            assert np.linalg.norm(b) == 0, v16.path
+            continue
+        updated += 1
+        cosine = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+        assert cosine > 0.9, (v16.path, cosine)
+        np.testing.assert_allclose(np.linalg.norm(b), np.linalg.norm(a), rtol=0.15,
+                                   err_msg=v16.path)
+    assert updated > len(start) // 2
 
     assert all(np.isfinite(v) for v in logs16.values())
     assert all(v.dtype == "float32" for v in model.variables)

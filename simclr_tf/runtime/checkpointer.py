@@ -8,6 +8,10 @@ from absl import logging
 
 from simclr_tf.errors import RunError, short_tf_error
 
+# A trainable weight beyond this magnitude has diverged (a healthy SimCLR
+# network stays within ~10): such weights are never checkpointed, because the
+# next step would turn them non-finite.
+MAX_WEIGHT = 1e6
 # What --checkpoint loads into a new run: the backbone, not the heads.
 _PRETRAINED_PARTS = ("encoder", "projection_head")
 
@@ -186,13 +190,22 @@ class Checkpointer:
 
     # --------------------------------------------------------------- saving
     def save(self, step):
-        """Saves at ``step`` after checking that no weight diverged."""
-        bad = [v.path for v in self.model.weights
-               if not bool(tf.reduce_all(tf.math.is_finite(v)))]
-        if bad:
+        """Saves at ``step`` after checking that no weight diverged.
+
+        Non-finite weights (BN statistics included) and trainable weights above
+        :data:`MAX_WEIGHT` in magnitude stop the run instead.
+        """
+        trainable = {id(v) for v in self.model.trainable_variables}
+        for v in self.model.weights:
+            if not bool(tf.reduce_all(tf.math.is_finite(v))):
+                what = "became non-finite"
+            elif id(v) in trainable and float(tf.reduce_max(tf.abs(v))) > MAX_WEIGHT:
+                what = f"diverged (|w| > {MAX_WEIGHT:g})"
+            else:
+                continue
             raise RunError(
-                f"Weights became non-finite at step {step} (e.g. {bad[0]}), so no "
-                "checkpoint was written. Training stopped; the last good checkpoint "
+                f"Weights {what} at step {step} (e.g. {v.path}), so no checkpoint was "
+                "written. Training stopped; the last good checkpoint "
                 f"({self.latest or 'none yet'}) is kept. Lower --learning_rate or check "
                 "the input data.")
         return self.manager.save(checkpoint_number=step)
