@@ -366,10 +366,18 @@ def _bn_leaves(official, ours, where):
 
 
 def _map_scope_layers(layers, our_names, where, kind):
-    if len(layers) != len(our_names):
+    if len(layers) > len(our_names):
+        extra = [n for leaves in layers[len(our_names):] for n in sorted(leaves.values())]
         raise ConversionError(
-            f"{where}: the official export has {len(layers)} {kind} layer(s), the "
-            f"matching simclr_tf layout has {len(our_names)} ({', '.join(our_names)}).")
+            f"Cannot place official variable {extra[0]!r}: {where} has {len(layers)} "
+            f"{kind} layer(s) where the official layout that simclr_tf rebuilds has "
+            f"{len(our_names)}" + (f" (also unplaced: {', '.join(extra[1:])})"
+                                   if len(extra) > 1 else "") + ".")
+    if len(layers) < len(our_names):
+        raise ConversionError(
+            f"No official variable fills the simclr_tf weights of {our_names[len(layers)]!r}: "
+            f"{where} has {len(layers)} {kind} layer(s) where the official layout has "
+            f"{len(our_names)}; the export lacks variables.")
     out = []
     for leaves, ours in zip(layers, our_names):
         for leaf, name in sorted(leaves.items()):
