@@ -297,7 +297,17 @@ def _parse(variables):
 
 
 def infer_architecture(variables):
-    """Infers the :class:`Architecture` from ``{official name: variable}``."""
+    """Infers the architecture from ``{official name: variable}``.
+
+    Returns ``(Architecture, parsed)``; ``parsed`` sorts the variables into
+    stem, blocks and heads for :func:`map_variables`. The depth comes from the
+    block type and the number of blocks per group, the width from the stem's
+    output channels / 64, selective kernels from ``sk__conv2d`` units or the
+    three-convolution stem (the ratio from the squeeze width when it exceeds
+    its floor of 32, else the official 0.0625), the stem type from the stem
+    convolutions, the projection head from its ``nl_<j>``/``l_0`` layers and
+    the supervised head's classes from its kernel.
+    """
     from simclr_tf.models import resnet as resnet_lib
 
     p = _parse(variables)
@@ -361,23 +371,20 @@ def infer_architecture(variables):
 
 
 # ----------------------------------------------------------------- mapping
-def _bn_leaves(official, ours, where):
-    return [(leaf, name, f"{ours}/{leaf}") for leaf, name in sorted(official.items())]
-
-
 def _map_scope_layers(layers, our_names, where, kind):
     if len(layers) > len(our_names):
         extra = [n for leaves in layers[len(our_names):] for n in sorted(leaves.values())]
         raise ConversionError(
             f"Cannot place official variable {extra[0]!r}: {where} has {len(layers)} "
-            f"{kind} layer(s) where the official layout that simclr_tf rebuilds has "
-            f"{len(our_names)}" + (f" (also unplaced: {', '.join(extra[1:])})"
-                                   if len(extra) > 1 else "") + ".")
+            f"{kind} layer(s), the simclr_tf model built for this architecture has "
+            f"{len(our_names)} ({', '.join(n.rsplit('/', 1)[-1] for n in our_names)})"
+            + (f"; also unplaced: {', '.join(extra[1:])}" if len(extra) > 1 else "")
+            + ".")
     if len(layers) < len(our_names):
         raise ConversionError(
             f"No official variable fills the simclr_tf weights of {our_names[len(layers)]!r}: "
-            f"{where} has {len(layers)} {kind} layer(s) where the official layout has "
-            f"{len(our_names)}; the export lacks variables.")
+            f"{where} has {len(layers)} {kind} layer(s), the simclr_tf model built for "
+            f"this architecture has {len(our_names)}; the export lacks variables.")
     out = []
     for leaves, ours in zip(layers, our_names):
         for leaf, name in sorted(leaves.items()):

@@ -398,7 +398,8 @@ class BasicBlock(_ResidualBlockBase):
       filters: output channels.
       strides: stride of the first convolution (and of the shortcut).
       use_projection: use a 1x1 convolution + BN shortcut (needed when the
-        stride or the channel count changes).
+        stride or the channel count changes; :class:`ResNet` gives one to the
+        first block of every group, as the official SimCLR code).
       sk_ratio: > 0 selects the ResNet-D projection shortcut.
       batch_norm_decay: BN momentum.
       global_bn: synchronise BN statistics across replicas.
