@@ -620,7 +620,8 @@ def write_run_dir(cfg, model, model_dir):
     """Writes the run directory ``model_dir`` of the converted ``model``.
 
     ``config.yaml`` (``cfg``), ``checkpoints/ckpt-0`` (the trainer's
-    checkpoint layout: ``model`` plus every weight by path; no optimizer) and
+    checkpoint layout: ``model``, a fresh ``optimizer`` at step 0 and every
+    weight by path) and
     the export (``saved_model/``, ``simclr.keras``). Everything goes into a
     temporary sibling directory that is renamed to ``model_dir`` only when
     complete; on any error it is removed and ``model_dir`` is left as it was.
@@ -630,6 +631,7 @@ def write_run_dir(cfg, model, model_dir):
 
     from simclr_tf import config as config_lib
     from simclr_tf import export as export_lib
+    from simclr_tf import optimizers as optimizers_lib
     from simclr_tf import trainer as trainer_lib
 
     check_model_dir(model_dir)
@@ -641,7 +643,19 @@ def write_run_dir(cfg, model, model_dir):
     try:
         tf.io.gfile.makedirs(tmp)
         config_lib.save_yaml(cfg, os.path.join(tmp, "config.yaml"))
-        checkpoint = tf.train.Checkpoint(model=model,
+        # The trainer restores model_dir checkpoints strictly (every object of
+        # its model and optimizer must be in the checkpoint), so save a fresh
+        # optimizer of the config's kind, built as the trainer builds it.
+        # A schedule, as the trainer's: a float rate would add a variable.
+        schedule = optimizers_lib.WarmUpAndCosine(
+            cfg.learning_rate, cfg.train_batch_size, cfg.train_batch_size,
+            max(1, cfg.train_epochs), cfg.warmup_epochs, cfg.learning_rate_scaling,
+            train_steps=cfg.train_steps or None)
+        optimizer = optimizers_lib.build_optimizer(
+            cfg.optimizer, schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        model.compile(optimizer=optimizer)
+        optimizer.build(model.trainable_variables)
+        checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer,
                                          weights=trainer_lib.weights_by_path(model))
         manager = tf.train.CheckpointManager(
             checkpoint, os.path.join(tmp, trainer_lib.CHECKPOINT_SUBDIR), max_to_keep=1)

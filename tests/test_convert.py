@@ -122,7 +122,8 @@ def _restored_model(model_dir):
 
     prefix = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
     assert prefix is not None and prefix.endswith("ckpt-0")
-    ckpt = tf.train.Checkpoint(model=model, weights=trainer.weights_by_path(model))
+    # every weight, by path (as --checkpoint reads it); the optimizer stays out
+    ckpt = tf.train.Checkpoint(weights=trainer.weights_by_path(model))
     ckpt.read(prefix).assert_existing_objects_matched().expect_partial()
     return cfg, model
 
@@ -359,3 +360,23 @@ def test_cli_reports_error_in_one_line(tmp_path):
     assert proc.returncode == 1
     assert "simclr_tf.convert: error:" in proc.stderr and "does not exist" in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_trainer_restores_converted_run(converted, tmp_path):
+    """--mode=export of simclr_tf.run restores the converted checkpoint strictly."""
+    import shutil
+
+    model_dir = tmp_path / "run"
+    shutil.copytree(converted["r18_cifar"]["model_dir"], model_dir)
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "simclr_tf.run", f"--config={model_dir / 'config.yaml'}",
+         f"--model_dir={model_dir}", "--mode=export"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ckpt-0" in proc.stdout + proc.stderr
+    _, model = _restored_model(model_dir)
+    ref = converted["r18_cifar"]["ref"]
+    ours = model(tf.constant(ref["x"]), training=False)
+    assert _rel(ref["logits_sup"], ours["logits_sup"]) <= RTOL
