@@ -105,10 +105,11 @@ def load_official(path):
     resnet = getattr(model, "resnet_model", None)
     if resnet is None or not callable(loaded) or not hasattr(resnet, "variables"):
         raise ConversionError(
-            f"{path!r} is not an official SimCLR TF2 export: it has no "
-            "'model.resnet_model' with variables and no callable 'loaded(x, trainable)' "
-            "(the object that google-research/simclr tf2/run.py build_saved_model "
-            "writes). simclr_tf exports load with simclr_tf.export.load_encoder instead.")
+            f"{path!r} is not an official SimCLR TF2 export: it lacks "
+            "'model.resnet_model' (with variables) or a callable 'loaded(x, trainable)', "
+            "which the object written by google-research/simclr tf2/run.py "
+            "build_saved_model has. (simclr_tf's own exports load with "
+            "simclr_tf.export.load_encoder.)")
     variables = {}
     parts = [resnet, getattr(model, "_projection_head", None),
              getattr(model, "supervised_head", None)]
