@@ -36,9 +36,12 @@ def _fixture_root():
 
 
 FIXTURES = _fixture_root()
-pytestmark = pytest.mark.skipif(
-    not (FIXTURES / "fill.py").is_file(),
-    reason=f"official SimCLR fixtures not found at {FIXTURES} (set SIMCLR_TF_SHARED)")
+
+
+def _require_fixtures():
+    if not (FIXTURES / "fill.py").is_file():
+        pytest.skip(f"official SimCLR fixtures not found at {FIXTURES} "
+                    "(clone the repository beside shared/ or set SIMCLR_TF_SHARED)")
 
 # folder -> what the converter must infer (from the folder's flags.txt)
 EXPECTED = {
@@ -65,6 +68,7 @@ def _official_parts(loaded):
 
 def _load_filled(name, tmp):
     """The fixture's official SavedModel, loaded, with fill.py's values assigned."""
+    _require_fixtures()
     with tarfile.open(FIXTURES / name / "saved_model.tar.xz") as tar:
         tar.extractall(tmp / name, filter="data")
     found = [p.parent for p in (tmp / name).rglob("saved_model.pb")]
@@ -98,6 +102,7 @@ def _rel(a, b):
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
     """Both fixtures restored and converted once: {name: info}."""
+    _require_fixtures()
     tmp = tmp_path_factory.mktemp("official")
     out = {}
     for name in EXPECTED:
@@ -380,3 +385,125 @@ def test_trainer_restores_converted_run(converted, tmp_path):
     ref = converted["r18_cifar"]["ref"]
     ours = model(tf.constant(ref["x"]), training=False)
     assert _rel(ref["logits_sup"], ours["logits_sup"]) <= RTOL
+
+
+# ------------------------------------------- synthetic official layouts (no fixtures)
+class _FakeVariable:
+    def __init__(self, name, shape):
+        self.name, self.shape = name + ":0", tuple(shape)
+
+    def numpy(self):
+        return np.zeros(self.shape, np.float32)
+
+
+def _official_layout(depth, width, cifar_stem, sk, proj_mode, num_proj, out_dim, classes):
+    """{name: variable} named as the official tf2 code (tf-keras) names them.
+
+    Written from the official tf2/resnet.py and model.py: layers are numbered
+    per class in creation order (shortcut first in a block; Dense layers when
+    built), the stem sits directly under resnet/, SK units hold a padded conv,
+    two BNs and two plain 1x1 convs.
+    """
+    counters = {}
+    out = {}
+
+    def uniq(base):
+        n = counters.get(base, 0)
+        counters[base] = n + 1
+        return base if n == 0 else f"{base}_{n}"
+
+    def conv(scope, k, cin, cout):
+        fp, c = uniq("conv2d_fixed_padding"), uniq("conv2d")
+        out[f"{scope}/{fp}/{c}/kernel"] = (k, k, cin, cout)
+
+    def plain_conv(scope, cin, cout):
+        out[f"{scope}/{uniq('conv2d')}/kernel"] = (1, 1, cin, cout)
+
+    def bn(scope, c, center=True):
+        b, s = uniq("batch_norm_relu"), uniq("sync_batch_normalization")
+        for leaf in ["gamma"] + (["beta"] if center else []) + ["moving_mean",
+                                                               "moving_variance"]:
+            out[f"{scope}/{b}/{s}/{leaf}"] = (c,)
+
+    c0 = int(64 * width)
+    if cifar_stem:
+        conv("resnet", 3, 3, c0), bn("resnet", c0)
+    elif sk:
+        half = c0 // 2
+        conv("resnet", 3, 3, half), bn("resnet", half)
+        conv("resnet", 3, half, half), bn("resnet", half)
+        conv("resnet", 3, half, c0), bn("resnet", c0)
+    else:
+        conv("resnet", 7, 3, c0), bn("resnet", c0)
+    from simclr_tf.models.resnet import BLOCK_CONFIGS
+
+    block_type, counts = BLOCK_CONFIGS[depth]
+    cin = c0
+    for g, n in enumerate(counts, start=1):
+        f = int(64 * 2 ** (g - 1) * width)
+        cout = 4 * f if block_type == "bottleneck" else f
+        for j in range(n):
+            scope = f"resnet/block_group{g}/" + uniq(
+                "bottleneck_block" if block_type == "bottleneck" else "residual_block")
+            if j == 0:  # every group's first block projects
+                conv(scope, 1, cin, cout), bn(scope, cout)
+            if block_type == "basic":
+                conv(scope, 3, cin, f), bn(scope, f), conv(scope, 3, f, f), bn(scope, f)
+            else:
+                conv(scope, 1, cin, f), bn(scope, f)
+                if sk:
+                    sk_scope = f"{scope}/{uniq('sk__conv2d')}"
+                    mid = max(int(f * 0.0625), 32)
+                    conv(sk_scope, 3, f, 2 * f), bn(sk_scope, 2 * f)
+                    plain_conv(sk_scope, f, mid), bn(sk_scope, mid)
+                    plain_conv(sk_scope, mid, 2 * f)
+                else:
+                    conv(scope, 3, f, f), bn(scope, f)
+                conv(scope, 1, f, cout), bn(scope, cout)
+            cin = cout
+    dim = cin
+    layers = [("l_0", out_dim)] if proj_mode == "linear" else [
+        (f"nl_{j}", out_dim if j == num_proj - 1 else dim) for j in range(num_proj)
+    ] if proj_mode == "nonlinear" else []
+    bns = []
+    for j, (scope, units) in enumerate(layers):  # BNs at __init__, Dense at build
+        last = j == len(layers) - 1
+        b, s = uniq("batch_norm_relu"), uniq("sync_batch_normalization")
+        bns.append((scope, units, b, s, last))
+    width_in = dim
+    for scope, units, b, s, last in bns:
+        out[f"projection_head/{scope}/{uniq('dense')}/kernel"] = (width_in, units)
+        for leaf in ["gamma"] + ([] if last else ["beta"]) + ["moving_mean",
+                                                             "moving_variance"]:
+            out[f"projection_head/{scope}/{b}/{s}/{leaf}"] = (units,)
+        width_in = units
+    if classes:
+        d = uniq("dense")
+        out[f"head_supervised/linear_layer/{d}/kernel"] = (dim, classes)
+        out[f"head_supervised/linear_layer/{d}/bias"] = (classes,)
+    return {name: _FakeVariable(name, shape) for name, shape in out.items()}
+
+
+@pytest.mark.parametrize("depth,width,cifar_stem,sk,proj_mode,num_proj,classes", [
+    (34, 0.25, False, False, "nonlinear", 2, 1000),   # 7x7 stem, basic blocks
+    (18, 0.25, False, True, "linear", 1, 0),          # SK stem + ResNet-D basic blocks
+    (101, 0.25, False, True, "nonlinear", 3, 10),     # v2 layout, deep
+    (152, 0.25, True, False, "none", 1, 10),          # no projection head
+    (200, 0.25, False, False, "nonlinear", 3, 0),
+])
+def test_official_layouts_map_completely(depth, width, cifar_stem, sk, proj_mode,
+                                         num_proj, classes):
+    variables = _official_layout(depth, width, cifar_stem, sk, proj_mode, num_proj, 128,
+                                 classes)
+    arch, parsed = convert.infer_architecture(variables)
+    assert (arch.resnet_depth, arch.width_multiplier, arch.cifar_stem) == (
+        depth, width, cifar_stem)
+    assert arch.sk_ratio == (0.0625 if sk else 0.0)
+    assert (arch.proj_head_mode, arch.num_classes) == (proj_mode, classes)
+    if proj_mode == "nonlinear":
+        assert arch.num_proj_layers == num_proj
+    cfg = convert.build_config(arch, "unused", None)
+    model = simclr_model.build_model(cfg, arch.num_classes)
+    model(tf.zeros([1, cfg.image_size, cfg.image_size, 3]), training=False)
+    mapping = convert.copy_variables(variables, parsed, model)  # all placed, none left
+    assert len(mapping) == len(variables) == len(model.weights)
