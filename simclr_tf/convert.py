@@ -709,7 +709,8 @@ def convert(official_saved_model, model_dir, image_size=None, log=print):
     if selector != cfg.ft_proj_selector:
         cfg = dataclasses.replace(cfg, ft_proj_selector=selector).validate()
     log(f"parity on a random batch of 2 x {cfg.image_size} x {cfg.image_size} x 3 "
-        "(official loaded(x, trainable=False) vs simclr_tf training=False):")
+        "(official loaded(x, trainable=False) vs simclr_tf training=False; relative = "
+        "max abs diff / max abs official value):")
     for key, (absolute, relative) in diffs.items():
         log(f"  {key:17s} max abs diff {absolute:.3e}   max rel diff {relative:.3e}")
     bad = {k: d for k, d in diffs.items() if not d[1] <= RELATIVE_TOLERANCE}
