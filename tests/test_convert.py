@@ -503,6 +503,8 @@ def test_official_layouts_map_completely(depth, width, cifar_stem, sk, proj_mode
     if proj_mode == "nonlinear":
         assert arch.num_proj_layers == num_proj
     cfg = convert.build_config(arch, "unused", None)
+    assert cfg.image_size == (32 if cifar_stem else 224)  # the --image_size defaults
+    assert cfg.cifar_stem == cifar_stem
     model = simclr_model.build_model(cfg, arch.num_classes)
     model(tf.zeros([1, cfg.image_size, cfg.image_size, 3]), training=False)
     mapping = convert.copy_variables(variables, parsed, model)  # all placed, none left
