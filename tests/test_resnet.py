@@ -67,7 +67,7 @@ def expected_parts(depth, width=1, cifar_stem=False, sk_ratio=0.0):
                 n += _conv(1, f, cout) + _bn(cout)
             else:
                 n += _conv(3, cin, f) + _bn(f) + _conv(3, f, f) + _bn(f)
-            if j == 0 and (stride != 1 or cin != cout):
+            if j == 0:  # official layout: every group's first block projects
                 n += _conv(1, cin, cout) + _bn(cout)
             cin = cout
         parts.append(n)
@@ -98,8 +98,9 @@ def test_resnet50_width1_exact_count(resnet50):
 
 def test_resnet18_width1_imagenet_exact_count():
     model = built(18)
-    assert count(model.trainable_weights) == 11_176_512
-    assert sum(expected_parts(18)[0]) == 11_176_512
+    # 11,176,512 plus the official group-1 projection shortcut (64*64 + 2*64)
+    assert count(model.trainable_weights) == 11_180_736
+    assert sum(expected_parts(18)[0]) == 11_180_736
     assert model.feature_dim == 512
 
 
@@ -243,6 +244,20 @@ def test_last_bn_of_each_block_is_zero_initialised():
             assert np.all(bn.gamma.numpy() == 1.0)
 
 
+@pytest.mark.parametrize("depth,sk_ratio", [(18, 0.0), (34, 0.0625), (50, 0.0), (50, 0.0625)])
+def test_first_block_of_every_group_projects(depth, sk_ratio):
+    # The official SimCLR ResNet (tf2/resnet.py BlockGroup) passes
+    # use_projection=True to the first block of each group, even where the
+    # shapes match (group 1 of ResNet-18/34); the other blocks never project.
+    model = ResNet(depth, 0.25, cifar_stem=True, sk_ratio=sk_ratio)
+    for group in model.block_groups:
+        assert [b.use_projection for b in group.blocks] == [True] + [False] * (
+            len(group.blocks) - 1)
+        assert group.blocks[0].shortcut_conv is not None
+    first = model.block_groups[0].blocks[0]
+    assert (first.shortcut_pool is not None) == (sk_ratio > 0)
+
+
 @pytest.mark.parametrize("depth", [18, 50])
 def test_identity_shortcut_block_is_identity_at_init(depth):
     model = ResNet(depth, 0.25, cifar_stem=True)
@@ -298,7 +313,8 @@ def test_frozen_bn_statistics_do_not_move():
     frozen_parts = [model.stem] + list(model.block_groups[:2])
     live_parts = list(model.block_groups[2:])
     frozen_before, live_before = bn_stats(frozen_parts), bn_stats(live_parts)
-    assert len(frozen_before) == 1 + 4 + 5 and len(live_before) == 5 + 5
+    # stem 1 BN; each group 2 blocks x 2 BNs + 1 projection-shortcut BN
+    assert len(frozen_before) == 1 + 5 + 5 and len(live_before) == 5 + 5
     model(x, training=True)
     for (m0, v0), (m1, v1) in zip(frozen_before, bn_stats(frozen_parts)):
         np.testing.assert_array_equal(m0, m1)

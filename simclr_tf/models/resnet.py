@@ -398,7 +398,8 @@ class BasicBlock(_ResidualBlockBase):
       filters: output channels.
       strides: stride of the first convolution (and of the shortcut).
       use_projection: use a 1x1 convolution + BN shortcut (needed when the
-        stride or the channel count changes).
+        stride or the channel count changes; :class:`ResNet` gives one to the
+        first block of every group, as the official SimCLR code).
       sk_ratio: > 0 selects the ResNet-D projection shortcut.
       batch_norm_decay: BN momentum.
       global_bn: synchronise BN statistics across replicas.
@@ -698,8 +699,11 @@ class ResNet(_ConfigMixin, keras.Model):
     every BN uses ``momentum=batch_norm_decay``, ``epsilon=1e-5``,
     ``synchronized=global_bn``, and the last BN of each residual block starts
     with gamma = 0 so every block is the identity on its shortcut at
-    initialisation. A projection shortcut (1x1 convolution + BN) is used only
-    where the stride or channel count changes.
+    initialisation. The first block of every block group has a projection
+    shortcut (1x1 convolution + BN), also in block group 1 of ResNet-18/34
+    where the shapes already match: this is the official SimCLR layout
+    (google-research/simclr ``tf2/resnet.py``), so that its released weights
+    load one to one (see :mod:`simclr_tf.convert`).
 
     Stem: with ``cifar_stem=True`` a 3x3 stride-1 convolution and no max-pool
     (SimCLR's CIFAR-10 setting); the config layer of this package
@@ -807,7 +811,10 @@ class ResNet(_ConfigMixin, keras.Model):
                     num_blocks,
                     strides=strides,
                     block_type=block_type,
-                    use_projection=strides != 1 or channels != out_channels,
+                    # As the official SimCLR ResNet: the first block of every
+                    # group has a projection shortcut, also where the shapes
+                    # already match (block group 1 of ResNet-18/34).
+                    use_projection=True,
                     sk_ratio=self.sk_ratio,
                     batch_norm_decay=self.batch_norm_decay,
                     global_bn=self.global_bn,

@@ -1,0 +1,511 @@
+"""Tests for simclr_tf.convert on SavedModels written by the official SimCLR TF2 code.
+
+The fixtures (``shared/fixtures/official_tf2/``, beside the repository) hold
+zeroed official exports; ``fill.py`` gives each variable's value and
+``outputs.npz`` what the official model returned for them. Each test module
+run restores them (untar, load, assign, re-save), converts them once
+(module-scoped) and compares the converted model with the official outputs.
+"""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from simclr_tf import config as config_lib
+from simclr_tf import convert
+from simclr_tf.models import simclr_model
+
+REPO = Path(__file__).resolve().parents[1]
+RTOL = 1e-4
+KEYS = ("final_avg_pool", "proj_head_output", "logits_sup")
+
+
+def _fixture_root():
+    root = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official_tf2"
+    if not root.is_dir() and os.environ.get("SIMCLR_TF_SHARED"):
+        root = Path(os.environ["SIMCLR_TF_SHARED"]) / "fixtures" / "official_tf2"
+    return root
+
+
+FIXTURES = _fixture_root()
+
+
+def _require_fixtures():
+    if not (FIXTURES / "fill.py").is_file():
+        pytest.skip(f"official SimCLR fixtures not found at {FIXTURES} "
+                    "(clone the repository beside shared/ or set SIMCLR_TF_SHARED)")
+
+# folder -> what the converter must infer (from the folder's flags.txt)
+EXPECTED = {
+    "r18_cifar": dict(resnet_depth=18, width_multiplier=1, cifar_stem=True, sk_ratio=0.0,
+                      proj_head_mode="nonlinear", num_proj_layers=2, proj_out_dim=128,
+                      num_classes=10),
+    "r50_1x_sk1": dict(resnet_depth=50, width_multiplier=1, cifar_stem=False,
+                       sk_ratio=0.0625, proj_head_mode="nonlinear", num_proj_layers=3,
+                       proj_out_dim=128, num_classes=10),
+}
+
+
+def _fill_fn():
+    spec = importlib.util.spec_from_file_location("official_fill", FIXTURES / "fill.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.fill
+
+
+def _official_parts(loaded):
+    return (loaded.model.resnet_model, loaded.model._projection_head,
+            loaded.model.supervised_head)
+
+
+def _load_filled(name, tmp):
+    """The fixture's official SavedModel, loaded, with fill.py's values assigned."""
+    _require_fixtures()
+    with tarfile.open(FIXTURES / name / "saved_model.tar.xz") as tar:
+        tar.extractall(tmp / name, filter="data")
+    found = [p.parent for p in (tmp / name).rglob("saved_model.pb")]
+    assert len(found) == 1, found
+    loaded = tf.saved_model.load(str(found[0]))
+    fill = _fill_fn()
+    for part in _official_parts(loaded):
+        for v in part.variables:
+            v.assign(fill(v.name, v.shape))
+    return loaded
+
+
+def _save(loaded, path):
+    # The official functions carry SyncBatchNormalization's custom gradients,
+    # which cannot always be re-traced on save; the tests never need them.
+    tf.saved_model.save(loaded, str(path), options=tf.saved_model.SaveOptions(
+        experimental_custom_gradients=False))
+
+
+def _restore(name, tmp):
+    path = tmp / f"{name}_filled"
+    _save(_load_filled(name, tmp), path)
+    return path
+
+
+def _rel(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-12))
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """Both fixtures restored and converted once: {name: info}."""
+    _require_fixtures()
+    tmp = tmp_path_factory.mktemp("official")
+    out = {}
+    for name in EXPECTED:
+        ref = dict(np.load(FIXTURES / name / "outputs.npz"))
+        official = _restore(name, tmp)
+        model_dir = tmp / f"{name}_run"
+        lines = []
+        result = convert.convert(str(official), str(model_dir),
+                                 image_size=int(ref["x"].shape[1]), log=lines.append)
+        out[name] = dict(ref=ref, official=official, model_dir=model_dir, lines=lines,
+                         result=result)
+    return out
+
+
+def _restored_model(model_dir):
+    """A fresh model from DIR/config.yaml with DIR/checkpoints restored into it."""
+    cfg = config_lib.from_dict(config_lib.load_yaml(str(model_dir / "config.yaml")))
+    num_classes = 10
+    model = simclr_model.build_model(cfg, num_classes)
+    model(tf.zeros([1, cfg.image_size, cfg.image_size, 3]), training=False)
+    from simclr_tf import trainer
+
+    prefix = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
+    assert prefix is not None and prefix.endswith("ckpt-0")
+    # every weight, by path (as --checkpoint reads it); the optimizer stays out
+    ckpt = tf.train.Checkpoint(weights=trainer.weights_by_path(model))
+    ckpt.read(prefix).assert_existing_objects_matched().expect_partial()
+    return cfg, model
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_architecture_is_inferred(converted, name):
+    arch = converted[name]["result"]["architecture"]
+    for key, value in EXPECTED[name].items():
+        assert getattr(arch, key) == value, key
+    cfg = converted[name]["result"]["config"]
+    assert cfg.resnet_depth == EXPECTED[name]["resnet_depth"]
+    assert cfg.cifar_stem == EXPECTED[name]["cifar_stem"]
+    assert cfg.image_size == converted[name]["ref"]["x"].shape[1]
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_parity_is_reported(converted, name):
+    diffs = converted[name]["result"]["differences"]
+    assert set(diffs) == set(KEYS)
+    for absolute, relative in diffs.values():
+        assert relative <= RTOL and absolute >= 0
+    text = "\n".join(converted[name]["lines"])
+    for key in KEYS:
+        assert key in text
+    assert "max rel diff" in text
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
+def test_checkpoint_reproduces_official_outputs(converted, name):
+    info = converted[name]
+    ref = info["ref"]
+    _, model = _restored_model(info["model_dir"])
+    ours = model(tf.constant(ref["x"]), training=False)
+    for key in KEYS:
+        assert ours[key].shape == ref[key].shape
+        assert _rel(ref[key], ours[key]) <= RTOL, key
+    # the fixture values are not trivially small: a wrong copy would show
+    assert np.std(ref["logits_sup"]) > 1e-3
+    assert np.std(ref["final_avg_pool"]) > 1e-3
+
+
+def test_run_dir_layout(converted):
+    model_dir = converted["r18_cifar"]["model_dir"]
+    names = sorted(os.listdir(model_dir))
+    assert names == ["checkpoints", "config.yaml", "saved_model", "simclr.keras"]
+    cfg = config_lib.from_dict(config_lib.load_yaml(str(model_dir / "config.yaml")))
+    assert cfg.model_dir == str(model_dir)
+    assert (cfg.resnet_depth, cfg.num_proj_layers, cfg.image_size) == (18, 2, 32)
+    info = json.loads(next((model_dir / "saved_model").rglob("*.json")).read_text())
+    assert set(info["endpoints"]) == {"serve", "serve_training", "serve_uint8"}
+    # no temporary sibling is left behind
+    assert not [p for p in model_dir.parent.iterdir() if "convert-tmp" in p.name]
+
+
+def test_one_finetuning_step_from_converted_model(converted):
+    info = converted["r18_cifar"]
+    cfg, model = _restored_model(info["model_dir"])
+    before = [w.numpy().copy() for w in model.supervised_head.weights]
+    model.compile(optimizer="sgd")
+    x = info["ref"]["x"]
+    data = tf.data.Dataset.from_tensor_slices((x, np.arange(len(x)) % 10)).batch(len(x))
+    history = model.fit(data, epochs=1, verbose=0, shuffle=False)
+    assert np.isfinite(history.history["sup_loss"][-1])
+    assert any(not np.array_equal(b, w.numpy())
+               for b, w in zip(before, model.supervised_head.weights))
+
+
+@pytest.mark.slow
+def test_export_loads_with_tfsmlayer_without_simclr_tf(converted, tmp_path):
+    script = """
+import sys, numpy as np, keras
+out = {}
+for name, path, x in zip(sys.argv[1::3], sys.argv[2::3], sys.argv[3::3]):
+    layer = keras.layers.TFSMLayer(path, call_endpoint="serve")
+    res = layer(np.load(x)["x"])
+    for k, v in res.items():
+        out[f"{name}/{k}"] = np.asarray(v)
+assert not any(m.startswith("simclr_tf") for m in sys.modules), "simclr_tf was imported"
+np.savez(sys.argv[0] + ".npz", **out)
+"""
+    script_path = tmp_path / "load_export.py"
+    script_path.write_text(script)
+    args = []
+    for name, info in converted.items():
+        args += [name, str(info["model_dir"] / "saved_model"),
+                 str(FIXTURES / name / "outputs.npz")]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    proc = subprocess.run([sys.executable, str(script_path), *args], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = np.load(str(script_path) + ".npz")
+    for name, info in converted.items():
+        for key in KEYS:
+            assert _rel(info["ref"][key], got[f"{name}/{key}"]) <= RTOL, (name, key)
+
+
+# ------------------------------------------------------------------ bad input
+def _assert_untouched(model_dir, before):
+    if before is None:
+        assert not model_dir.exists()
+    else:
+        assert sorted(os.listdir(model_dir)) == before
+    assert not [p for p in model_dir.parent.iterdir() if "convert-tmp" in p.name]
+
+
+def test_nonexistent_path(tmp_path):
+    model_dir = tmp_path / "run"
+    with pytest.raises(convert.ConversionError, match="does not exist"):
+        convert.convert(str(tmp_path / "nope"), str(model_dir), log=lambda s: None)
+    _assert_untouched(model_dir, None)
+
+
+def test_directory_that_is_not_a_saved_model(tmp_path):
+    (tmp_path / "empty").mkdir()
+    model_dir = tmp_path / "run"
+    with pytest.raises(convert.ConversionError, match="not a SavedModel"):
+        convert.convert(str(tmp_path / "empty"), str(model_dir), log=lambda s: None)
+    _assert_untouched(model_dir, None)
+
+
+def test_saved_model_that_is_not_official_simclr(tmp_path):
+    module = tf.Module()
+    module.w = tf.Variable(tf.ones([3, 3]), name="dense/kernel")
+    module.f = tf.function(lambda x: x @ module.w,
+                           input_signature=[tf.TensorSpec([None, 3], tf.float32)])
+    tf.saved_model.save(module, str(tmp_path / "other"))
+    model_dir = tmp_path / "run"
+    model_dir.mkdir()  # an empty DIR stays as it was
+    with pytest.raises(convert.ConversionError, match="not an official SimCLR TF2 export"):
+        convert.convert(str(tmp_path / "other"), str(model_dir), log=lambda s: None)
+    _assert_untouched(model_dir, [])
+
+
+def test_our_own_export_is_not_official(converted, tmp_path):
+    model_dir = tmp_path / "run"
+    with pytest.raises(convert.ConversionError, match="not an official SimCLR TF2 export"):
+        convert.convert(str(converted["r18_cifar"]["model_dir"] / "saved_model"),
+                        str(model_dir), log=lambda s: None)
+    _assert_untouched(model_dir, None)
+
+
+def _mutated(tmp_path, change):
+    loaded = _load_filled("r18_cifar", tmp_path)
+    change(loaded)
+    path = tmp_path / "mutated"
+    _save(loaded, path)
+    return path
+
+
+def test_missing_variable_is_named(tmp_path):
+    def drop(loaded):
+        head = loaded.model._projection_head
+        head.variables = [v for v in head.variables
+                          if not ("nl_1/" in v.name and "moving_variance" in v.name)]
+
+    path = _mutated(tmp_path, drop)
+    model_dir = tmp_path / "run"
+    with pytest.raises(convert.ConversionError,
+                       match="projection_head/batch_normalization_1/moving_variance"):
+        convert.convert(str(path), str(model_dir), log=lambda s: None)
+    _assert_untouched(model_dir, None)
+
+
+def test_extra_variable_is_named(tmp_path):
+    extra = ("resnet/block_group1/residual_block/batch_norm_relu_99/"
+             "sync_batch_normalization_99/gamma")
+
+    def add(loaded):
+        resnet = loaded.model.resnet_model
+        resnet.variables = list(resnet.variables) + [
+            tf.Variable(tf.ones([64]), name=extra)]
+
+    path = _mutated(tmp_path, add)
+    model_dir = tmp_path / "run"
+    with pytest.raises(convert.ConversionError, match=f"Cannot place official variable '{extra}'"):
+        convert.convert(str(path), str(model_dir), log=lambda s: None)
+    _assert_untouched(model_dir, None)
+
+
+def test_unknown_variable_is_named(tmp_path):
+    extra = "projection_head/nl_0/dense/bias"
+
+    def add(loaded):
+        head = loaded.model._projection_head
+        head.variables = list(head.variables) + [tf.Variable(tf.zeros([512]), name=extra)]
+
+    path = _mutated(tmp_path, add)
+    with pytest.raises(convert.ConversionError, match=extra):
+        convert.convert(str(path), str(tmp_path / "run"), log=lambda s: None)
+    _assert_untouched(tmp_path / "run", None)
+
+
+def test_parity_failure_writes_nothing(converted, tmp_path, monkeypatch):
+    real_copy = convert.copy_variables
+
+    def copy_then_perturb(variables, parsed, model):
+        mapping = real_copy(variables, parsed, model)
+        bn = model.encoder.block_groups[3].blocks[1].bn_1
+        bn.moving_mean.assign(bn.moving_mean + 0.5)
+        return mapping
+
+    monkeypatch.setattr(convert, "copy_variables", copy_then_perturb)
+    model_dir = tmp_path / "run"
+    with pytest.raises(convert.ConversionError, match="Parity check failed"):
+        convert.convert(str(converted["r18_cifar"]["official"]), str(model_dir),
+                        log=lambda s: None)
+    _assert_untouched(model_dir, None)
+
+
+def test_existing_run_is_refused(converted):
+    model_dir = converted["r18_cifar"]["model_dir"]
+    before = sorted(os.listdir(model_dir))
+    with pytest.raises(convert.ConversionError, match="already holds a run"):
+        convert.convert(str(converted["r18_cifar"]["official"]), str(model_dir),
+                        log=lambda s: None)
+    _assert_untouched(model_dir, before)
+
+
+def test_cifar_model_with_large_image_size_is_refused(converted, tmp_path):
+    with pytest.raises(convert.ConversionError, match="CIFAR stem"):
+        convert.convert(str(converted["r18_cifar"]["official"]), str(tmp_path / "run"),
+                        image_size=64, log=lambda s: None)
+    _assert_untouched(tmp_path / "run", None)
+
+
+@pytest.mark.slow
+def test_cli_reports_error_in_one_line(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "simclr_tf.convert",
+         f"--official_saved_model={tmp_path / 'nope'}", f"--model_dir={tmp_path / 'run'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "simclr_tf.convert: error:" in proc.stderr and "does not exist" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_trainer_restores_converted_run(converted, tmp_path):
+    """--mode=export of simclr_tf.run restores the converted checkpoint strictly."""
+    import shutil
+
+    model_dir = tmp_path / "run"
+    shutil.copytree(converted["r18_cifar"]["model_dir"], model_dir)
+    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run(
+        [sys.executable, "-m", "simclr_tf.run", f"--config={model_dir / 'config.yaml'}",
+         f"--model_dir={model_dir}", "--mode=export"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ckpt-0" in proc.stdout + proc.stderr
+    _, model = _restored_model(model_dir)
+    ref = converted["r18_cifar"]["ref"]
+    ours = model(tf.constant(ref["x"]), training=False)
+    assert _rel(ref["logits_sup"], ours["logits_sup"]) <= RTOL
+
+
+# ------------------------------------------- synthetic official layouts (no fixtures)
+class _FakeVariable:
+    def __init__(self, name, shape):
+        self.name, self.shape = name + ":0", tuple(shape)
+
+    def numpy(self):
+        return np.zeros(self.shape, np.float32)
+
+
+def _official_layout(depth, width, cifar_stem, sk, proj_mode, num_proj, out_dim, classes):
+    """{name: variable} named as the official tf2 code (tf-keras) names them.
+
+    Written from the official tf2/resnet.py and model.py: layers are numbered
+    per class in creation order (shortcut first in a block; Dense layers when
+    built), the stem sits directly under resnet/, SK units hold a padded conv,
+    two BNs and two plain 1x1 convs.
+    """
+    counters = {}
+    out = {}
+
+    def uniq(base):
+        n = counters.get(base, 0)
+        counters[base] = n + 1
+        return base if n == 0 else f"{base}_{n}"
+
+    def conv(scope, k, cin, cout):
+        fp, c = uniq("conv2d_fixed_padding"), uniq("conv2d")
+        out[f"{scope}/{fp}/{c}/kernel"] = (k, k, cin, cout)
+
+    def plain_conv(scope, cin, cout):
+        out[f"{scope}/{uniq('conv2d')}/kernel"] = (1, 1, cin, cout)
+
+    def bn(scope, c, center=True):
+        b, s = uniq("batch_norm_relu"), uniq("sync_batch_normalization")
+        for leaf in ["gamma"] + (["beta"] if center else []) + ["moving_mean",
+                                                               "moving_variance"]:
+            out[f"{scope}/{b}/{s}/{leaf}"] = (c,)
+
+    c0 = int(64 * width)
+    if cifar_stem:
+        conv("resnet", 3, 3, c0), bn("resnet", c0)
+    elif sk:
+        half = c0 // 2
+        conv("resnet", 3, 3, half), bn("resnet", half)
+        conv("resnet", 3, half, half), bn("resnet", half)
+        conv("resnet", 3, half, c0), bn("resnet", c0)
+    else:
+        conv("resnet", 7, 3, c0), bn("resnet", c0)
+    from simclr_tf.models.resnet import BLOCK_CONFIGS
+
+    block_type, counts = BLOCK_CONFIGS[depth]
+    cin = c0
+    for g, n in enumerate(counts, start=1):
+        f = int(64 * 2 ** (g - 1) * width)
+        cout = 4 * f if block_type == "bottleneck" else f
+        for j in range(n):
+            scope = f"resnet/block_group{g}/" + uniq(
+                "bottleneck_block" if block_type == "bottleneck" else "residual_block")
+            if j == 0:  # every group's first block projects
+                conv(scope, 1, cin, cout), bn(scope, cout)
+            if block_type == "basic":
+                conv(scope, 3, cin, f), bn(scope, f), conv(scope, 3, f, f), bn(scope, f)
+            else:
+                conv(scope, 1, cin, f), bn(scope, f)
+                if sk:
+                    sk_scope = f"{scope}/{uniq('sk__conv2d')}"
+                    mid = max(int(f * 0.0625), 32)
+                    conv(sk_scope, 3, f, 2 * f), bn(sk_scope, 2 * f)
+                    plain_conv(sk_scope, f, mid), bn(sk_scope, mid)
+                    plain_conv(sk_scope, mid, 2 * f)
+                else:
+                    conv(scope, 3, f, f), bn(scope, f)
+                conv(scope, 1, f, cout), bn(scope, cout)
+            cin = cout
+    dim = cin
+    layers = [("l_0", out_dim)] if proj_mode == "linear" else [
+        (f"nl_{j}", out_dim if j == num_proj - 1 else dim) for j in range(num_proj)
+    ] if proj_mode == "nonlinear" else []
+    bns = []
+    for j, (scope, units) in enumerate(layers):  # BNs at __init__, Dense at build
+        last = j == len(layers) - 1
+        b, s = uniq("batch_norm_relu"), uniq("sync_batch_normalization")
+        bns.append((scope, units, b, s, last))
+    width_in = dim
+    for scope, units, b, s, last in bns:
+        out[f"projection_head/{scope}/{uniq('dense')}/kernel"] = (width_in, units)
+        for leaf in ["gamma"] + ([] if last else ["beta"]) + ["moving_mean",
+                                                             "moving_variance"]:
+            out[f"projection_head/{scope}/{b}/{s}/{leaf}"] = (units,)
+        width_in = units
+    if classes:
+        d = uniq("dense")
+        out[f"head_supervised/linear_layer/{d}/kernel"] = (dim, classes)
+        out[f"head_supervised/linear_layer/{d}/bias"] = (classes,)
+    return {name: _FakeVariable(name, shape) for name, shape in out.items()}
+
+
+@pytest.mark.parametrize("depth,width,cifar_stem,sk,proj_mode,num_proj,classes", [
+    (34, 0.25, False, False, "nonlinear", 2, 1000),   # 7x7 stem, basic blocks
+    (18, 0.25, False, True, "linear", 1, 0),          # SK stem + ResNet-D basic blocks
+    (101, 0.25, False, True, "nonlinear", 3, 10),     # v2 layout, deep
+    (152, 0.25, True, False, "none", 1, 10),          # no projection head
+    (200, 0.25, False, False, "nonlinear", 3, 0),
+])
+def test_official_layouts_map_completely(depth, width, cifar_stem, sk, proj_mode,
+                                         num_proj, classes):
+    variables = _official_layout(depth, width, cifar_stem, sk, proj_mode, num_proj, 128,
+                                 classes)
+    arch, parsed = convert.infer_architecture(variables)
+    assert (arch.resnet_depth, arch.width_multiplier, arch.cifar_stem) == (
+        depth, width, cifar_stem)
+    assert arch.sk_ratio == (0.0625 if sk else 0.0)
+    assert (arch.proj_head_mode, arch.num_classes) == (proj_mode, classes)
+    if proj_mode == "nonlinear":
+        assert arch.num_proj_layers == num_proj
+    cfg = convert.build_config(arch, "unused", None)
+    assert cfg.image_size == (32 if cifar_stem else 224)  # the --image_size defaults
+    assert cfg.cifar_stem == cifar_stem
+    model = simclr_model.build_model(cfg, arch.num_classes)
+    model(tf.zeros([1, cfg.image_size, cfg.image_size, 3]), training=False)
+    mapping = convert.copy_variables(variables, parsed, model)  # all placed, none left
+    assert len(mapping) == len(variables) == len(model.weights)
