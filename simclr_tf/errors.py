@@ -29,6 +29,10 @@ class Preempted(RunError):
     exit_code = 143
 
 
+class ConversionError(ValueError):
+    """An official SimCLR export that cannot be converted; the message names the variable."""
+
+
 class NotSimCLRExportError(ValueError):
     """A path exists but does not hold a ``simclr_tf`` export.
 

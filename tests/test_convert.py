@@ -20,8 +20,11 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf import config as config_lib
-from simclr_tf import convert
+from simclr_tf import convert, tasks
 from simclr_tf.models import simclr_model
+from simclr_tf.official import mapping as official_mapping
+from simclr_tf.runtime import TaskModel
+from simclr_tf.runtime.checkpointer import weights_by_path
 
 REPO = Path(__file__).resolve().parents[1]
 RTOL = 1e-4
@@ -123,12 +126,10 @@ def _restored_model(model_dir):
     num_classes = 10
     model = simclr_model.build_model(cfg, num_classes)
     model(tf.zeros([1, cfg.image_size, cfg.image_size, 3]), training=False)
-    from simclr_tf import trainer
-
     prefix = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
     assert prefix is not None and prefix.endswith("ckpt-0")
     # every weight, by path (as --checkpoint reads it); the optimizer stays out
-    ckpt = tf.train.Checkpoint(weights=trainer.weights_by_path(model))
+    ckpt = tf.train.Checkpoint(weights=weights_by_path(model))
     ckpt.read(prefix).assert_existing_objects_matched().expect_partial()
     return cfg, model
 
@@ -187,10 +188,11 @@ def test_one_finetuning_step_from_converted_model(converted):
     info = converted["r18_cifar"]
     cfg, model = _restored_model(info["model_dir"])
     before = [w.numpy().copy() for w in model.supervised_head.weights]
-    model.compile(optimizer="sgd")
+    trainer = TaskModel(model, tasks.build_task("finetune", cfg.loss))
+    trainer.compile(optimizer="sgd")
     x = info["ref"]["x"]
     data = tf.data.Dataset.from_tensor_slices((x, np.arange(len(x)) % 10)).batch(len(x))
-    history = model.fit(data, epochs=1, verbose=0, shuffle=False)
+    history = trainer.fit(data, epochs=1, verbose=0, shuffle=False)
     assert np.isfinite(history.history["sup_loss"][-1])
     assert any(not np.array_equal(b, w.numpy())
                for b, w in zip(before, model.supervised_head.weights))
@@ -323,7 +325,7 @@ def test_unknown_variable_is_named(tmp_path):
 
 
 def test_parity_failure_writes_nothing(converted, tmp_path, monkeypatch):
-    real_copy = convert.copy_variables
+    real_copy = official_mapping.copy_variables
 
     def copy_then_perturb(variables, parsed, model):
         mapping = real_copy(variables, parsed, model)
@@ -331,7 +333,7 @@ def test_parity_failure_writes_nothing(converted, tmp_path, monkeypatch):
         bn.moving_mean.assign(bn.moving_mean + 0.5)
         return mapping
 
-    monkeypatch.setattr(convert, "copy_variables", copy_then_perturb)
+    monkeypatch.setattr(official_mapping, "copy_variables", copy_then_perturb)
     model_dir = tmp_path / "run"
     with pytest.raises(convert.ConversionError, match="Parity check failed"):
         convert.convert(str(converted["r18_cifar"]["official"]), str(model_dir),

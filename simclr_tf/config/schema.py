@@ -151,6 +151,11 @@ class Config:
         0.0, "distill: weight of the cross-entropy on true labels (where the "
         "example has one) added to the distillation loss; 0 = pure distillation.",
         minimum=0.0)
+    num_classes: Optional[int] = _field(
+        None, "Classes of the supervised head; default: those of train_split (none "
+        "without labels). python -m simclr_tf.convert sets it for the released "
+        "models (1000 for ImageNet); a labelled train_split with other classes is "
+        "refused.", minimum=0)
     feature_linear_eval: bool = _field(
         True, "After pretraining, also fit a logistic regression on frozen features "
         "h of train_split and report its eval_split accuracy (the paper's "

@@ -148,6 +148,28 @@ def _load_teacher(cfg, strategy, num_classes):
     return teacher
 
 
+def _num_classes(cfg, split_classes):
+    """The supervised head's classes: ``num_classes`` when set, else the split's."""
+    if cfg.num_classes is None:
+        return split_classes
+    if split_classes and split_classes != cfg.num_classes and cfg.mode != "export":
+        raise ConfigError(
+            f"'num_classes' is {cfg.num_classes} but the {cfg.train_split!r} split of "
+            f"{cfg.dataset!r} has {split_classes} classes: pass the dataset the model "
+            "was trained on, or fine-tune from it with --checkpoint in a new model_dir.")
+    return cfg.num_classes
+
+
+def build_optimizer(cfg, num_examples):
+    """``(schedule, optimizer)`` of ``cfg`` for a split of ``num_examples`` (not built)."""
+    schedule = optimizers.WarmUpAndCosine(
+        cfg.learning_rate, num_examples, cfg.train_batch_size, cfg.train_epochs,
+        cfg.warmup_epochs, cfg.learning_rate_scaling, train_steps=cfg.train_steps or None)
+    return schedule, optimizers.build_optimizer(cfg.optimizer, schedule,
+                                                momentum=cfg.momentum,
+                                                weight_decay=cfg.weight_decay)
+
+
 def build(cfg, strategy=None):
     """Builds the :class:`Experiment` of ``cfg`` (nothing is written to model_dir).
 
@@ -164,7 +186,7 @@ def build(cfg, strategy=None):
     _check_batches_split(cfg, strategy.num_replicas_in_sync)
 
     _, train_info = datasets.load(cfg.dataset, cfg.train_split, cfg.data_dir)
-    num_classes = train_info.num_classes
+    num_classes = _num_classes(cfg, train_info.num_classes)
     label_subset, train_info, num_labelled, note = _select_labels(cfg, train_info,
                                                                   num_classes)
     teacher = None
@@ -182,13 +204,7 @@ def build(cfg, strategy=None):
 
     with strategy.scope():
         model = build_model(cfg.model, num_classes)
-        schedule = optimizers.WarmUpAndCosine(
-            cfg.learning_rate, train_info.num_examples, cfg.train_batch_size,
-            cfg.train_epochs, cfg.warmup_epochs, cfg.learning_rate_scaling,
-            train_steps=cfg.train_steps or None)
-        optimizer = optimizers.build_optimizer(cfg.optimizer, schedule,
-                                               momentum=cfg.momentum,
-                                               weight_decay=cfg.weight_decay)
+        schedule, optimizer = build_optimizer(cfg, train_info.num_examples)
         model(tf.zeros([1, cfg.image_size, cfg.image_size, 3]))
         optimizer.build(model.trainable_variables)
     run_dir = RunDir(cfg.model_dir)
