@@ -10,7 +10,7 @@ from simclr_tf.config.sections import (AugmentConfig, DataConfig, LossConfig, Mo
                                        OptimConfig, section)
 from simclr_tf.data import augment
 from simclr_tf.errors import ConfigError
-from simclr_tf.models.projection_head import PROJ_HEAD_MODES
+from simclr_tf.models.heads import PROJ_HEAD_MODES
 from simclr_tf.models.resnet import BLOCK_CONFIGS
 from simclr_tf.optimizers import LR_SCALINGS, OPTIMIZERS
 
