@@ -13,8 +13,17 @@ images::
 where ``sim(u, v) = u.v / (||u|| ||v||)`` is the cosine similarity and ``tau``
 the temperature. Each of the ``2N`` views is an anchor once: its positive is
 the other view of its image and the remaining ``2N - 2`` views are its
-negatives. The loss is the mean over all anchors,
-``L = 1/(2N) * sum_k [l(2k-1, 2k) + l(2k, 2k-1)]``. Written as a classification
+negatives. The paper's loss is the mean over all anchors,
+``L = 1/(2N) * sum_k [l(2k-1, 2k) + l(2k, 2k-1)]``.
+
+Scale: :func:`nt_xent_loss` returns ``2 L``, the objective the official code
+optimises (``tf2/objective.py``: the cross-entropy of the view-1 anchors
+plus that of the view-2 anchors, each a mean over the N pairs). The official
+learning rates and weight decays were tuned on that scale, so they transfer
+unchanged (under LARS the excluded BN and bias parameters, and with SGD
+every parameter, would otherwise train at half the official rate), and the
+``contrast_loss`` in our logs reads like the official logs. Collapsed
+embeddings give ``2 ln(2N - 1)``. Written as a classification
 problem, ``l(i, j)`` is the softmax cross-entropy of a ``2N``-way logit vector
 ``sim(z_i, .) / tau`` whose own entry ``k = i`` is removed and whose target is
 the column of ``j``.
@@ -81,9 +90,11 @@ def nt_xent_loss(z1, z2, temperature, hidden_norm=True):
     (The offsets come from the gathered per-replica sizes, so replicas may
     hold different numbers of examples.)
 
-    The returned loss is the mean of ``l(i, j)`` over the ``2B`` local anchors.
-    When all replicas hold ``B`` examples, the mean of the per-replica losses
-    is the single-device loss of the global batch. The caller divides each
+    The returned loss is twice the mean of ``l(i, j)`` over the ``2B`` local
+    anchors: the official objective (see the module docstring), i.e. the mean
+    over the B local pairs of ``l(view 1 anchor) + l(view 2 anchor)``. When
+    all replicas hold ``B`` examples, the mean of the per-replica losses is
+    the single-device loss of the global batch. The caller divides each
     replica's loss by ``num_replicas_in_sync`` before taking gradients; the
     optimizer then sums the gradients over the replicas, which gives the
     gradient of the global-batch loss.
@@ -103,7 +114,8 @@ def nt_xent_loss(z1, z2, temperature, hidden_norm=True):
 
     Returns:
         A tuple ``(loss, logits, labels)``:
-        ``loss`` float32 scalar, mean over the 2B local anchors;
+        ``loss`` float32 scalar, 2 x the mean over the 2B local anchors (the
+        official objective's scale);
         ``logits`` float32 [2B, 2·R·B], row ``a`` = similarities of local
         anchor ``a`` (rows ``0..B-1`` view 1, ``B..2B-1`` view 2) with every
         key divided by the temperature, own column at ``-LARGE_NUM``;
@@ -146,7 +158,8 @@ def nt_xent_loss(z1, z2, temperature, hidden_norm=True):
 
     per_anchor = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=labels, logits=logits)
-    loss = tf.reduce_mean(per_anchor)
+    # Both directions summed, each a mean over the pairs: 2 x the anchor mean.
+    loss = 2.0 * tf.reduce_mean(per_anchor)
     return loss, logits, labels
 
 
@@ -235,11 +248,16 @@ def distillation_loss(teacher_logits, student_logits, temperature=1.0):
 
 
 def masked_cross_entropy(logits, labels):
-    """Mean softmax cross-entropy and accuracy over the examples with a label (>= 0).
+    """Softmax cross-entropy and accuracy, means over the labelled examples of the global batch.
 
     Unlabelled examples (label -1: outside a label subset, or an unlabelled
-    split) count for nothing. Computed in float32. Returns ``(loss, acc)``;
-    both are 0 when no example on this replica has a label.
+    split) count for nothing. In a replica context with R replicas the
+    labelled count is all-reduced and each replica returns ``R * (its sum) /
+    global count``, so the mean over replicas (what the step's gradient
+    follows) is the global-batch mean however the labels fall on the
+    replicas, as the official code's single cross-entropy over the global
+    batch; outside a strategy it is the plain mean. Computed in float32.
+    Returns ``(loss, acc)``; both 0 when no example has a label.
     """
     logits = tf.cast(logits, tf.float32)
     labels = tf.cast(labels, tf.int32)
@@ -247,7 +265,13 @@ def masked_cross_entropy(logits, labels):
     safe = tf.where(valid, labels, tf.zeros_like(labels))
     xent = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=safe, logits=logits)
     mask = tf.cast(valid, tf.float32)
-    count = tf.maximum(tf.reduce_sum(mask), 1.0)
     correct = tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels),
                       tf.float32)
-    return tf.reduce_sum(xent * mask) / count, tf.reduce_sum(correct * mask) / count
+    count, scale = tf.reduce_sum(mask), 1.0
+    ctx = tf.distribute.get_replica_context()
+    if ctx is not None and ctx.num_replicas_in_sync > 1:
+        count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
+        scale = float(ctx.num_replicas_in_sync)
+    count = tf.maximum(count, 1.0)
+    return (scale * tf.reduce_sum(xent * mask) / count,
+            scale * tf.reduce_sum(correct * mask) / count)

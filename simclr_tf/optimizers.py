@@ -212,7 +212,7 @@ def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0):
 
     - ``"lars"``: ``LARS(learning_rate, momentum, weight_decay)``; weight decay
       is inside the optimizer (default exclusions).
-    - ``"momentum"``: ``keras.optimizers.SGD(learning_rate, momentum)``;
+    - ``"momentum"``: ``keras.optimizers.SGD(learning_rate, momentum, nesterov=True)``;
       ``weight_decay`` is *not* applied by the optimizer — add
       ``weight_decay_l2(model.trainable_variables, weight_decay)`` to the loss.
     - ``"adam"``: ``keras.optimizers.Adam(learning_rate)``; same as momentum
@@ -237,8 +237,9 @@ def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0):
     if key == "lars":
         return LARS(learning_rate, momentum=momentum, weight_decay=weight_decay)
     if key == "momentum":
+        # Nesterov momentum, as the official code's "momentum" optimizer.
         return keras.optimizers.SGD(learning_rate, momentum=float(momentum),
-                                    nesterov=False)
+                                    nesterov=True)
     if key == "adam":
         return keras.optimizers.Adam(learning_rate)
     raise ValueError(

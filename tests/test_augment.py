@@ -172,11 +172,36 @@ def test_crop_box_fallback_whole_image_when_aspect_in_range():
     assert tuple(int(b) for b in box) == (0, 0, 30, 35)
 
 
+def test_crop_aspect_ratio_is_relative_to_the_image():
+    """The paper (appendix A) and the official code sample the box's width/height
+    in [3/4, 4/3] times the image's own ratio; square images are unchanged."""
+    h, w = 100, 200  # ratio 2: boxes between 1.5 and 2.67 (before rounding)
+    ratios = []
+    for i in range(300):
+        oy, ox, ch, cw = (int(v) for v in augment.sample_crop_box(
+            h, w, tf.constant([i, 3]), relative_aspect=True))
+        assert 0 <= oy and oy + ch <= h and 0 <= ox and ox + cw <= w
+        if ch >= 20:  # rounding distorts the ratio of tiny boxes
+            ratios.append(cw / ch)
+    ratios = np.array(ratios)
+    assert len(ratios) > 100
+    assert ratios.min() >= 1.5 * 0.95 and ratios.max() <= 2 * 4 / 3 * 1.05, ratios
+    assert ratios.min() < 1.7 and ratios.max() > 2.4  # the whole range is used
+    absolute = [int(v) for v in augment.sample_crop_box(h, w, tf.constant([5, 3]))]
+    assert absolute[3] / absolute[2] <= 4 / 3 * 1.05  # the old, absolute range
+    for i in range(20):  # square images: bit-identical boxes either way
+        seed = tf.constant([i, 9])
+        a = [int(v) for v in augment.sample_crop_box(64, 64, seed, relative_aspect=True)]
+        b = [int(v) for v in augment.sample_crop_box(64, 64, seed)]
+        assert a == b
+
+
 def test_random_resized_crop_uses_sampled_box():
     h, w, size = 90, 120, 40
     for seed in ([1, 7], [2, 7], [3, 7]):
         seed = tf.constant(seed)
-        oy, ox, ch, cw = (int(v) for v in augment.sample_crop_box(h, w, seed))
+        oy, ox, ch, cw = (int(v) for v in augment.sample_crop_box(
+            h, w, seed, relative_aspect=True))
         # Inside the box 0.75, outside 0.25: the output must be all 0.75.
         x = np.full((h, w, 3), 0.25, np.float32)
         x[oy : oy + ch, ox : ox + cw] = 0.75

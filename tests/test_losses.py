@@ -38,6 +38,33 @@ def reference_nt_xent(z1, z2, temperature, hidden_norm):
     return total / n2
 
 
+def reference_official(z1, z2, temperature, hidden_norm):
+    """The official objective (google-research/simclr tf2/objective.py), from its definition.
+
+    Anchors of view 1 classify, among the N view-2 keys and the N - 1 other
+    view-1 keys, which key is their own view 2 (softmax cross-entropy, mean
+    over the N anchors); the view-2 anchors do the same the other way; the
+    objective is the sum of the two means. Written with matrices, in float64.
+    """
+    a = np.asarray(z1, np.float64)
+    b = np.asarray(z2, np.float64)
+    if hidden_norm:
+        a = a / np.linalg.norm(a, axis=1, keepdims=True)
+        b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    n = len(a)
+
+    def direction(q, other, same):
+        cross = q @ other.T / temperature  # column i: the positive of anchor i
+        own = q @ same.T / temperature
+        own[np.arange(n), np.arange(n)] = -np.inf  # an anchor is not its own key
+        logits = np.concatenate([cross, own], axis=1)
+        log_z = np.log(np.sum(np.exp(logits - logits.max(1, keepdims=True)), 1)) + \
+            logits.max(1)
+        return np.mean(log_z - cross[np.arange(n), np.arange(n)])
+
+    return direction(a, b, a) + direction(b, a, b)
+
+
 @pytest.mark.parametrize("n,d,temperature,hidden_norm", [
     (1, 3, 0.5, True),
     (4, 8, 0.1, True),
@@ -52,9 +79,12 @@ def test_matches_numpy_loop_reference(n, d, temperature, hidden_norm):
     z2 = (scale * rng.normal(size=(n, d))).astype(np.float32)
     loss, _, _ = nt_xent_loss(tf.constant(z1), tf.constant(z2), temperature,
                               hidden_norm=hidden_norm)
-    expected = reference_nt_xent(z1, z2, temperature, hidden_norm)
+    expected = reference_official(z1, z2, temperature, hidden_norm)
     assert loss.dtype == tf.float32
     np.testing.assert_allclose(float(loss), expected, rtol=2e-5, atol=2e-5)
+    # The official objective is twice the paper's Eq. 1 (mean over 2N anchors).
+    np.testing.assert_allclose(
+        expected, 2 * reference_nt_xent(z1, z2, temperature, hidden_norm), rtol=1e-9)
 
 
 def test_hidden_norm_changes_result_for_unnormalised_inputs():
@@ -64,19 +94,19 @@ def test_hidden_norm_changes_result_for_unnormalised_inputs():
     a, _, _ = nt_xent_loss(z1, z2, 0.5, hidden_norm=True)
     b, _, _ = nt_xent_loss(z1, z2, 0.5, hidden_norm=False)
     assert abs(float(a) - float(b)) > 1e-2
-    np.testing.assert_allclose(float(b), reference_nt_xent(z1, z2, 0.5, False),
+    np.testing.assert_allclose(float(b), reference_official(z1, z2, 0.5, False),
                                rtol=1e-4)
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 16])
 @pytest.mark.parametrize("hidden_norm", [True, False])
-def test_collapsed_embeddings_give_log_2n_minus_1(n, hidden_norm):
+def test_collapsed_embeddings_give_2_log_2n_minus_1(n, hidden_norm):
     # All views identical: every similarity is equal, so the positive has
-    # probability 1/(2N-1) among the 2N-1 other views.
+    # probability 1/(2N-1) among the 2N-1 other views, in both directions.
     z = np.tile(np.array([[0.3, -1.2, 0.5]], np.float32), (n, 1))
     loss, _, _ = nt_xent_loss(z, z.copy(), temperature=0.2,
                               hidden_norm=hidden_norm)
-    np.testing.assert_allclose(float(loss), math.log(2 * n - 1), rtol=1e-5,
+    np.testing.assert_allclose(float(loss), 2 * math.log(2 * n - 1), rtol=1e-5,
                                atol=1e-6)
 
 
@@ -114,8 +144,8 @@ def test_bfloat16_inputs_are_computed_in_float32():
     z2 = tf.cast(rng.normal(size=(5, 8)), tf.bfloat16)
     loss, logits, labels = nt_xent_loss(z1, z2, 0.5)
     assert loss.dtype == tf.float32 and logits.dtype == tf.float32
-    expected = reference_nt_xent(tf.cast(z1, tf.float32).numpy(),
-                                 tf.cast(z2, tf.float32).numpy(), 0.5, True)
+    expected = reference_official(tf.cast(z1, tf.float32).numpy(),
+                                  tf.cast(z2, tf.float32).numpy(), 0.5, True)
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
 
 
@@ -128,7 +158,7 @@ def test_works_inside_tf_function_with_unknown_batch():
         z1 = rng.normal(size=(n, 4)).astype(np.float32)
         z2 = rng.normal(size=(n, 4)).astype(np.float32)
         np.testing.assert_allclose(float(fn(z1, z2)),
-                                   reference_nt_xent(z1, z2, 0.5, True),
+                                   reference_official(z1, z2, 0.5, True),
                                    rtol=2e-5)
 
 
@@ -145,8 +175,8 @@ def test_gradient_matches_finite_differences():
         plus, minus = base.copy(), base.copy()
         plus[idx] += eps
         minus[idx] -= eps
-        fd = (reference_nt_xent(plus, z2, 0.5, True)
-              - reference_nt_xent(minus, z2, 0.5, True)) / (2 * eps)
+        fd = (reference_official(plus, z2, 0.5, True)
+              - reference_official(minus, z2, 0.5, True)) / (2 * eps)
         np.testing.assert_allclose(grad[idx], fd, rtol=2e-3, atol=2e-4)
 
 
@@ -327,3 +357,43 @@ def test_uneven_replica_batches_use_gathered_offsets(two_replica_result):
     weighted = np.sum(np.array(uneven["per_replica_loss"]) * sizes) / n
     np.testing.assert_allclose(weighted, two_replica_result["loss_1"],
                                rtol=1e-5)
+
+
+MASKED_XENT_BODY = r"""
+import json
+import numpy as np
+from simclr_tf.losses import masked_cross_entropy
+
+rng = np.random.default_rng(0)
+logits = rng.normal(size=(8, 5)).astype("float32")
+# Replica 0 (rows 0-3): every label known; replica 1 (rows 4-7): one of four.
+labels = np.array([0, 1, 2, 3, 4, -1, -1, -1], np.int32)
+single = [float(v) for v in masked_cross_entropy(tf.constant(logits), tf.constant(labels))]
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+values = strategy.experimental_distribute_values_from_function(
+    lambda ctx: (tf.constant(logits[4 * ctx.replica_id_in_sync_group:][:4]),
+                 tf.constant(labels[4 * ctx.replica_id_in_sync_group:][:4])))
+loss, acc = strategy.run(tf.function(lambda x: masked_cross_entropy(*x)), args=(values,))
+print(json.dumps({"single": single,
+                  "replicas": [float(v) for v in strategy.experimental_local_results(loss)],
+                  "acc": [float(v) for v in strategy.experimental_local_results(acc)]}))
+"""
+
+
+@pytest.mark.slow
+def test_masked_cross_entropy_is_the_global_batch_mean_on_replicas():
+    """The mean over replicas is the mean over the labelled examples of the
+    global batch (5 here), not the mean of per-replica means, however the
+    labels fall on the replicas."""
+    r = run_with_devices(MASKED_XENT_BODY, n_devices=2)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(8, 5))
+    labels = np.array([0, 1, 2, 3, 4])
+    log_p = logits[:5] - np.log(np.exp(logits[:5]).sum(1, keepdims=True))
+    expected = -np.mean(log_p[np.arange(5), labels])
+    np.testing.assert_allclose(r["single"][0], expected, rtol=1e-5)
+    np.testing.assert_allclose(np.mean(r["replicas"]), expected, rtol=1e-5)
+    per_replica_means = [-np.mean(log_p[np.arange(4), labels[:4]]), -log_p[4, 4]]
+    assert abs(np.mean(per_replica_means) - expected) > 1e-2  # the old way differs
+    accuracy = np.mean(np.argmax(logits[:5], 1) == labels)
+    np.testing.assert_allclose(np.mean(r["acc"]), accuracy, rtol=1e-5)

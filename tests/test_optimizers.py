@@ -384,7 +384,7 @@ def test_build_optimizer_choices():
 
     sgd = build_optimizer("momentum", 0.1, momentum=0.9, weight_decay=1e-6)
     assert type(sgd) is keras.optimizers.SGD
-    assert sgd.momentum == 0.9 and not sgd.nesterov
+    assert sgd.momentum == 0.9 and sgd.nesterov
     assert not sgd.weight_decay  # weight decay goes into the loss instead
 
     adam = build_optimizer("Adam", 1e-3, weight_decay=1e-6)

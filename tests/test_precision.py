@@ -77,7 +77,7 @@ def _gradients(model, batch):
 
 
 def _nt_xent_reference(z1, z2, temperature):
-    """Eq. 1 of SimCLR in float64 NumPy (single device, hidden_norm=True)."""
+    """The official objective, 2 x Eq. 1 of SimCLR, in float64 NumPy (one device, hidden_norm)."""
     z = np.concatenate([z1, z2]).astype(np.float64)
     z /= np.linalg.norm(z, axis=1, keepdims=True)
     n = len(z1)
@@ -85,7 +85,7 @@ def _nt_xent_reference(z1, z2, temperature):
     np.fill_diagonal(sim, -np.inf)
     positives = np.concatenate([np.arange(n, 2 * n), np.arange(n)])
     log_prob = sim - np.log(np.exp(sim).sum(axis=1, keepdims=True))
-    return -log_prob[np.arange(2 * n), positives].mean()
+    return -2 * log_prob[np.arange(2 * n), positives].mean()
 
 
 def test_precision_and_jit_compile_flags_are_validated():

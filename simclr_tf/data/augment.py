@@ -5,7 +5,8 @@ Representations", arXiv:2002.05709, appendix A) builds each training view of an
 image with this recipe, applied independently to the two views:
 
 1. **Random resized crop**: a box covering a uniformly drawn fraction of the
-   image area in ``[0.08, 1.0]`` with an aspect ratio in ``[3/4, 4/3]``, resized
+   image area in ``[0.08, 1.0]`` with an aspect ratio (width / height) in
+   ``[3/4, 4/3]`` times the image's own (appendix A; 1 for square images), resized
    (bicubic) to the training resolution.
 2. **Random horizontal flip** with probability 0.5.
 3. **Colour distortion** of strength ``s``: with probability 0.8 a colour jitter
@@ -245,6 +246,7 @@ def sample_crop_box(
     area_range=(0.08, 1.0),
     aspect_ratio_range=(3.0 / 4.0, 4.0 / 3.0),
     max_attempts=10,
+    relative_aspect=False,
 ):
     """Samples a random-resized-crop box (Inception / torchvision style).
 
@@ -264,6 +266,10 @@ def sample_crop_box(
       area_range: (min, max) fraction of the image area covered by the box.
       aspect_ratio_range: (min, max) of the box's width / height.
       max_attempts: Python int, number of candidate boxes.
+      relative_aspect: scale ``aspect_ratio_range`` by the image's own
+        ``width / height`` (the SimCLR paper's appendix A and the official
+        code: a 4:3 photo gets boxes of ratio 1 to 16:9). On square images
+        the boxes are bit-identical either way.
 
     Returns:
       Tuple of int32 scalars ``(offset_y, offset_x, crop_height, crop_width)``.
@@ -272,9 +278,13 @@ def sample_crop_box(
     h = tf.cast(height, tf.float32)
     w = tf.cast(width, tf.float32)
     r_min, r_max = float(aspect_ratio_range[0]), float(aspect_ratio_range[1])
+    log_ratio = _uniform(ratio_seed, math.log(r_min), math.log(r_max), [max_attempts])
+    if relative_aspect:
+        log_ratio = log_ratio + tf.math.log(w / h)
+        r_min, r_max = r_min * (w / h), r_max * (w / h)
 
     target_area = h * w * _uniform(area_seed, area_range[0], area_range[1], [max_attempts])
-    ratio = tf.exp(_uniform(ratio_seed, math.log(r_min), math.log(r_max), [max_attempts]))
+    ratio = tf.exp(log_ratio)
     cand_w = tf.round(tf.sqrt(target_area * ratio))
     cand_h = tf.round(tf.sqrt(target_area / ratio))
     valid = (cand_w >= 1.0) & (cand_h >= 1.0) & (cand_w <= w) & (cand_h <= h)
@@ -312,10 +322,13 @@ def random_resized_crop(
     area_range=(0.08, 1.0),
     aspect_ratio_range=(3.0 / 4.0, 4.0 / 3.0),
     max_attempts=10,
+    relative_aspect=True,
 ):
     """Random resized crop (SimCLR step 1): crop a random box, bicubic resize.
 
-    The box comes from :func:`sample_crop_box`; the crop is resized to
+    The box comes from :func:`sample_crop_box` (by default with the aspect
+    ratio range relative to the image's, as the paper and the official code
+    sample it); the crop is resized to
     ``[image_size, image_size]`` with bicubic interpolation and clipped to
     ``[0, 1]``.
 
@@ -323,7 +336,8 @@ def random_resized_crop(
       image: uint8 or float [H, W, 3] image (float in [0, 1]).
       seed: stateless seed, int tensor of shape [2].
       image_size: Python int, output side.
-      area_range, aspect_ratio_range, max_attempts: see :func:`sample_crop_box`.
+      area_range, aspect_ratio_range, max_attempts, relative_aspect: see
+        :func:`sample_crop_box`.
 
     Returns:
       float32 tensor [image_size, image_size, 3] in [0, 1].
@@ -331,8 +345,8 @@ def random_resized_crop(
     image = _to_float_image(image)
     shape = tf.shape(image)
     oy, ox, ch, cw = sample_crop_box(
-        shape[0], shape[1], seed, area_range, aspect_ratio_range, max_attempts
-    )
+        shape[0], shape[1], seed, area_range, aspect_ratio_range, max_attempts,
+        relative_aspect)
     image = tf.slice(image, tf.stack([oy, ox, 0]), tf.stack([ch, cw, 3]))
     return _resize(image, image_size)
 

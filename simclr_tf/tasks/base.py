@@ -4,6 +4,9 @@ import tensorflow as tf
 
 from simclr_tf import optimizers
 
+_NOT_DECAYED = ("batch_normalization", "bias")
+_HEAD = "head_supervised"
+
 
 class Task:
     """One training objective: its input stream and the loss of one replica's batch.
@@ -17,11 +20,12 @@ class Task:
     Subclasses set ``name`` and implement :meth:`objective`,
     :meth:`objective_metrics` and :meth:`train_dataset`.
 
-    Weight decay: LARS applies it in its update (excluding BN, biases and the
-    supervised head, by variable path); with any other optimizer the task
-    adds the official code's L2 term ``weight_decay * sum(w^2) / 2`` over
-    weights that are neither BN parameters nor biases. The term is reported
-    as the ``weight_decay`` metric in both cases.
+    Weight decay, as the official code: LARS applies it in its update
+    (excluding BN, biases and the supervised head, by variable path), and the
+    task adds the supervised head's part as the L2 term
+    ``weight_decay * sum(w^2) / 2`` over its kernel; with any other optimizer
+    the task adds that term over every weight that is neither a BN parameter
+    nor a bias. The whole term is reported as the ``weight_decay`` metric.
 
     Args:
         loss_cfg: a ``simclr_tf.config.LossConfig``.
@@ -66,12 +70,15 @@ class Task:
         total, results = self.objective(model, images, tf.cast(labels, tf.int32), training)
         penalty = tf.constant(0.0)
         if self.cfg.weight_decay > 0:
-            # The supervised head is decayed too (only LARS leaves it out).
-            penalty = optimizers.weight_decay_l2(
-                model.trainable_variables, self.cfg.weight_decay,
-                exclude=("batch_normalization", "bias"))
+            variables = model.trainable_variables
+            penalty = optimizers.weight_decay_l2(variables, self.cfg.weight_decay,
+                                                 exclude=_NOT_DECAYED)
             if self.decay_in_loss:
                 total = total + penalty
+            else:  # LARS leaves the supervised head to the loss
+                head = [v for v in variables if _HEAD in optimizers.variable_path(v)]
+                total = total + optimizers.weight_decay_l2(head, self.cfg.weight_decay,
+                                                           exclude=_NOT_DECAYED)
         results["weight_decay"] = penalty
         results["loss"] = total
         return total, results
