@@ -14,52 +14,15 @@ env.tune_for_cli()  # before TensorFlow is imported
 import logging as py_logging  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
-import typing  # noqa: E402
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import app, logging  # noqa: E402
 
-from simclr_tf import config as config_lib  # noqa: E402
 from simclr_tf import distribute, runtime  # noqa: E402
+from simclr_tf.config.flags import config_from_flags, define_flags  # noqa: E402
 from simclr_tf.errors import ConfigError, Preempted, RunError, short_tf_error  # noqa: E402
 from simclr_tf.runtime.run_dir import RunDir  # noqa: E402
-
-FLAGS = flags.FLAGS
-
-
-def define_flags():
-    """Defines ``--config`` and one flag per config key (once per process)."""
-    if "config" in FLAGS:
-        return
-    flags.DEFINE_string("config", None, "YAML experiment file (see configs/); flags "
-                        "given on the command line override its values.")
-    for field in config_lib.FIELDS.values():
-        meta = field.metadata
-        base = field.type
-        args = typing.get_args(base)
-        if args:  # Optional[T]
-            base = [t for t in args if t is not type(None)][0]
-        help_text = f"{meta['help']} (default: {field.default})"
-        if meta["choices"] is not None:
-            flags.DEFINE_enum(field.name, None, [str(c) for c in meta["choices"]],
-                              help_text)
-        elif base is bool:
-            flags.DEFINE_boolean(field.name, None, help_text)
-        elif base is int:
-            flags.DEFINE_integer(field.name, None, help_text)
-        elif base is float:
-            flags.DEFINE_float(field.name, None, help_text)
-        else:
-            flags.DEFINE_string(field.name, None, help_text)
-
-
-def config_from_flags():
-    """The resolved Config of ``--config`` and the flags given (ConfigError if invalid)."""
-    overrides = {name: FLAGS[name].value for name in config_lib.FIELDS
-                 if FLAGS[name].present}
-    return config_lib.resolve(FLAGS.config, overrides)
-
 
 def fail(message, program="simclr_tf.run"):
     print(f"{program}: error: {message}", file=sys.stderr)

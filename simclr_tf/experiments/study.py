@@ -41,7 +41,7 @@ from absl import flags
 
 from simclr_tf import config as config_lib
 from simclr_tf import files, linear_eval, runtime
-from simclr_tf import run as run_cli
+from simclr_tf.config import flags as config_flags
 from simclr_tf.experiments import grids as study_grids
 from simclr_tf.experiments import plots as study_plots
 from simclr_tf.runtime.run_dir import RunDir
@@ -51,7 +51,7 @@ FLAGS = flags.FLAGS
 
 def define_flags():
     """The study's flags plus every ``simclr_tf.run`` flag (overrides of the base config)."""
-    run_cli.define_flags()
+    config_flags.define_flags()
     if "study" in FLAGS:
         return
     flags.DEFINE_string("study", None, f"Which study: {', '.join(study_grids.STUDIES)}.")
@@ -280,8 +280,7 @@ def main(argv):
     if FLAGS.run_cell:
         _run_cell_main(FLAGS.run_cell)
         return
-    overrides = {name: FLAGS[name].value for name in config_lib.FIELDS
-                 if FLAGS[name].present}
+    overrides = config_flags.overrides_from_flags()
     try:
         rows = run_study(FLAGS.study, FLAGS.study_dir, FLAGS.config, overrides,
                          FLAGS.max_cells, FLAGS.time_budget_minutes)
