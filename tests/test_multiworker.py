@@ -185,3 +185,58 @@ def test_only_the_chief_writes_results_and_scratch_is_removed(cluster):
     chief_out, worker_out = cluster["resumed"][0][1], cluster["resumed"][1][1]
     assert "exported:" in chief_out and "exported:" not in worker_out
     assert "result: top1=" in worker_out  # it took part in the evaluation
+
+
+@pytest.fixture(scope="module")
+def preempted_cluster(tmp_path_factory):
+    """Two workers; worker 1 alone gets SIGTERM mid-run (its VM is preempted).
+
+    Checkpoints only at the end (checkpoint_steps=100), so any checkpoint
+    before it can only come from the preemption. Then both restart.
+    """
+    root = str(tmp_path_factory.mktemp("preempted"))
+    chief_dir, worker_dir = os.path.join(root, "chief"), os.path.join(root, "worker1")
+    os.makedirs(worker_dir)
+    os.symlink(os.path.join(chief_dir, "checkpoints"), os.path.join(worker_dir, "checkpoints"))
+    flags = [f for f in FLAGS if not f.startswith("--checkpoint_steps")] + [
+        "--checkpoint_steps=100", "--mode=train"]
+    out = {"chief_dir": chief_dir}
+
+    def start(name):
+        ports = subprocs.free_ports(2)
+        return [subprocs.Child(flags + [f"--model_dir={d}"], root, f"{name}{i}",
+                               env={"TF_CONFIG": subprocs.tf_config(ports, i)})
+                for i, d in enumerate((chief_dir, worker_dir))]
+
+    children = []
+    try:
+        children = start("terminated")
+        subprocs.wait_until(lambda: any(s >= 2 for s in subprocs.logged_steps(chief_dir)),
+                            timeout=TIMEOUT, children=children)
+        children[1].proc.send_signal(__import__("signal").SIGTERM)
+        out["first"] = [(c.wait(300), c.stderr) for c in children]
+        out["saved"] = sorted(
+            int(n[len("ckpt-"):-len(".index")])
+            for n in os.listdir(os.path.join(chief_dir, "checkpoints")) if n.endswith(".index"))
+        children = start("resumed")
+        out["resumed"] = [(c.wait(TIMEOUT), c.stderr) for c in children]
+    finally:
+        subprocs.stop(children)
+    return out
+
+
+def test_sigterm_to_one_worker_saves_on_both_and_the_cluster_resumes_there(
+        preempted_cluster):
+    out = preempted_cluster
+    # Both workers stop at the same step, with exit status 143 (SIGTERM).
+    assert [rc for rc, _ in out["first"]] == [143, 143], out["first"][0][1][-3000:]
+    assert len(out["saved"]) == 1, out["saved"]
+    stopped_at = out["saved"][0]
+    assert 2 <= stopped_at < TOTAL_STEPS
+    for _, stderr in out["first"]:
+        assert f"Stopped by SIGTERM at step {stopped_at} of {TOTAL_STEPS}" in stderr
+    for rc, stderr in out["resumed"]:
+        assert rc == 0, stderr[-3000:]
+        assert f"ckpt-{stopped_at} at step {stopped_at}" in stderr
+    log = subprocs.read_log(out["chief_dir"])
+    assert [e["step"] for e in log] == list(range(1, TOTAL_STEPS + 1))
