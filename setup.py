@@ -4,12 +4,18 @@ from setuptools import find_packages, setup
 
 setup(
     name="simclr_tf",
-    version="0.1.0",
+    version="0.2.0",
     description="SimCLR v1/v2 for TensorFlow 2 and Keras 3: pretraining, linear eval, "
     "fine-tuning and SavedModel export.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["simclr_tf", "simclr_tf.*"]),
+    license="Apache-2.0",
+    # The top-level configs/ folder is installed as simclr_tf/configs, so that
+    # --config=NAME finds the shipped configs from any directory.
+    packages=find_packages(include=["simclr_tf", "simclr_tf.*"]) + ["simclr_tf.configs"],
+    package_dir={"simclr_tf.configs": "configs"},
+    package_data={"simclr_tf.configs": ["*.yaml"]},
+    entry_points={"console_scripts": ["simclr-tf=simclr_tf.run:run"]},
     python_requires=">=3.10",
     install_requires=[
         "tensorflow>=2.16,<2.22",

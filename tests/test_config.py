@@ -9,6 +9,7 @@ import yaml
 from simclr_tf import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_CONFIGS = os.path.join(REPO, "configs")
 
 
 def _write(tmp_path, values, name="exp.yaml"):
@@ -131,3 +132,18 @@ def test_augmentation_lists(tmp_path):
     assert config_lib.resolve(saved) == cfg
     both = config_lib.resolve(None, {"augmentations": "crop,blur", "use_blur": True})
     assert both.view_augmentations == (("crop", "blur"),) * 2
+
+
+def test_shipped_configs_are_found_by_name_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    names = config_lib.yaml_io.shipped_configs()
+    assert {"smoke", "default", "cifar10_resnet18", "imagenet_resnet50_tpu"} <= set(names)
+    smoke = config_lib.resolve("smoke")
+    by_file = config_lib.resolve(os.path.join(REPO_CONFIGS, "smoke.yaml"))
+    assert smoke == by_file and smoke.train_steps == 6 and smoke.image_size == 16
+    assert config_lib.resolve("cifar10_resnet18.yaml").dataset == "cifar10"
+    with pytest.raises(config_lib.ConfigError, match=r"shipped config: .*smoke"):
+        config_lib.resolve("no_such_config")
+    # A file in the working directory wins over a shipped name.
+    (tmp_path / "smoke").write_text("train_steps: 9\n")
+    assert config_lib.resolve("smoke").train_steps == 9

@@ -2,12 +2,17 @@
 
 import dataclasses
 import difflib
+import os
+import pathlib
+from importlib import resources
 
 import yaml
 
 from simclr_tf import files
 from simclr_tf.config.schema import AUGMENTATION_KEYS, FIELDS, NO_AUGMENTATION, Config
 from simclr_tf.errors import ConfigError
+
+SHIPPED = "simclr_tf.configs"  # the package data holding the top-level configs/
 
 
 def _coerce(name, value):
@@ -64,11 +69,45 @@ def from_dict(values, base=None):
     return dataclasses.replace(base, **changes)
 
 
+def _shipped_dir():
+    """The folder of the shipped configs: the installed package data, else the checkout's."""
+    try:
+        return resources.files(SHIPPED)
+    except ModuleNotFoundError:  # a checkout, or a legacy editable install
+        return pathlib.Path(__file__).resolve().parents[2] / "configs"
+
+
+def shipped_configs():
+    """Names of the configs installed with the package (``--config=NAME``)."""
+    folder = _shipped_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(p.name[:-len(".yaml")] for p in folder.iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def find_config(name_or_path):
+    """A config file's path: ``name_or_path`` itself, else the shipped config of that name.
+
+    ``--config=cifar10_resnet18`` (or ``cifar10_resnet18.yaml``) finds the
+    config installed with the package from any directory; an existing path
+    wins over a shipped name.
+    """
+    if files.exists(name_or_path) or files.is_remote(name_or_path) or (
+            os.sep in name_or_path):
+        return name_or_path
+    name = name_or_path[:-len(".yaml")] if name_or_path.endswith(".yaml") else name_or_path
+    shipped = _shipped_dir() / f"{name}.yaml"
+    return str(shipped) if shipped.is_file() else name_or_path
+
+
 def load_yaml(path):
-    """Reads a YAML experiment file into a dict, with clear errors."""
+    """Reads a YAML experiment file (a path or a shipped config's name) into a dict."""
+    path = find_config(path)
     if not files.exists(path):
         hint = "" if files.is_remote(path) else (
-            " Pass --config=PATH.yaml with an existing file (see configs/).")
+            " Pass --config=PATH.yaml with an existing file, or the name of a shipped "
+            f"config: {', '.join(shipped_configs())}.")
         raise ConfigError(f"Config file not found: {path!r}.{hint}")
     text = files.read_text(path)
     try:
