@@ -17,8 +17,10 @@ def define_flags():
     """Defines ``--config`` and one flag per config key (once per process)."""
     if "config" in FLAGS:
         return
-    flags.DEFINE_string("config", None, "YAML experiment file (see configs/); flags "
-                        "given on the command line override its values.")
+    flags.DEFINE_string("config", None, "YAML experiment file, or the name of a config "
+                        "shipped with the package (smoke, default, cifar10_resnet18, "
+                        "imagenet_resnet50_tpu, ...; see configs/); flags given on the "
+                        "command line override its values.")
     for field in FIELDS.values():
         meta = field.metadata
         base = field.type

@@ -145,6 +145,7 @@ def flag_table():
         if meta["minimum"] is not None:
             allowed = (">" if meta["exclusive_min"] else ">=") + f" {meta['minimum']}"
         rows.append(f"| `--{f.name}` | `{f.default}` | {allowed} | {meta['help']} |")
-    rows.append("| `--config` | | path | YAML file of the keys above; flags given "
-                "on the command line override it. |")
+    rows.append("| `--config` | | path or name | YAML file of the keys above, or the name "
+                "of a shipped config (`smoke`, `default`, `cifar10_resnet18`, ...); flags "
+                "given on the command line override it. |")
     return "\n".join(rows)
