@@ -80,6 +80,42 @@ def topk_accuracy(logits, labels, k):
     return float(np.mean(np.any(top == labels[:, None], axis=1)))
 
 
+def split_features(encoder, cfg, split, indices=None):
+    """Frozen features h and labels of a split's labelled examples (eval preprocessing).
+
+    ``cfg``: a ``DataConfig`` (``cfg.data``); ``indices``: keep only these
+    examples (e.g. a label subset's) before dropping unlabelled ones.
+    """
+    ds, _ = pipeline.build_eval_dataset(cfg.dataset, split, cfg.eval_batch_size,
+                                        cfg.image_size, data_dir=cfg.data_dir)
+    feats, labels = extract_features(encoder, ds)
+    if indices is not None:
+        feats, labels = feats[indices], labels[indices]
+    keep = labels >= 0
+    return feats[keep], labels[keep]
+
+
+def frozen_features(encoder, cfg, train_indices=None):
+    """``(train_x, train_y, eval_x, eval_y)`` of ``cfg``'s splits, or a clear ValueError."""
+    train_x, train_y = split_features(encoder, cfg, cfg.train_split, train_indices)
+    eval_x, eval_y = split_features(encoder, cfg, cfg.eval_split)
+    if len(train_x) == 0 or len(eval_x) == 0:
+        raise ValueError(
+            f"Linear evaluation needs labels in both {cfg.train_split!r} and "
+            f"{cfg.eval_split!r} of {cfg.dataset!r}; one of them has none. "
+            "Turn it off with --feature_linear_eval=false.")
+    return train_x, train_y, eval_x, eval_y
+
+
+def fit_and_score(features, num_classes):
+    """The paper's protocol on ``frozen_features``: ``{"top1", "top5", "num_train", "num_eval"}``."""
+    train_x, train_y, eval_x, eval_y = features
+    logits = fit_logistic_regression(train_x, train_y, num_classes)(eval_x)
+    return {"top1": topk_accuracy(logits, eval_y, 1),
+            "top5": topk_accuracy(logits, eval_y, 5),
+            "num_train": int(len(train_x)), "num_eval": int(len(eval_x))}
+
+
 def evaluate(encoder, cfg, num_classes, train_indices=None):
     """Linear evaluation of ``encoder`` on the dataset of ``cfg`` (a ``DataConfig``, ``cfg.data``).
 
@@ -89,24 +125,4 @@ def evaluate(encoder, cfg, num_classes, train_indices=None):
     :class:`simclr_tf.data.subsets.LabelSubset`'s, when given), scored on
     ``cfg.eval_split``.
     """
-    def split_features(split, indices=None):
-        ds, _ = pipeline.build_eval_dataset(cfg.dataset, split, cfg.eval_batch_size,
-                                            cfg.image_size, data_dir=cfg.data_dir)
-        feats, labels = extract_features(encoder, ds)
-        if indices is not None:
-            feats, labels = feats[indices], labels[indices]
-        keep = labels >= 0
-        return feats[keep], labels[keep]
-
-    train_x, train_y = split_features(cfg.train_split, train_indices)
-    eval_x, eval_y = split_features(cfg.eval_split)
-    if len(train_x) == 0 or len(eval_x) == 0:
-        raise ValueError(
-            f"Linear evaluation needs labels in both {cfg.train_split!r} and "
-            f"{cfg.eval_split!r} of {cfg.dataset!r}; one of them has none. "
-            "Turn it off with --feature_linear_eval=false.")
-    predict = fit_logistic_regression(train_x, train_y, num_classes)
-    logits = predict(eval_x)
-    return {"top1": topk_accuracy(logits, eval_y, 1),
-            "top5": topk_accuracy(logits, eval_y, 5),
-            "num_train": int(len(train_x)), "num_eval": int(len(eval_x))}
+    return fit_and_score(frozen_features(encoder, cfg, train_indices), num_classes)

@@ -46,6 +46,8 @@ def _result_line(result, model_dir):
     line = f"result: top1={result['top1']:.4f} top5={result['top5']:.4f}"
     if "feature_linear_eval" in result:
         line += f" feature_linear_eval_top1={result['feature_linear_eval']['top1']:.4f}"
+    if "knn" in result:
+        line += f" knn_top1={result['knn']['top1']:.4f}"
     return f"{line} global_step={result['global_step']} ({os.path.join(model_dir, 'result.json')})"
 
 

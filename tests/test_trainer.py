@@ -97,3 +97,23 @@ def test_batch_not_divisible_by_replicas_is_refused(tmp_path):
 
     with pytest.raises(config_lib.ConfigError, match="divisible by the number of replicas"):
         runtime.build(cfg, strategy=TwoReplicas())
+
+
+def test_knn_accuracy_during_pretraining_and_at_evaluation(tmp_path):
+    cfg = _cfg(tmp_path, train_steps=0, train_epochs=2, knn_every_epochs=1,
+               log_every_steps=1, feature_linear_eval=False)
+    with tfds.testing.mock_data(num_examples=64):
+        exp = runtime.build(cfg)
+        os.makedirs(cfg.model_dir)
+        runtime.train(exp)
+        result = runtime.evaluate(exp)
+    from simclr_tf.runtime.run_dir import read_train_log
+
+    log = read_train_log(cfg.model_dir)
+    with_knn = [e["step"] for e in log if "knn_top1" in e]
+    assert with_knn == [4, 8]  # every epoch of 4 steps
+    assert all(0.0 <= e["knn_top1"] <= 1.0 for e in log if "knn_top1" in e)
+    # At the end of training the monitor and the evaluation read the same encoder.
+    assert log[-1]["knn_top1"] == pytest.approx(result["knn"]["top1"])
+    assert result["knn"]["k"] == 64 and result["knn"]["temperature"] == 0.1  # k <= N
+    assert abs(result["knn"]["top1"] * 64 - round(result["knn"]["top1"] * 64)) < 1e-4

@@ -151,6 +151,14 @@ class Config:
         0.0, "distill: weight of the cross-entropy on true labels (where the "
         "example has one) added to the distillation loss; 0 = pure distillation.",
         minimum=0.0)
+    knn_eval: bool = _field(
+        True, "At every evaluation, also report the weighted kNN accuracy on frozen, "
+        "L2-normalised features h (k=200, temperature 0.1; simclr_tf/knn.py): it needs "
+        "no training. Costs one forward pass over both splits (shared with "
+        "feature_linear_eval).")
+    knn_every_epochs: int = _field(
+        0, "During pretraining, also compute the kNN accuracy every N epochs "
+        "(knn_top1 in train_log.jsonl and TensorBoard; 0: never).", minimum=0)
     num_classes: Optional[int] = _field(
         None, "Classes of the supervised head; default: those of train_split (none "
         "without labels). python -m simclr_tf.convert sets it for the released "

@@ -24,7 +24,7 @@ import threading
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import distribute, linear_eval
+from simclr_tf import distribute, knn, linear_eval
 from simclr_tf.errors import Preempted, RunError
 from simclr_tf.export import writer
 from simclr_tf.runtime import steps as steps_lib
@@ -82,16 +82,19 @@ def _train(exp, sigterm):
     report = TrainReport(exp.run_dir, total, start, metrics, exp.is_chief)
     # 3. Chunks of steps up to each log or checkpoint point.
     save_every = cfg.checkpoint_steps or cfg.checkpoint_epochs * exp.steps.steps_per_epoch
+    knn_every = cfg.knn_every_epochs * exp.steps.steps_per_epoch or total
     step = start
     while step < total:
         chunk = min(cfg.log_every_steps - step % cfg.log_every_steps,
-                    save_every - step % save_every, total - step)
+                    save_every - step % save_every, knn_every - step % knn_every, total - step)
         for m in metrics.values():
             m.reset_state()
         train_steps(iterator, tf.constant(chunk))
         first, step = step + 1, exp.step
         logs = {name: float(m.result()) for name, m in metrics.items()}
         logs["lr"] = float(exp.schedule(step - 1))
+        if cfg.knn_every_epochs and step % knn_every == 0 and exp.is_chief:
+            logs["knn_top1"] = _monitor_features(exp, knn_only=True)["knn"]["top1"]
         if not math.isfinite(logs["loss"]):
             bad = int(nonfinite_step.numpy()) if nonfinite_step is not None else 0
             where = f"at step {bad}" if bad else f"in steps {first}-{step}"
@@ -136,19 +139,43 @@ def evaluate(exp):
               "eval_split": cfg.eval_split,
               "train_mode": cfg.train_mode,
               "num_labeled_examples": exp.num_labeled_examples}
-    if exp.is_chief and cfg.train_mode == "pretrain" and cfg.feature_linear_eval:
-        result["feature_linear_eval"] = linear_eval.evaluate(
-            model.encoder, cfg.data, exp.num_classes,
-            train_indices=exp.label_subset.indices if exp.label_subset is not None else None)
+    if exp.is_chief:
+        result.update(_monitor_features(exp))
     if exp.is_chief:
         with exp.run_dir.summary_writer(EVAL_EVENTS).as_default(step=exp.step):
             tf.summary.scalar("top1", result["top1"])
             tf.summary.scalar("top5", result["top5"])
-            for key, value in result.get("feature_linear_eval", {}).items():
-                if key.startswith("top"):
-                    tf.summary.scalar(f"feature_linear_eval/{key}", value)
+            for part in ("feature_linear_eval", "knn"):
+                for key, value in result.get(part, {}).items():
+                    if key.startswith("top"):
+                        tf.summary.scalar(f"{part}/{key}", value)
         exp.run_dir.write_result(result)
     return result
+
+
+def _monitor_features(exp, knn_only=False):
+    """The evaluations on frozen features h: ``feature_linear_eval`` and ``knn``.
+
+    One forward pass over both splits serves both. The logistic regression
+    (the paper's protocol) runs after pretraining when ``feature_linear_eval``
+    is on; the kNN vote whenever ``knn_eval`` is on (or ``knn_only``).
+    """
+    cfg = exp.cfg
+    linear = not knn_only and cfg.train_mode == "pretrain" and cfg.feature_linear_eval
+    if not (linear or cfg.knn_eval or knn_only):
+        return {}
+    subset = exp.label_subset.indices if exp.label_subset is not None else None
+    try:
+        features = linear_eval.frozen_features(exp.model.encoder, cfg.data, subset)
+    except ValueError:
+        if linear:
+            raise
+        logging.info("No kNN accuracy: a split has no labels.")
+        return {}
+    out = {"knn": knn.evaluate(features, exp.num_classes)} if cfg.knn_eval or knn_only else {}
+    if linear:
+        out["feature_linear_eval"] = linear_eval.fit_and_score(features, exp.num_classes)
+    return out
 
 
 def export(exp, restore=False):

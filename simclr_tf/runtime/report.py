@@ -21,7 +21,8 @@ class TrainReport:
     def __init__(self, run_dir, total_steps, start_step, metric_names, is_chief=True):
         self.writer = run_dir.summary_writer(TRAIN_EVENTS, is_chief)
         self.progbar = keras.utils.Progbar(total_steps,
-                                           stateful_metrics=list(metric_names) + ["lr"],
+                                           stateful_metrics=list(metric_names) + [
+                                               "lr", "knn_top1"],
                                            verbose=1 if is_chief else 0)
         self.train_log = run_dir.train_log(start_step) if is_chief else None
         self.skipped_total = 0
