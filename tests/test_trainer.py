@@ -117,3 +117,34 @@ def test_knn_accuracy_during_pretraining_and_at_evaluation(tmp_path):
     assert log[-1]["knn_top1"] == pytest.approx(result["knn"]["top1"])
     assert result["knn"]["k"] == 64 and result["knn"]["temperature"] == 0.1  # k <= N
     assert abs(result["knn"]["top1"] * 64 - round(result["knn"]["top1"] * 64)) < 1e-4
+    # View pairs in TensorBoard at the log points (first 4 images: 4 rows of 2 views).
+    images = {}
+    for path in tf.io.gfile.glob(os.path.join(cfg.model_dir, "train", "events.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.tag == "augmented_views":
+                    images[event.step] = tf.make_ndarray(value.tensor)
+    assert sorted(images) == list(range(1, 9))
+    width, height = (int(v) for v in images[1][:2])  # image summaries: width, height, PNG
+    side = 16 * (96 // 16)
+    assert (width, height) == (2 * side + 2, 4 * side + 3 * 2)
+
+
+def test_views_png_shows_the_pipelines_pairs(tmp_path):
+    """python -m simclr_tf.views: the PNG's halves are the pipeline's two views."""
+    from simclr_tf import views as views_cli
+    from simclr_tf.data import pipeline
+
+    cfg = config_lib.resolve("smoke", dict(model_dir=str(tmp_path / "run")))
+    path = str(tmp_path / "views.png")
+    shape = views_cli.write_views(cfg, path, num_pairs=3, scale=2)
+    picture = tf.io.decode_png(tf.io.read_file(path)).numpy()
+    assert picture.shape == shape == (3 * 32 + 2 * 2, 2 * 32 + 2, 3)
+    ds, _ = pipeline.build_train_dataset(cfg.dataset, cfg.train_split, 3, cfg.image_size,
+                                         seed=cfg.seed, color_jitter_strength=0.5)
+    views, _ = next(iter(ds))
+    first = np.round(views.numpy()[0, :, :, :3] * 255)
+    second = np.round(views.numpy()[0, :, :, 3:] * 255)
+    np.testing.assert_allclose(picture[0:32:2, 0:32:2], first, atol=1)
+    np.testing.assert_allclose(picture[0:32:2, 34:66:2], second, atol=1)
+    assert not np.allclose(first, second)  # two different views

@@ -25,6 +25,7 @@ import tensorflow as tf
 from absl import logging
 
 from simclr_tf import distribute, knn, linear_eval
+from simclr_tf.data import view_grid
 from simclr_tf.errors import Preempted, RunError
 from simclr_tf.export import writer
 from simclr_tf.runtime import steps as steps_lib
@@ -79,7 +80,9 @@ def _train(exp, sigterm):
     train_steps = steps_lib.make_train_steps(step_fn, exp.strategy, exp.optimizer,
                                              exp.jit_compile, nonfinite_step)
     iterator = iter(exp.train_dataset(start))
-    report = TrainReport(exp.run_dir, total, start, metrics, exp.is_chief)
+    views = (iter(view_grid.pairs_dataset(exp.task, cfg, num_pairs=4))
+             if exp.is_chief and cfg.train_mode == "pretrain" else None)
+    report = TrainReport(exp.run_dir, total, start, metrics, exp.is_chief, views)
     # 3. Chunks of steps up to each log or checkpoint point.
     save_every = cfg.checkpoint_steps or cfg.checkpoint_epochs * exp.steps.steps_per_epoch
     knn_every = cfg.knn_every_epochs * exp.steps.steps_per_epoch or total

@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from simclr_tf.data import view_grid
 from simclr_tf.runtime.run_dir import TRAIN_EVENTS
 
 
@@ -16,9 +17,12 @@ class TrainReport:
         start_step: the step the run (re)starts at.
         metric_names: the step metrics (``lr`` is added).
         is_chief: whether this process writes.
+        views: optional iterator of ``(views [N, S, S, 6], labels)``: a grid of
+            view pairs goes to TensorBoard (``augmented_views``) at every log point.
     """
 
-    def __init__(self, run_dir, total_steps, start_step, metric_names, is_chief=True):
+    def __init__(self, run_dir, total_steps, start_step, metric_names, is_chief=True,
+                 views=None):
         self.writer = run_dir.summary_writer(TRAIN_EVENTS, is_chief)
         self.progbar = keras.utils.Progbar(total_steps,
                                            stateful_metrics=list(metric_names) + [
@@ -26,6 +30,7 @@ class TrainReport:
                                            verbose=1 if is_chief else 0)
         self.train_log = run_dir.train_log(start_step) if is_chief else None
         self.skipped_total = 0
+        self.views = views if is_chief else None
         self.progbar.update(start_step)
 
     def write(self, first, step, logs):
@@ -40,6 +45,10 @@ class TrainReport:
         with self.writer.as_default(step=step):
             for name, value in logs.items():
                 tf.summary.scalar(name, value)
+            if self.views is not None:
+                views = next(self.views)[0]
+                scale = max(1, 96 // int(views.shape[1]))
+                tf.summary.image("augmented_views", view_grid.grid(views, scale)[None])
         if self.train_log is not None:
             self.train_log.write(step, logs)
         self.progbar.update(step, list(logs.items()))

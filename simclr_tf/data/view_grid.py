@@ -1,0 +1,36 @@
+"""A picture of the augmented views: pairs side by side, one image per row.
+
+Used by ``python -m simclr_tf.views`` (a PNG for any config) and by the
+training report (a few pairs in TensorBoard at every log point).
+"""
+
+import tensorflow as tf
+
+GAP = 2  # pixels of white between the two views and between rows
+
+
+def grid(views, scale=1):
+    """uint8 [rows * (S*scale + GAP), 2 * S*scale + GAP, 3] of ``views``' pairs.
+
+    Args:
+        views: float [N, S, S, 6] in [0, 1], two views on the channel axis (a
+            pretraining batch); row i shows view 1 | view 2 of image i.
+        scale: integer upscaling (nearest neighbour), so 32 px views can be seen.
+    """
+    views = tf.convert_to_tensor(views, tf.float32)
+    size = int(views.shape[1]) * int(scale)
+    first, second = tf.split(views, 2, axis=-1)
+    resize = lambda x: tf.image.resize(x, [size, size], method="nearest")  # noqa: E731
+    white = tf.ones([tf.shape(views)[0], size, GAP, 3])
+    rows = tf.concat([resize(first), white, resize(second)], axis=2)
+    rows = tf.pad(rows, [[0, 0], [0, GAP], [0, 0], [0, 0]], constant_values=1.0)
+    picture = tf.reshape(rows, [-1, 2 * size + GAP, 3])[:-GAP]
+    return tf.image.convert_image_dtype(tf.clip_by_value(picture, 0.0, 1.0), tf.uint8,
+                                        saturate=True)
+
+
+def pairs_dataset(task, cfg, num_pairs):
+    """The first ``num_pairs`` images of ``task``'s training stream of ``cfg``, as one batch."""
+    ds, _ = task.train_dataset(cfg.data, cfg.augment, num_pairs, None, data_dir=cfg.data_dir,
+                               seed=cfg.seed)
+    return ds
