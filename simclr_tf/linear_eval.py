@@ -20,11 +20,15 @@ import numpy as np
 import tensorflow as tf
 
 from simclr_tf.data import pipeline
+from simclr_tf.progress import Progress
 
 
-def extract_features(encoder, dataset):
+def extract_features(encoder, dataset, progress=None):
     """Runs ``encoder(images, training=False)`` over ``(images, labels)``
-    batches; returns (features float32 [N, C], labels int32 [N])."""
+    batches; returns (features float32 [N, C], labels int32 [N]).
+
+    ``progress``: an optional :class:`simclr_tf.progress.Progress` counting images.
+    """
 
     @tf.function
     def features(images):
@@ -34,6 +38,10 @@ def extract_features(encoder, dataset):
     for images, batch_labels in dataset:
         feats.append(features(images).numpy())
         labels.append(batch_labels.numpy())
+        if progress is not None:
+            progress.update(len(labels[-1]))
+    if progress is not None:
+        progress.done()
     return np.concatenate(feats), np.concatenate(labels).astype(np.int32)
 
 
@@ -86,9 +94,10 @@ def split_features(encoder, cfg, split, indices=None):
     ``cfg``: a ``DataConfig`` (``cfg.data``); ``indices``: keep only these
     examples (e.g. a label subset's) before dropping unlabelled ones.
     """
-    ds, _ = pipeline.build_eval_dataset(cfg.dataset, split, cfg.eval_batch_size,
-                                        cfg.image_size, data_dir=cfg.data_dir)
-    feats, labels = extract_features(encoder, ds)
+    ds, info = pipeline.build_eval_dataset(cfg.dataset, split, cfg.eval_batch_size,
+                                           cfg.image_size, data_dir=cfg.data_dir)
+    feats, labels = extract_features(
+        encoder, ds, Progress(f"frozen features of {split!r}", info.num_examples))
     if indices is not None:
         feats, labels = feats[indices], labels[indices]
     keep = labels >= 0

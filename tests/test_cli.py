@@ -106,6 +106,12 @@ def test_train_then_eval_on_an_image_folder(tmp_path):
     assert result["feature_linear_eval"]["num_eval"] == 12
     assert result["feature_linear_eval"]["top1"] >= 10 / 12, result
     assert "skipped 1" in (proc.stdout + proc.stderr).lower()
+    # Every long step reports progress: the folder's first scan, the evaluation
+    # and the frozen-feature extraction (counts, rate and the time taken).
+    for line in ("checking image files (once per folder; cached): 25/26 files",
+                 "evaluation on 'test': 2 batches", "frozen features of 'train': 25/25 images",
+                 "frozen features of 'test': 12/12 images"):
+        assert line in proc.stderr, (line, proc.stderr[-3000:])
 
 
 def test_resume_continues_from_the_last_checkpoint(tmp_path, pretrained):

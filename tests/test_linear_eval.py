@@ -85,3 +85,22 @@ def test_weighted_knn_matches_a_numpy_loop():
     sep_x = np.repeat(centres, 10, 0) + rng.normal(size=(40, 6)) * 0.1
     sep_y = np.repeat(np.arange(4), 10)
     assert knn.evaluate((sep_x, sep_y, centres, np.arange(4)), 4)["top1"] == 1.0
+
+
+def test_progress_lines_count_rate_and_eta(caplog):
+    import logging
+    import time
+
+    from simclr_tf.progress import Progress
+
+    progress = Progress("scan", total=10, unit="files", every=0.0)
+    with caplog.at_level(logging.INFO):
+        progress.update(4)
+        time.sleep(0.01)
+        progress.done()
+    lines = [r.getMessage() for r in caplog.records if "scan" in r.getMessage()]
+    assert lines[0].startswith("scan: 4/10 files (") and "files/s, ETA" in lines[0]
+    assert lines[-1].startswith("scan: 4/10 files (") and ", done in " in lines[-1]
+    rate = float(lines[0].split("(")[1].split()[0])
+    eta = float(lines[0].split("ETA ")[1].split()[0])
+    assert eta == pytest.approx(6 / rate, abs=1.0)  # the 6 files left at that rate

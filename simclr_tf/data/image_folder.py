@@ -13,6 +13,7 @@ from simclr_tf.data import image_header
 from simclr_tf.data.source import (DatasetInfo, Source, apply_orientation,
                                    decode_image_bytes, resolve_split, split_names)
 from simclr_tf.files import atomic_write, is_remote
+from simclr_tf.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -116,9 +117,13 @@ def _decode_shapes(paths):
     )
     ds = ds.ignore_errors().batch(1024)
     good = {}
+    progress = Progress("checking image files (once per folder; cached)", len(paths),
+                        unit="files")
     for idx, hw in ds.as_numpy_iterator():
         for i, (h, w) in zip(idx.tolist(), hw.tolist()):
             good[i] = (h, w)
+        progress.update(len(idx))
+    progress.done()
     return good
 
 

@@ -27,6 +27,7 @@ from absl import logging
 from simclr_tf import distribute, knn, linear_eval
 from simclr_tf.data import view_grid
 from simclr_tf.errors import Preempted, RunError
+from simclr_tf.progress import Progress
 from simclr_tf.export import writer
 from simclr_tf.runtime import steps as steps_lib
 from simclr_tf.runtime.report import TrainReport
@@ -130,8 +131,11 @@ def evaluate(exp):
     metrics = steps_lib.eval_metrics()
     eval_step = steps_lib.make_eval_step(model, metrics)
     run_eval_step = tf.function(lambda batch: strategy.run(eval_step, args=(batch,)))
+    progress = Progress(f"evaluation on {cfg.eval_split!r}", unit="batches")
     for batch in exp.eval_dataset():
         run_eval_step(batch)
+        progress.update()
+    progress.done()
     if float(tf.convert_to_tensor(metrics["top1"].count)) == 0:  # summed over replicas
         raise RunError(
             f"Cannot evaluate: the eval split {cfg.eval_split!r} of {cfg.dataset!r} "
