@@ -18,8 +18,10 @@ setup(
     entry_points={"console_scripts": ["simclr-tf=simclr_tf.run:run"]},
     python_requires=">=3.10",
     install_requires=[
-        "tensorflow>=2.16,<2.22",
-        "keras>=3.3",
+        # Tested: TensorFlow 2.21.0 with Keras 3.15.1 (CI installs these). 2.20 is
+        # allowed for TPU VMs, where tensorflow-tpu 2.20.0 is the newest release.
+        "tensorflow>=2.20,<2.22",
+        "keras>=3.15,<4",
         "tensorflow-datasets>=4.9",
         "absl-py",
         "pyyaml",
@@ -30,5 +32,9 @@ setup(
         "test": ["pytest>=7", "pytest-timeout>=2", "pillow", "nbclient", "nbformat", "ipykernel",
                  "matplotlib"],
         "study": ["matplotlib"],
+        # GPUs: TensorFlow with its CUDA libraries. TPU VMs: install tensorflow-tpu
+        # (it provides the same `tensorflow` module) as the notebooks do.
+        "cuda": ["tensorflow[and-cuda]>=2.20,<2.22"],
+        "tpu": ["tensorflow-tpu==2.20.0"],
     },
 )
