@@ -32,9 +32,10 @@ setup(
         "test": ["pytest>=7", "pytest-timeout>=2", "pillow", "nbclient", "nbformat", "ipykernel",
                  "matplotlib"],
         "study": ["matplotlib"],
-        # GPUs: TensorFlow with its CUDA libraries. TPU VMs: install tensorflow-tpu
-        # (it provides the same `tensorflow` module) as the notebooks do.
+        # GPUs: TensorFlow with its CUDA libraries. (No [tpu] extra yet: the
+        # tensorflow-tpu distribution ships the same `tensorflow` module as the
+        # tensorflow requirement above, so pip would install both over each other;
+        # TPU VMs install tensorflow-tpu as colab/pretrain_linear_eval_tpu.ipynb does.)
         "cuda": ["tensorflow[and-cuda]>=2.20,<2.22"],
-        "tpu": ["tensorflow-tpu==2.20.0"],
     },
 )
