@@ -161,3 +161,13 @@ def test_projection_head_cell_also_evaluates_z(tmp_path):
     row = study._row("projection_head", cell, cfg, "done")
     assert 0.0 <= row["feature_linear_eval_top1_z"] <= 1.0
     assert 0.0 <= row["feature_linear_eval_top1"] <= 1.0 and row["steps"] == 2
+
+
+@pytest.mark.slow
+def test_a_cell_that_runs_too_long_is_stopped_and_counted_failed(tmp_path):
+    logs = []
+    rows = study.run_study("temperature", str(tmp_path / "s"), SMOKE, dict(TINY),
+                           max_cells=1, log=logs.append, cell_timeout_minutes=0.05)
+    ran = [r for r in rows if not r["status"].startswith("not_run")]
+    assert len(ran) == 1 and ran[0]["status"] == "failed", rows
+    assert any("stopped after 0.05 min" in line for line in logs), logs

@@ -32,6 +32,7 @@ reported and listed in the CSV as ``not_run``. No SavedModel is exported.
 import csv
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import time
@@ -57,6 +58,9 @@ def define_flags():
     flags.DEFINE_string("study", None, f"Which study: {', '.join(study_grids.STUDIES)}.")
     flags.DEFINE_string("study_dir", None, "Output directory (default: studies/<study>).")
     flags.DEFINE_integer("max_cells", None, "Run at most the first N cells (priority order).")
+    flags.DEFINE_float("cell_timeout_minutes", 120, "Stop a cell still running after M "
+                       "minutes (it saves a checkpoint; rerun to resume it) and count it "
+                       "as failed; 0: no limit.")
     flags.DEFINE_float("time_budget_minutes", None, "Start no cell expected to end after M "
                        "minutes.")
     flags.DEFINE_string("run_cell", None, "Internal: train and evaluate the cell in this "
@@ -120,16 +124,23 @@ def _check_same_settings(cfg):
             "Use another --study_dir for these settings, or delete that directory.")
 
 
-def _run_cell(study, cell, cfg, log):
-    """Trains and evaluates one cell in a child process; returns (ok, seconds)."""
+# The repository root (the folder holding the simclr_tf package), for the cells' PYTHONPATH.
+_PACKAGE_PARENT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _run_cell(study, cell, cfg, log, timeout_minutes=None):
+    """Trains and evaluates one cell in a child process; returns (ok, seconds).
+
+    A cell still running after ``timeout_minutes`` is stopped (SIGTERM: it saves
+    a checkpoint at its current step, so a rerun resumes it) and counts as failed.
+    """
     os.makedirs(cfg.model_dir, exist_ok=True)
     config_lib.save_yaml(cfg, os.path.join(cfg.model_dir, "config.yaml"))
     with open(os.path.join(cfg.model_dir, _CELL_FILE), "w", encoding="utf-8") as f:
         json.dump({"study": study, "cell": cell.name, "params": cell.params}, f)
-    package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (package_root, env.get("PYTHONPATH")) if p)
+        p for p in (str(_PACKAGE_PARENT), env.get("PYTHONPATH")) if p)
     env.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # as simclr_tf.run does
     log_path = os.path.join(cfg.model_dir, "log.txt")
     time_path = os.path.join(cfg.model_dir, _TIME_FILE)
@@ -140,7 +151,16 @@ def _run_cell(study, cell, cfg, log):
                 [sys.executable, "-m", "simclr_tf.study", f"--run_cell={cfg.model_dir}"],
                 stdout=out, stderr=subprocess.STDOUT, env=env)
             try:
-                code = proc.wait()
+                code = proc.wait(timeout=60 * timeout_minutes if timeout_minutes else None)
+            except subprocess.TimeoutExpired:
+                log(f"  stopped after {timeout_minutes} min (--cell_timeout_minutes)")
+                proc.terminate()
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                code = "timeout"
             except BaseException:  # Ctrl-C: stop the child; its checkpoints stay
                 proc.terminate()
                 try:
@@ -191,7 +211,7 @@ def _write_csv(rows, path):
 
 
 def run_study(study, study_dir=None, config_path=None, overrides=None, max_cells=None,
-              time_budget_minutes=None, log=print):
+              time_budget_minutes=None, log=print, cell_timeout_minutes=120):
     """Runs (or resumes) a study; returns its rows (one dict per cell, grid order).
 
     Raises StudyError / ConfigError before any run for a bad study name, config
@@ -222,7 +242,7 @@ def run_study(study, study_dir=None, config_path=None, overrides=None, max_cells
             status[cell.name] = "not_run (time_budget)"
         else:
             log(f"[{number}/{len(order)}] {cell.name}: running ({cfg.model_dir})")
-            ok, seconds = _run_cell(study, cell, cfg, log)
+            ok, seconds = _run_cell(study, cell, cfg, log, cell_timeout_minutes)
             durations.append(seconds)
             status[cell.name] = "done" if ok else "failed"
             if ok:
@@ -283,7 +303,8 @@ def main(argv):
     overrides = config_flags.overrides_from_flags()
     try:
         rows = run_study(FLAGS.study, FLAGS.study_dir, FLAGS.config, overrides,
-                         FLAGS.max_cells, FLAGS.time_budget_minutes)
+                         FLAGS.max_cells, FLAGS.time_budget_minutes,
+                         cell_timeout_minutes=FLAGS.cell_timeout_minutes)
     except (StudyError, config_lib.ConfigError, ImportError) as e:
         print(f"simclr_tf.study: error: {e}", file=sys.stderr)
         sys.exit(2)
