@@ -72,7 +72,8 @@ def _train(exp, sigterm):
         ckpt.remove_worker_scratch()
         return
     # 2. The compiled steps and the data stream, positioned at `start`.
-    metrics = steps_lib.train_metrics(exp.task.metric_names(model), cfg.nonfinite_policy)
+    with exp.strategy.scope():  # metrics summed over every replica and worker when read
+        metrics = steps_lib.train_metrics(exp.task.metric_names(model), cfg.nonfinite_policy)
     nonfinite_step = None
     if cfg.nonfinite_policy == "stop" and not distribute.is_tpu(exp.strategy):
         nonfinite_step = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -128,7 +129,8 @@ def evaluate(exp):
             f"Cannot evaluate: the training split {cfg.train_split!r} of "
             f"{cfg.dataset!r} has no labels, so there is no supervised head. "
             "Fine-tune on a labelled split (--train_mode=finetune) first.")
-    metrics = steps_lib.eval_metrics()
+    with strategy.scope():  # counts summed over every replica and worker when read
+        metrics = steps_lib.eval_metrics()
     eval_step = steps_lib.make_eval_step(model, metrics)
     run_eval_step = tf.function(lambda batch: strategy.run(eval_step, args=(batch,)))
     progress = Progress(f"evaluation on {cfg.eval_split!r}", unit="batches")

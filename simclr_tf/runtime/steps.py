@@ -13,7 +13,12 @@ NONFINITE_POLICIES = ("stop", "skip")
 
 
 def train_metrics(names, nonfinite_policy="stop"):
-    """``{name: keras.metrics.Mean}`` for the task's metrics (+ ``skipped_steps``)."""
+    """``{name: keras.metrics.Mean}`` for the task's metrics (+ ``skipped_steps``).
+
+    Create them inside the strategy's scope: only then are their variables
+    synchronised on read, so that a metric reports the mean over every
+    replica and worker (the global batch), not this worker's share.
+    """
     metrics = {n: keras.metrics.Mean(name=n) for n in names}
     if nonfinite_policy == "skip":
         metrics["skipped_steps"] = keras.metrics.Sum(name="skipped_steps")
@@ -150,6 +155,7 @@ def make_train_steps(train_step, strategy, optimizer, jit_compile=False,
 
 
 def eval_metrics():
+    """Top-1 and top-5 accuracy (create them in the strategy's scope, as train_metrics)."""
     return {"top1": keras.metrics.SparseTopKCategoricalAccuracy(k=1, name="top1"),
             "top5": keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")}
 
