@@ -416,7 +416,13 @@ def test_cli_exports_after_eval_and_in_export_mode_and_failures_keep_it(
 
     # Export mode refuses a model_dir without checkpoints (run.py turns the
     # RunError into this message and exit status 2).
-    empty = types.SimpleNamespace(cfg=cfg.replace(model_dir=str(tmp_path / "empty")))
+    from simclr_tf.runtime.checkpointer import Checkpointer
+    from simclr_tf.runtime.run_dir import RunDir
+
+    empty_dir = RunDir(str(tmp_path / "empty"))
+    empty = types.SimpleNamespace(
+        cfg=cfg.replace(model_dir=empty_dir.path), model=exp.model, run_dir=empty_dir,
+        checkpointer=Checkpointer(exp.model, exp.optimizer, empty_dir))
     with pytest.raises(errors.RunError, match="holds no checkpoint. Train first"):
         runtime.export(empty, restore=True)
     assert not os.path.exists(tmp_path / "empty")
@@ -430,7 +436,7 @@ def test_cli_exports_after_eval_and_in_export_mode_and_failures_keep_it(
             f.write(b"partial")
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(export, "_write_keras", broken_write_keras)
+    monkeypatch.setattr(writer, "_write_keras", broken_write_keras)
     for v in exp.model.trainable_weights:  # what a new export would change
         v.assign(v * 0.5)
     with pytest.raises(errors.RunError, match="previous export there is unchanged"):
