@@ -21,6 +21,7 @@ import subprocs
 from simclr_tf import config as config_lib
 from simclr_tf import errors, runtime
 from simclr_tf.data import datasets, image_folder, image_header
+from simclr_tf.runtime import run_dir as run_dir_lib
 from simclr_tf.runtime.run_dir import RunDir
 
 
@@ -299,8 +300,16 @@ def test_a_single_class_trains_with_a_warning(tmp_path, caplog):
     assert exp.num_classes == 1
     assert "single class" in caplog.text and "trivially 1.0" in caplog.text
     os.makedirs(cfg.model_dir)
-    result = runtime.evaluate(exp)  # one logit: top-1 is trivially right
-    assert result["top1"] == 1.0 and result["top5"] == 1.0
+    runtime.train(exp)  # it really trains: the steps run and the loss is finite
+    assert exp.step == cfg.train_steps
+    log = run_dir_lib.read_train_log(cfg.model_dir)
+    assert [e["step"] for e in log] == list(range(1, cfg.train_steps + 1))
+    assert all(np.isfinite(e["contrast_loss"]) for e in log)
+    # With one class the probe has one logit: its softmax is 1, its loss 0.
+    assert all(e["sup_loss"] == pytest.approx(0.0, abs=1e-6) for e in log)
+    assert exp.model.supervised_head.weights[-1].shape[-1] == 1
+    result = runtime.evaluate(exp)
+    assert result["top1"] == 1.0 and result["num_labeled_examples"] == 6
 
 
 # ------------------------------------------------------------------- labels
@@ -386,6 +395,7 @@ def test_unwritable_model_dir_is_refused(tmp_path, where):
 _READ_ONLY_CHECK = r"""
 import os, pwd, sys
 from simclr_tf.errors import RunError
+from simclr_tf.runtime import run_dir as run_dir_lib
 from simclr_tf.runtime.run_dir import RunDir
 if sys.argv[2]:  # drop root, who may write anywhere
     user = pwd.getpwnam(sys.argv[2])
