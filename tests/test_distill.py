@@ -291,7 +291,7 @@ def test_student_distilled_from_a_confident_teacher_beats_its_random_init(tmp_pa
 
 
 TEACHER_STEPS = 600
-STUDENT_STEPS = 200
+STUDENT_STEPS = 300  # the measured 0.29 above: a gain of 0.19 against the 0.08 asked
 
 
 TWO_REPLICA_SESSION_BODY = r"""
