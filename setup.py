@@ -29,7 +29,7 @@ setup(
         "numpy",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2", "pillow", "nbclient", "nbformat", "ipykernel",
+        "test": ["pytest>=7", "pytest-timeout>=2", "pytest-xdist>=3", "pillow", "nbclient", "nbformat", "ipykernel",
                  "matplotlib"],
         "study": ["matplotlib"],
         # GPUs: TensorFlow with its CUDA libraries. (No [tpu] extra yet: the

@@ -19,6 +19,7 @@ class Progress:
         total: how many units in all, or None when unknown.
         unit: the unit's name ("images", "files").
         every: seconds between two lines (the last line is always written).
+        log: where a line goes (default: absl ``logging.info``).
 
     Example::
 
@@ -29,8 +30,9 @@ class Progress:
         progress.done()
     """
 
-    def __init__(self, what, total=None, unit="images", every=10.0):
+    def __init__(self, what, total=None, unit="images", every=10.0, log=None):
         self.what, self.total, self.unit, self.every = what, total, unit, every
+        self.log = log or (lambda line: logging.info("%s", line))
         self.count = 0
         self.start = self._last = time.monotonic()
 
@@ -48,7 +50,7 @@ class Progress:
         now = time.monotonic()
         if now - self._last >= self.every:
             self._last = now
-            logging.info("%s", self.line())
+            self.log(self.line())
 
     def done(self):
-        logging.info("%s, done in %.1f s", self.line(), time.monotonic() - self.start)
+        self.log(f"{self.line()}, done in {time.monotonic() - self.start:.1f} s")
