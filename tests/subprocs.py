@@ -124,3 +124,18 @@ def tf_config(ports, index):
     """TF_CONFIG of worker ``index`` in a cluster of workers on ``ports``."""
     return json.dumps({"cluster": {"worker": [f"localhost:{p}" for p in ports]},
                        "task": {"type": "worker", "index": index}})
+
+
+def unprivileged_user():
+    """"" when not root (run as ourselves), else an unprivileged user's name, else None."""
+    import pwd
+
+    if os.geteuid() != 0:
+        return ""
+    for name in ("nobody", "nfsnobody", "daemon"):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            continue
+    return None

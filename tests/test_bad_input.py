@@ -413,17 +413,13 @@ except RunError as e:
 @pytest.mark.slow
 def test_read_only_model_dir_is_refused(tmp_path):
     """Checked as an unprivileged user: CI runs as root, who may write anywhere."""
-    import pwd
     import subprocess
     import sys
     import tempfile
 
-    user = ""
-    if os.geteuid() == 0:
-        user = next((n for n in ("nobody", "nfsnobody", "daemon") if _user_exists(pwd, n)),
-                    None)
-        if user is None:
-            pytest.skip("running as root and no unprivileged user exists")
+    user = subprocs.unprivileged_user()
+    if user is None:
+        pytest.skip("running as root and no unprivileged user exists")
     base = tempfile.mkdtemp(prefix="simclr_ro_")  # tmp_path is private to root
     try:
         os.chmod(base, 0o755)
@@ -449,14 +445,6 @@ def test_read_only_model_dir_is_refused(tmp_path):
         os.chmod(base, 0o755)
         os.chmod(os.path.join(base, "ro"), 0o755)
         shutil.rmtree(base, ignore_errors=True)
-
-
-def _user_exists(pwd, name):
-    try:
-        pwd.getpwnam(name)
-        return True
-    except KeyError:
-        return False
 
 
 @pytest.mark.slow
@@ -486,14 +474,9 @@ def test_eval_without_a_checkpoint_is_refused_and_writes_nothing(tmp_path):
 
 
 def test_model_dir_of_an_incompatible_run_is_refused(tmp_path):
-    old = _cfg(tmp_path, dataset="offline_shapes", resnet_depth=18)
-    directory = os.path.join(old.model_dir, "checkpoints")
-    os.makedirs(directory)
-    config_lib.save_yaml(old, os.path.join(old.model_dir, "config.yaml"))
-    with open(os.path.join(directory, "ckpt-5.index"), "wb") as f:
-        f.write(b"index")
-    with open(os.path.join(directory, "checkpoint"), "w") as f:
-        f.write('model_checkpoint_path: "ckpt-5"\nall_model_checkpoint_paths: "ckpt-5"\n')
+    old = _run_in_progress(tmp_path, resnet_depth=18)
+    with open(os.path.join(old.model_dir, "checkpoints", "checkpoint"), "w") as f:
+        f.write('model_checkpoint_path: "ckpt-1"\nall_model_checkpoint_paths: "ckpt-1"\n')
     before = _snapshot(old.model_dir)
     with pytest.raises(errors.RunError, match=r"resnet_depth: 18 -> 34.*new --model_dir"):
         _check_model_dir(old.replace(resnet_depth=34))

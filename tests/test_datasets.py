@@ -494,19 +494,16 @@ except ValueError as e:
 @pytest.mark.slow
 def test_image_folder_permission_denied_as_unprivileged_user(tmp_path):
     """chmod 000 files and folders, read by a process that is not root."""
-    import pwd
     import shutil
     import subprocess
     import sys
     import tempfile
 
-    if os.geteuid() != 0:
-        user = None  # already unprivileged: run as ourselves
-    else:
-        user = next((n for n in ("nobody", "nfsnobody", "daemon")
-                     if _has_user(pwd, n)), None)
-        if user is None:
-            pytest.skip("running as root and no unprivileged user exists")
+    import subprocs
+
+    user = subprocs.unprivileged_user()  # "": already unprivileged, run as ourselves
+    if user is None:
+        pytest.skip("running as root and no unprivileged user exists")
     # A world-traversable folder (pytest's tmp_path is private to root).
     base = tempfile.mkdtemp(prefix="simclr_perm_")
     try:
@@ -546,12 +543,6 @@ def test_image_folder_permission_denied_as_unprivileged_user(tmp_path):
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _has_user(pwd, name):
-    try:
-        pwd.getpwnam(name)
-        return True
-    except KeyError:
-        return False
 
 
 def test_image_folder_with_only_unreadable_files_is_a_clear_error(tmp_path, cache_dir):

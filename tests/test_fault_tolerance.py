@@ -51,20 +51,27 @@ def uninterrupted(tmp_path_factory):
     return model_dir, child
 
 
+def _stop_after_step_4(tmp_path_factory, name, stop):
+    """Starts the run, applies ``stop(child)`` once step 4 is logged (after
+    checkpoint 3, inside epoch 2); returns (root, model_dir, flags, child)."""
+    root = str(tmp_path_factory.mktemp(name))
+    model_dir = os.path.join(root, "run")
+    flags = RUN_FLAGS + [f"--model_dir={model_dir}"]
+    child = subprocs.Child(flags, root, name)
+    try:
+        subprocs.wait_until(lambda: any(s >= 4 for s in subprocs.logged_steps(model_dir)),
+                            timeout=600, children=[child])
+        stop(child)
+    finally:
+        subprocs.stop([child])
+    return root, model_dir, flags, child
+
+
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
     """A run SIGKILLed after its first checkpoint, then rerun with the same command."""
-    root = str(tmp_path_factory.mktemp("interrupted"))
-    model_dir = os.path.join(root, "run")
-    flags = RUN_FLAGS + [f"--model_dir={model_dir}"]
-    killed = subprocs.Child(flags, root, "killed")
-    try:
-        # Step 4 is logged after checkpoint 3 was written: kill in epoch 2.
-        subprocs.wait_until(lambda: any(s >= 4 for s in subprocs.logged_steps(model_dir)),
-                            timeout=600, children=[killed])
-        killed.kill()
-    finally:
-        subprocs.stop([killed])
+    root, model_dir, flags, killed = _stop_after_step_4(
+        tmp_path_factory, "killed", lambda child: child.kill())
     killed_log = subprocs.read_log(model_dir)
     files_after_kill = sorted(os.listdir(model_dir))
     resumed = subprocs.run(flags, root, "resumed")
@@ -107,17 +114,13 @@ def test_sigkill_mid_epoch_then_rerun_matches_an_uninterrupted_run(uninterrupted
 @pytest.fixture(scope="module")
 def preempted(tmp_path_factory):
     """A run sent SIGTERM after step 4 (between checkpoints 3 and 6), then rerun."""
-    root = str(tmp_path_factory.mktemp("preempted"))
-    model_dir = os.path.join(root, "run")
-    flags = RUN_FLAGS + [f"--model_dir={model_dir}"]
-    first = subprocs.Child(flags, root, "terminated")
-    try:
-        subprocs.wait_until(lambda: any(s >= 4 for s in subprocs.logged_steps(model_dir)),
-                            timeout=600, children=[first])
-        first.proc.send_signal(signal.SIGTERM)
-        first.wait(300)
-    finally:
-        subprocs.stop([first])
+
+    def terminate(child):
+        child.proc.send_signal(signal.SIGTERM)
+        child.wait(300)
+
+    root, model_dir, flags, first = _stop_after_step_4(tmp_path_factory, "terminated",
+                                                       terminate)
     saved = sorted(int(name[len("ckpt-"):-len(".index")]) for name in os.listdir(
         os.path.join(model_dir, "checkpoints")) if name.endswith(".index"))
     resumed = subprocs.run(flags, root, "resumed")

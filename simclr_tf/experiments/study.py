@@ -128,6 +128,16 @@ def _check_same_settings(cfg):
 _PACKAGE_PARENT = pathlib.Path(__file__).resolve().parents[2]
 
 
+def _stop(proc, grace_seconds=120):
+    """SIGTERM (the cell saves a checkpoint at its current step), then SIGKILL."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def _run_cell(study, cell, cfg, log, timeout_minutes=None):
     """Trains and evaluates one cell in a child process; returns (ok, seconds).
 
@@ -154,20 +164,10 @@ def _run_cell(study, cell, cfg, log, timeout_minutes=None):
                 code = proc.wait(timeout=60 * timeout_minutes if timeout_minutes else None)
             except subprocess.TimeoutExpired:
                 log(f"  stopped after {timeout_minutes} min (--cell_timeout_minutes)")
-                proc.terminate()
-                try:
-                    proc.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                _stop(proc)
                 code = "timeout"
             except BaseException:  # Ctrl-C: stop the child; its checkpoints stay
-                proc.terminate()
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+                _stop(proc)
                 raise
     finally:
         seconds = time.monotonic() - start
