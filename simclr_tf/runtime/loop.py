@@ -98,15 +98,15 @@ def _train(exp, sigterm):
         first, step = step + 1, exp.step
         logs = {name: float(m.result()) for name, m in metrics.items()}
         logs["lr"] = float(exp.schedule(step - 1))
-        if cfg.knn_every_epochs and step % knn_every == 0 and exp.is_chief:
-            logs["knn_top1"] = _monitor_features(exp, knn_only=True)["knn"]["top1"]
         if not math.isfinite(logs["loss"]):
             bad = int(nonfinite_step.numpy()) if nonfinite_step is not None else 0
             where = f"at step {bad}" if bad else f"in steps {first}-{step}"
             raise RunError(
-                f"Loss became {logs['loss']} {where}. Training stopped; the last good checkpoint ({ckpt.latest or 'none yet'}) "
-                "is kept. Lower --learning_rate, check the input data, or pass "
-                "--nonfinite_policy=skip to skip such steps.")
+                f"Loss became {logs['loss']} {where}. Training stopped; the last good "
+                f"checkpoint ({ckpt.latest or 'none yet'}) is kept. Lower --learning_rate, "
+                "check the input data, or pass --nonfinite_policy=skip to skip such steps.")
+        if cfg.knn_every_epochs and step % knn_every == 0 and exp.is_chief:
+            logs["knn_top1"] = _monitor_features(exp, knn_only=True)["knn"]["top1"]
         report.write(first, step, logs)
         saved = ckpt.save(step) if step % save_every == 0 or step == total else None
         if step < total and distribute.any_worker(exp.strategy, sigterm["set"]):
@@ -120,8 +120,9 @@ def _train(exp, sigterm):
 def evaluate(exp):
     """Top-1/top-5 of the supervised head on eval_split; writes result.json.
 
-    After pretraining it also runs the frozen-feature linear evaluation
-    (``feature_linear_eval``, the paper's protocol) on the chief.
+    On the chief it also reports the evaluations on frozen features: the kNN
+    accuracy (``knn``) and, after pretraining, the frozen-feature linear
+    evaluation (``feature_linear_eval``, the paper's protocol).
     """
     cfg, model, strategy = exp.cfg, exp.model, exp.strategy
     if model.supervised_head is None:
