@@ -52,7 +52,6 @@ def expected_parts(depth, width=1, cifar_stem=False, sk_ratio=0.0):
     cin = c0
     for g, nblocks in enumerate(BLOCKS[depth]):
         f = r(64 * 2 ** g)
-        stride = 1 if g == 0 else 2
         cout = 4 * f if bottleneck else f
         n = 0
         for j in range(nblocks):
