@@ -80,7 +80,7 @@ def make_train_steps(exp, jit_compile):
     cfg, model = exp.cfg, exp.model
     metrics = steps_lib.train_metrics(exp.task.metric_names(model), cfg.nonfinite_policy)
     step_fn = steps_lib.make_train_step(model, exp.task, exp.optimizer, metrics,
-                                        cfg.nonfinite_policy)
+                                        cfg.nonfinite_policy, exp.probe_optimizer)
     return steps_lib.make_train_steps(step_fn, exp.strategy, exp.optimizer, jit_compile)
 
 

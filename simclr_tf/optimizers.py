@@ -244,3 +244,29 @@ def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0):
         return keras.optimizers.Adam(learning_rate)
     raise ValueError(
         f"Unknown optimizer {name!r}: expected one of {', '.join(OPTIMIZERS)}.")
+
+
+#: Momentum of the linear probe's own optimizer (see :func:`build_probe_optimizer`).
+PROBE_MOMENTUM = 0.9
+
+
+def build_probe_optimizer(learning_rate, total_steps):
+    """The optimizer of pretraining's linear probe when it has its own.
+
+    SGD with momentum 0.9 and ``learning_rate`` decayed by a cosine to 0 over
+    ``total_steps``, no warmup and no weight decay: the online classifier of
+    solo-learn and lightly. The probe reads ``stop_gradient(h)``, which moves
+    while the encoder learns; under the pretraining optimizer (LARS with a
+    learning rate of order 1 and its trust ratio, the official code's choice)
+    it trails the frozen-feature evaluation by many points at short lengths
+    (21.7% vs 28.7% on the demo), because that learning rate suits the
+    encoder, not a linear classifier.
+
+    Args:
+        learning_rate: the probe's initial learning rate (> 0).
+        total_steps: steps of the run (the cosine's length).
+    """
+    schedule = keras.optimizers.schedules.CosineDecay(float(learning_rate),
+                                                      max(int(total_steps), 1))
+    return keras.optimizers.SGD(schedule, momentum=PROBE_MOMENTUM, name="probe_sgd")
+

@@ -80,7 +80,9 @@ def test_pretrain_logs_and_probe_learns_on_a_fixed_batch():
 
 
 def test_l2_weight_decay_for_non_lars_optimizers():
-    model = _model(weight_decay=1e-3, optimizer="momentum")
+    # The probe under the pretraining optimizer (the official code's way; with
+    # its own optimizer it is not decayed: tests/test_probe.py).
+    model = _model(weight_decay=1e-3, optimizer="momentum", probe_learning_rate=0.0)
     model.compile(optimizer=optimizers.build_optimizer("momentum", 0.1))
     model(tf.zeros([1, 16, 16, 3]))
     _, results = model.compute_loss(_batch())
@@ -88,7 +90,7 @@ def test_l2_weight_decay_for_non_lars_optimizers():
                    for v in model.trainable_variables
                    if "batch_normalization" not in v.path and "bias" not in v.path)
     np.testing.assert_allclose(float(results["weight_decay"]), expected, rtol=1e-5)
-    lars_model = _model(weight_decay=1e-3)
+    lars_model = _model(weight_decay=1e-3, probe_learning_rate=0.0)
     lars_model.compile(optimizer=optimizers.LARS(0.1, weight_decay=1e-3))
     lars_model(tf.zeros([1, 16, 16, 3]))
     loss, results = lars_model.compute_loss(_batch())

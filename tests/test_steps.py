@@ -25,7 +25,11 @@ def _one_step(train_mode, jit_compile):
     optimizer.build(model.trainable_variables)
     task = tasks.build_task(train_mode, cfg.loss)
     metrics = steps_lib.train_metrics(task.metric_names(model))
-    step_fn = steps_lib.make_train_step(model, task, optimizer, metrics)
+    probe_optimizer = None
+    if task.probe_variables(model):  # pretraining: the probe's own SGD
+        probe_optimizer = optimizers.build_probe_optimizer(0.1, total_steps=10)
+    step_fn = steps_lib.make_train_step(model, task, optimizer, metrics,
+                                        probe_optimizer=probe_optimizer)
     train_steps = steps_lib.make_train_steps(step_fn, tf.distribute.get_strategy(),
                                              optimizer, jit_compile=jit_compile)
     rng = np.random.default_rng(1)

@@ -125,6 +125,11 @@ class Config:
         "(0 = encoder output h).", minimum=0)
     lineareval_while_pretraining: bool = _field(
         True, "Train a linear probe on stop_gradient(h) during pretraining.")
+    probe_learning_rate: float = _field(
+        0.1, "Pretraining's linear probe: > 0 trains it with its own optimizer (SGD, "
+        "momentum 0.9, this learning rate decayed by a cosine over the run, no weight "
+        "decay); 0 trains it with the pretraining optimizer, schedule and weight "
+        "decay, as the official code does.", minimum=0.0)
     fine_tune_after_block: int = _field(
         -1, "Finetune: -1 trains everything, 0 freezes the stem, k in 1..4 "
         "also freezes block groups 1..k (4 = linear evaluation).", minimum=-1)

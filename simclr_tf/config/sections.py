@@ -65,6 +65,7 @@ class LossConfig:
     temperature: float
     hidden_norm: bool
     lineareval_while_pretraining: bool
+    probe_learning_rate: float
     distill_temperature: float
     distill_label_weight: float
     weight_decay: float

@@ -12,6 +12,8 @@ from simclr_tf.errors import RunError, short_tf_error
 # network stays within ~10): such weights are never checkpointed, because the
 # next step would turn them non-finite.
 MAX_WEIGHT = 1e6
+# The checkpoint key of the linear probe's own optimizer.
+_PROBE_OPTIMIZER = "probe_optimizer"
 # What --checkpoint loads into a new run: the backbone, not the heads.
 _PRETRAINED_PARTS = ("encoder", "projection_head")
 
@@ -49,12 +51,17 @@ def checkpoint_candidates(directory):
     return sorted(paths, key=lambda p: (number(p), p), reverse=True)
 
 
+def _has_key(path, prefix):
+    """Whether the checkpoint ``path`` holds an object under the top-level key ``prefix``."""
+    return any(name.split("/")[0] == prefix for name, _ in tf.train.list_variables(path))
+
+
 class Checkpointer:
     """Owns ``model_dir/checkpoints/``: what is saved, and what a run starts from.
 
     A checkpoint holds the model (every weight, BN moving statistics included,
-    also under ``weights/<variable path>``) and the optimizer (its slots and
-    step counter). :meth:`resume` restores the newest *readable* checkpoint,
+    also under ``weights/<variable path>``), the optimizer (its slots and
+    step counter) and, when the linear probe has its own, the probe's optimizer. :meth:`resume` restores the newest *readable* checkpoint,
     falling back to older ones with a warning when the newest is corrupt or
     truncated; it is the one implementation of that fallback, used by
     training, ``--mode=eval`` and ``--mode=export``.
@@ -69,15 +76,24 @@ class Checkpointer:
         run_dir: a :class:`simclr_tf.runtime.run_dir.RunDir`.
         keep_max: checkpoints kept.
         task_id: None on the chief; the worker's task id otherwise.
+        probe_optimizer: the linear probe's own optimizer (built), or None.
     """
 
-    def __init__(self, model, optimizer, run_dir, keep_max=5, task_id=None):
+    def __init__(self, model, optimizer, run_dir, keep_max=5, task_id=None,
+                 probe_optimizer=None):
         parts = {"model": model, "weights": weights_by_path(model)}
         if optimizer is not None:
             parts["optimizer"] = optimizer
+        # Checkpoints of runs whose probe shared the pretraining optimizer
+        # (0.2 and earlier, or probe_learning_rate=0) hold no probe optimizer:
+        # they are read without it (see resume).
+        self._without_probe = tf.train.Checkpoint(**parts)
+        if probe_optimizer is not None:
+            parts[_PROBE_OPTIMIZER] = probe_optimizer
         self.checkpoint = tf.train.Checkpoint(**parts)
         self.model = model
         self.optimizer = optimizer
+        self.probe_optimizer = probe_optimizer
         self.directory = run_dir.checkpoints
         self.run_dir = run_dir
         self.task_id = task_id
@@ -117,7 +133,7 @@ class Checkpointer:
         unreadable = []
         for path in candidates:
             try:
-                self.checkpoint.read(path).assert_existing_objects_matched()
+                self._read(path)
             except (ValueError, AssertionError) as e:  # another model's checkpoint
                 raise RunError(
                     f"The checkpoint {path!r} does not match the model of this config "
@@ -138,6 +154,22 @@ class Checkpointer:
                 f"{', '.join(unreadable)}; see the warnings above). Restore them from a "
                 "backup, or move the directory away to train from scratch.")
         return None
+
+    def _read(self, path):
+        """Restores ``path``; every object of this run must be in it but the probe's optimizer.
+
+        A checkpoint without the probe optimizer (written while the probe
+        shared the pretraining optimizer) restores everything else; the probe
+        optimizer then starts with zero momentum at the checkpoint's step, so
+        its cosine continues where the run is.
+        """
+        if self.probe_optimizer is None or _has_key(path, _PROBE_OPTIMIZER):
+            self.checkpoint.read(path).assert_existing_objects_matched()
+            return
+        self._without_probe.read(path).assert_existing_objects_matched()
+        self.probe_optimizer.iterations.assign(self.optimizer.iterations)
+        logging.info("%s holds no probe optimizer (the probe shared the pretraining "
+                     "optimizer): the probe's own SGD starts at step %d.", path, self.step)
 
     def restore_finished(self, what):
         """Restores the newest readable checkpoint, or refuses: there is nothing to ``what``.

@@ -37,6 +37,8 @@ class Experiment:
         schedule, optimizer: the learning-rate schedule and optimizer.
         checkpointer: the :class:`~simclr_tf.runtime.checkpointer.Checkpointer`.
         jit_compile: whether the per-replica step is XLA-compiled.
+        probe_optimizer: the linear probe's own optimizer (pretraining with
+            ``probe_learning_rate > 0``), or None.
     """
 
     cfg: Any
@@ -54,6 +56,7 @@ class Experiment:
     optimizer: Any
     checkpointer: Checkpointer
     jit_compile: bool
+    probe_optimizer: Optional[Any] = None
 
     @property
     def step(self):
@@ -202,19 +205,27 @@ def build(cfg, strategy=None):
     steps = optimizers.step_counts(train_info.num_examples, cfg.train_batch_size,
                                    cfg.train_epochs, cfg.train_steps, cfg.warmup_epochs)
 
+    task = tasks.build_task(cfg.train_mode, cfg.loss, teacher)
+    probe_optimizer = None
     with strategy.scope():
         model = build_model(cfg.model, num_classes)
         schedule, optimizer = build_optimizer(cfg, train_info.num_examples)
         model(tf.zeros([1, cfg.image_size, cfg.image_size, 3]))
+        # Built over every weight, the probe's included: checkpoints keep one
+        # layout whichever optimizer trains the probe.
         optimizer.build(model.trainable_variables)
+        if task.probe_variables(model):
+            probe_optimizer = optimizers.build_probe_optimizer(cfg.probe_learning_rate,
+                                                               steps.total_steps)
+            probe_optimizer.build(task.probe_variables(model))
     run_dir = RunDir(cfg.model_dir)
     task_id = None if is_chief else strategy.cluster_resolver.task_id
     return Experiment(
         cfg=cfg, strategy=strategy, is_chief=is_chief, run_dir=run_dir,
         train_info=train_info, num_classes=num_classes, label_subset=label_subset,
-        num_labeled_examples=num_labelled, steps=steps, model=model,
-        task=tasks.build_task(cfg.train_mode, cfg.loss, teacher), schedule=schedule,
-        optimizer=optimizer,
+        num_labeled_examples=num_labelled, steps=steps, model=model, task=task,
+        schedule=schedule, optimizer=optimizer,
         checkpointer=Checkpointer(model, optimizer, run_dir, cfg.keep_checkpoint_max,
-                                  task_id),
-        jit_compile=distribute.resolve_jit_compile(cfg.jit_compile, strategy))
+                                  task_id, probe_optimizer=probe_optimizer),
+        jit_compile=distribute.resolve_jit_compile(cfg.jit_compile, strategy),
+        probe_optimizer=probe_optimizer)

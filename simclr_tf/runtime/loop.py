@@ -78,7 +78,7 @@ def _train(exp, sigterm):
     if cfg.nonfinite_policy == "stop" and not distribute.is_tpu(exp.strategy):
         nonfinite_step = tf.Variable(0, dtype=tf.int64, trainable=False)
     step_fn = steps_lib.make_train_step(model, exp.task, exp.optimizer, metrics,
-                                        cfg.nonfinite_policy)
+                                        cfg.nonfinite_policy, exp.probe_optimizer)
     train_steps = steps_lib.make_train_steps(step_fn, exp.strategy, exp.optimizer,
                                              exp.jit_compile, nonfinite_step)
     iterator = iter(exp.train_dataset(start))

@@ -42,7 +42,10 @@ RESUME_FREE_KEYS = (
     "mode", "model_dir", "data_dir", "eval_split", "eval_batch_size", "cache_dataset",
     "checkpoint", "checkpoint_epochs", "checkpoint_steps", "keep_checkpoint_max",
     "log_every_steps", "nonfinite_policy", "deterministic", "use_tpu", "tpu_name",
-    "precision", "jit_compile", "feature_linear_eval")
+    "precision", "jit_compile", "feature_linear_eval",
+    # The probe never changes the encoder; a run of 0.2 (probe under the
+    # pretraining optimizer) resumes with the probe's own optimizer.
+    "probe_learning_rate")
 # The run's length may grow (in the same unit); the schedule then decays over
 # the new length from the step the run resumes at.
 RESUME_LENGTH_KEYS = ("train_steps", "train_epochs")

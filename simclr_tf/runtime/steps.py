@@ -31,7 +31,8 @@ def _bn_state(model):
             if v.name in ("moving_mean", "moving_variance")]
 
 
-def make_train_step(model, task, optimizer, metrics, nonfinite_policy="stop"):
+def make_train_step(model, task, optimizer, metrics, nonfinite_policy="stop",
+                    probe_optimizer=None):
     """Returns ``train_step(batch) -> {metric: value}`` for ``strategy.run``.
 
     Each replica computes ``task.compute_loss`` (the mean over its examples),
@@ -39,6 +40,10 @@ def make_train_step(model, task, optimizer, metrics, nonfinite_policy="stop"):
     gradients, so the update follows the global-batch mean) and applies the
     gradients; weights without a gradient (the probe when it is off,
     projection layers above ``ft_proj_selector``) are left out.
+
+    ``probe_optimizer``: when given, it updates ``task.probe_variables(model)``
+    (the linear probe) and ``optimizer`` the rest; the task must name such
+    weights (ValueError otherwise, and for weights without an optimizer).
 
     ``nonfinite_policy``: ``"stop"`` applies every update (the loop checks
     the loss and stops); ``"skip"``: a step whose loss or gradients are
@@ -50,6 +55,7 @@ def make_train_step(model, task, optimizer, metrics, nonfinite_policy="stop"):
         raise ValueError(f"nonfinite_policy must be 'stop' or 'skip', got "
                          f"{nonfinite_policy!r}.")
     skip = nonfinite_policy == "skip"
+    updates = _Updates(optimizer, probe_optimizer, task.probe_variables(model))
 
     def train_step(batch):
         num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -61,10 +67,10 @@ def make_train_step(model, task, optimizer, metrics, nonfinite_policy="stop"):
         grads = tape.gradient(scaled_loss, variables)
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
         if skip:
-            _apply_or_skip(model, optimizer, metrics, loss, pairs, results, bn_state,
+            _apply_or_skip(model, updates, metrics, loss, pairs, results, bn_state,
                            num_replicas)
         else:
-            optimizer.apply_gradients(pairs)
+            updates.apply(pairs)
             for name, value in results.items():
                 if name in metrics:
                     metrics[name].update_state(value)
@@ -73,7 +79,45 @@ def make_train_step(model, task, optimizer, metrics, nonfinite_policy="stop"):
     return train_step
 
 
-def _apply_or_skip(model, optimizer, metrics, loss, pairs, results, bn_state, num_replicas):
+class _Updates:
+    """Applies a step's gradients: the probe's with its own optimizer, if any."""
+
+    def __init__(self, optimizer, probe_optimizer, probe_variables):
+        if (probe_optimizer is None) != (not probe_variables):
+            raise ValueError(
+                "probe_optimizer and the task's probe_variables go together: got "
+                f"{'no' if probe_optimizer is None else 'an'} optimizer for "
+                f"{len(probe_variables)} probe weights. Pass probe_optimizer="
+                "simclr_tf.optimizers.build_probe_optimizer(lr, total_steps) for a task "
+                "whose probe has its own learning rate, or build the task with "
+                "probe_learning_rate=0.")
+        self.optimizer = optimizer
+        self.probe_optimizer = probe_optimizer
+        self._probe_ids = {id(v) for v in probe_variables}
+        self._probe_variables = probe_variables
+
+    def apply(self, pairs):
+        if self.probe_optimizer is None:
+            self.optimizer.apply_gradients(pairs)
+            return
+        self.optimizer.apply_gradients([p for p in pairs if id(p[1]) not in self._probe_ids])
+        self.probe_optimizer.apply_gradients([p for p in pairs if id(p[1]) in self._probe_ids])
+
+    def build(self, variables):
+        """Builds the optimizers (no variable may be created inside ``tf.cond``)."""
+        if not self.optimizer.built:
+            self.optimizer.build(variables)
+        if self.probe_optimizer is not None and not self.probe_optimizer.built:
+            self.probe_optimizer.build(self._probe_variables)
+
+    def skip(self):
+        """A skipped step: only the step counters advance."""
+        for opt in (self.optimizer, self.probe_optimizer):
+            if opt is not None:
+                opt.iterations.assign_add(1)
+
+
+def _apply_or_skip(model, updates, metrics, loss, pairs, results, bn_state, num_replicas):
     """nonfinite_policy="skip": the update unless the step is non-finite.
 
     The decision is all-reduced, so every replica (and worker) takes the
@@ -82,8 +126,7 @@ def _apply_or_skip(model, optimizer, metrics, loss, pairs, results, bn_state, nu
     ``optimizer.iterations`` (so the step keeps pointing at the same batch
     of the data stream when the run resumes).
     """
-    if not optimizer.built:  # no variable creation inside tf.cond
-        optimizer.build(model.trainable_variables)
+    updates.build(model.trainable_variables)
     finite = tf.math.is_finite(tf.cast(loss, tf.float32))
     for g, _ in pairs:
         finite = tf.logical_and(finite, tf.reduce_all(
@@ -92,11 +135,7 @@ def _apply_or_skip(model, optimizer, metrics, loss, pairs, results, bn_state, nu
         tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
     skip = bad_replicas > 0
 
-    def apply_fn(grads_and_vars):
-        optimizer.apply_gradients(grads_and_vars)
-
-    def skip_fn():
-        optimizer.iterations.assign_add(1)
+    apply_fn, skip_fn = updates.apply, updates.skip
 
     if tf.__internal__.distribute.strategy_supports_no_merge_call():
         tf.cond(skip, skip_fn, lambda: apply_fn(pairs))

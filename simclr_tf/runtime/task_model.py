@@ -2,6 +2,7 @@
 
 import keras
 
+from simclr_tf import optimizers
 from simclr_tf.runtime import steps as steps_lib
 
 
@@ -20,6 +21,11 @@ class TaskModel(keras.Model):
         task: the objective, e.g. ``simclr_tf.tasks.PretrainTask(cfg.loss)``.
         nonfinite_policy: ``"stop"`` or ``"skip"`` (see
             :func:`~simclr_tf.runtime.steps.make_train_step`).
+        probe_optimizer: the optimizer of the task's probe weights
+            (``task.probe_variables``: pretraining's linear probe when
+            ``probe_learning_rate > 0``). Default: SGD with momentum 0.9 at a
+            constant ``probe_learning_rate`` (``fit`` does not know the run's
+            length; ``simclr_tf.run`` decays it by a cosine).
 
     Example:
 
@@ -35,11 +41,13 @@ class TaskModel(keras.Model):
     Reference: Chen et al. 2020, arXiv:2002.05709.
     """
 
-    def __init__(self, network, task, nonfinite_policy="stop", **kwargs):
+    def __init__(self, network, task, nonfinite_policy="stop", probe_optimizer=None,
+                 **kwargs):
         super().__init__(**kwargs)
         self.network = network
         self.task = task
         self.nonfinite_policy = nonfinite_policy
+        self.probe_optimizer = probe_optimizer
         self._train_metrics = steps_lib.train_metrics(task.metric_names(network),
                                                       nonfinite_policy)
         self._eval_metrics = steps_lib.eval_metrics()
@@ -55,9 +63,12 @@ class TaskModel(keras.Model):
 
     def train_step(self, data):
         if self._train_step is None:
+            if self.probe_optimizer is None and self.task.probe_variables(self.network):
+                self.probe_optimizer = keras.optimizers.SGD(
+                    self.task.cfg.probe_learning_rate, momentum=optimizers.PROBE_MOMENTUM)
             self._train_step = steps_lib.make_train_step(
                 self.network, self.task, self.optimizer, self._train_metrics,
-                self.nonfinite_policy)
+                self.nonfinite_policy, self.probe_optimizer)
         return self._train_step(data)
 
     def test_step(self, data):

@@ -26,6 +26,8 @@ class Task:
     ``weight_decay * sum(w^2) / 2`` over its kernel; with any other optimizer
     the task adds that term over every weight that is neither a BN parameter
     nor a bias. The whole term is reported as the ``weight_decay`` metric.
+    Weights in :meth:`probe_variables` (a probe with its own optimizer) are
+    never decayed.
 
     Args:
         loss_cfg: a ``simclr_tf.config.LossConfig``.
@@ -36,6 +38,15 @@ class Task:
     def __init__(self, loss_cfg):
         self.cfg = loss_cfg
         self.decay_in_loss = loss_cfg.optimizer != "lars"
+
+    def probe_variables(self, model):
+        """Weights trained by their own optimizer (the probe's), not the run's.
+
+        Empty unless the task has a probe with its own learning rate
+        (:class:`~simclr_tf.tasks.pretrain.PretrainTask`); those weights get
+        no weight decay.
+        """
+        return []
 
     def objective_metrics(self, model):
         """Names of the metrics :meth:`objective` returns for ``model``."""
@@ -70,7 +81,8 @@ class Task:
         total, results = self.objective(model, images, tf.cast(labels, tf.int32), training)
         penalty = tf.constant(0.0)
         if self.cfg.weight_decay > 0:
-            variables = model.trainable_variables
+            own = {id(v) for v in self.probe_variables(model)}
+            variables = [v for v in model.trainable_variables if id(v) not in own]
             penalty = optimizers.weight_decay_l2(variables, self.cfg.weight_decay,
                                                  exclude=_NOT_DECAYED)
             if self.decay_in_loss:

@@ -19,7 +19,12 @@ class PretrainTask(Task):
     view of the global batch. When the model has a supervised head and
     ``lineareval_while_pretraining`` is on, the head is a linear probe on
     ``stop_gradient(h)`` that learns to classify both views (labels >= 0
-    only) at the same time; it never changes the encoder.
+    only) at the same time; it never changes the encoder. With
+    ``probe_learning_rate > 0`` (the default) the probe's weights are
+    :meth:`probe_variables`: the training step updates them with their own
+    optimizer (:func:`simclr_tf.optimizers.build_probe_optimizer`) and they
+    get no weight decay; with 0 the pretraining optimizer trains them, as in
+    the official code.
 
     Metrics: ``contrast_loss``, ``contrast_acc``, ``contrast_entropy`` and,
     with the probe, ``sup_loss``, ``sup_acc``.
@@ -38,6 +43,11 @@ class PretrainTask(Task):
 
     def _probe(self, model):
         return model.supervised_head is not None and self.cfg.lineareval_while_pretraining
+
+    def probe_variables(self, model):
+        if self._probe(model) and self.cfg.probe_learning_rate > 0:
+            return list(model.supervised_head.trainable_variables)
+        return []
 
     def objective_metrics(self, model):
         names = ("contrast_loss", "contrast_acc", "contrast_entropy")
@@ -66,4 +76,5 @@ class PretrainTask(Task):
             color_jitter_strength=augment_cfg.color_jitter_strength,
             color_jitter_impl=augment_cfg.color_jitter_impl,
             view1_augmentations=augment_cfg.view1, view2_augmentations=augment_cfg.view2,
+            shared_augmentations=augment_cfg.shared,
             label_subset=label_subset, **stream)
