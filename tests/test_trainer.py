@@ -99,9 +99,9 @@ def test_batch_not_divisible_by_replicas_is_refused(tmp_path):
         runtime.build(cfg, strategy=TwoReplicas())
 
 
-def test_knn_accuracy_during_pretraining_and_at_evaluation(tmp_path):
+def test_knn_and_linear_eval_during_pretraining_and_at_evaluation(tmp_path):
     cfg = _cfg(tmp_path, train_steps=0, train_epochs=2, knn_every_epochs=1,
-               log_every_steps=1, feature_linear_eval=False)
+               feature_eval_every_epochs=2, log_every_steps=1)
     with tfds.testing.mock_data(num_examples=64):
         exp = runtime.build(cfg)
         os.makedirs(cfg.model_dir)
@@ -115,6 +115,10 @@ def test_knn_accuracy_during_pretraining_and_at_evaluation(tmp_path):
     assert all(0.0 <= e["knn_top1"] <= 1.0 for e in log if "knn_top1" in e)
     # At the end of training the monitor and the evaluation read the same encoder.
     assert log[-1]["knn_top1"] == pytest.approx(result["knn"]["top1"])
+    # The frozen-feature linear evaluation every 2 epochs: once, at the end.
+    assert [e["step"] for e in log if "feature_linear_eval_top1" in e] == [8]
+    assert log[-1]["feature_linear_eval_top1"] == pytest.approx(
+        result["feature_linear_eval"]["top1"])
     assert result["knn"]["k"] == 64 and result["knn"]["temperature"] == 0.1  # k <= N
     assert abs(result["knn"]["top1"] * 64 - round(result["knn"]["top1"] * 64)) < 1e-4
     # View pairs in TensorBoard at the log points (first 4 images: 4 rows of 2 views).

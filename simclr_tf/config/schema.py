@@ -164,6 +164,11 @@ class Config:
     knn_every_epochs: int = _field(
         0, "During pretraining, also compute the kNN accuracy every N epochs "
         "(knn_top1 in train_log.jsonl and TensorBoard; 0: never).", minimum=0)
+    feature_eval_every_epochs: int = _field(
+        0, "During pretraining, also run the frozen-feature linear evaluation every N "
+        "epochs (feature_linear_eval_top1 in train_log.jsonl and TensorBoard; 0: "
+        "never): the accuracy-against-time curve. Costs what the final one costs "
+        "(a forward pass over both splits and a logistic regression).", minimum=0)
     num_classes: Optional[int] = _field(
         None, "Classes of the supervised head; default: those of train_split (none "
         "without labels). python -m simclr_tf.convert sets it for the released "

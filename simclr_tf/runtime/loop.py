@@ -24,7 +24,8 @@ import threading
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import distribute, knn, linear_eval
+from simclr_tf import distribute, linear_eval
+from simclr_tf import knn as knn_lib
 from simclr_tf.data import view_grid
 from simclr_tf.errors import Preempted, RunError
 from simclr_tf.progress import Progress
@@ -87,11 +88,15 @@ def _train(exp, sigterm):
     report = TrainReport(exp.run_dir, total, start, metrics, exp.is_chief, views)
     # 3. Chunks of steps up to each log or checkpoint point.
     save_every = cfg.checkpoint_steps or cfg.checkpoint_epochs * exp.steps.steps_per_epoch
-    knn_every = cfg.knn_every_epochs * exp.steps.steps_per_epoch or total
+    # Monitors on frozen features h every N epochs (0: never): kNN, linear eval.
+    monitor_every = {what: epochs * exp.steps.steps_per_epoch for what, epochs in
+                     (("knn", cfg.knn_every_epochs),
+                      ("linear", cfg.feature_eval_every_epochs)) if epochs > 0}
     step = start
     while step < total:
         chunk = min(cfg.log_every_steps - step % cfg.log_every_steps,
-                    save_every - step % save_every, knn_every - step % knn_every, total - step)
+                    save_every - step % save_every, total - step,
+                    *(every - step % every for every in monitor_every.values()))
         for m in metrics.values():
             m.reset_state()
         train_steps(iterator, tf.constant(chunk))
@@ -105,8 +110,14 @@ def _train(exp, sigterm):
                 f"Loss became {logs['loss']} {where}. Training stopped; the last good "
                 f"checkpoint ({ckpt.latest or 'none yet'}) is kept. Lower --learning_rate, "
                 "check the input data, or pass --nonfinite_policy=skip to skip such steps.")
-        if cfg.knn_every_epochs and step % knn_every == 0 and exp.is_chief:
-            logs["knn_top1"] = _monitor_features(exp, knn_only=True)["knn"]["top1"]
+        due = {what: step % every == 0 for what, every in monitor_every.items()}
+        if any(due.values()) and exp.is_chief:
+            features = _monitor_features(exp, knn=due.get("knn", False),
+                                         linear=due.get("linear", False))
+            for part, key in (("knn", "knn_top1"), ("feature_linear_eval",
+                                                     "feature_linear_eval_top1")):
+                if part in features:
+                    logs[key] = features[part]["top1"]
         report.write(first, step, logs)
         saved = ckpt.save(step) if step % save_every == 0 or step == total else None
         if step < total and distribute.any_worker(exp.strategy, sigterm["set"]):
@@ -163,16 +174,20 @@ def evaluate(exp):
     return result
 
 
-def _monitor_features(exp, knn_only=False):
+def _monitor_features(exp, knn=None, linear=None):
     """The evaluations on frozen features h: ``feature_linear_eval`` and ``knn``.
 
-    One forward pass over both splits serves both. The logistic regression
-    (the paper's protocol) runs after pretraining when ``feature_linear_eval``
-    is on; the kNN vote whenever ``knn_eval`` is on (or ``knn_only``).
+    One forward pass over both splits serves both. By default (at the end of
+    a run) the logistic regression (the paper's protocol) runs after
+    pretraining when ``feature_linear_eval`` is on, and the kNN vote when
+    ``knn_eval`` is on; during pretraining the loop asks for each explicitly.
     """
     cfg = exp.cfg
-    linear = not knn_only and cfg.train_mode == "pretrain" and cfg.feature_linear_eval
-    if not (linear or cfg.knn_eval or knn_only):
+    if linear is None:
+        linear = cfg.train_mode == "pretrain" and cfg.feature_linear_eval
+    if knn is None:
+        knn = cfg.knn_eval
+    if not (linear or knn):
         return {}
     subset = exp.label_subset.indices if exp.label_subset is not None else None
     try:
@@ -182,7 +197,7 @@ def _monitor_features(exp, knn_only=False):
             raise
         logging.info("No kNN accuracy: a split has no labels.")
         return {}
-    out = {"knn": knn.evaluate(features, exp.num_classes)} if cfg.knn_eval or knn_only else {}
+    out = {"knn": knn_lib.evaluate(features, exp.num_classes)} if knn else {}
     if linear:
         out["feature_linear_eval"] = linear_eval.fit_and_score(features, exp.num_classes)
     return out

@@ -42,7 +42,8 @@ RESUME_FREE_KEYS = (
     "mode", "model_dir", "data_dir", "eval_split", "eval_batch_size", "cache_dataset",
     "checkpoint", "checkpoint_epochs", "checkpoint_steps", "keep_checkpoint_max",
     "log_every_steps", "nonfinite_policy", "deterministic", "use_tpu", "tpu_name",
-    "precision", "jit_compile", "feature_linear_eval",
+    "precision", "jit_compile", "feature_linear_eval", "knn_eval", "knn_every_epochs",
+    "feature_eval_every_epochs",
     # The probe never changes the encoder; a run of 0.2 (probe under the
     # pretraining optimizer) resumes with the probe's own optimizer.
     "probe_learning_rate")
