@@ -497,7 +497,8 @@ def _run_in_progress(tmp_path, **settings):
 
 @pytest.mark.parametrize("change", [
     dict(train_batch_size=8), dict(seed=3), dict(train_split="train[:50%]"),
-    dict(augmentations="crop,color"), dict(color_jitter_strength=1.0),
+    dict(augmentations="crop,color"), dict(shared_augmentations="crop"),
+    dict(color_jitter_strength=1.0),
     dict(learning_rate=0.1), dict(warmup_epochs=2.0), dict(learning_rate_scaling="sqrt"),
     dict(weight_decay=0.5), dict(temperature=0.7), dict(label_fraction=0.5),
     dict(train_steps=1), dict(train_steps=0, train_epochs=9)])
@@ -514,6 +515,15 @@ def test_resuming_with_other_settings_is_refused_naming_the_key(tmp_path, change
         assert f"{getattr(old, key)!r} -> {change[key]!r}" in message, message
     assert "new --model_dir" in message and f"--checkpoint={old.model_dir}" in message
     assert _snapshot(old.model_dir) == before  # config.yaml untouched
+
+
+def test_resuming_with_a_shared_crop_names_the_shared_stage(tmp_path):
+    old = _run_in_progress(tmp_path)
+    with pytest.raises(errors.RunError,
+                       match=r"the views: shared=none view1=crop,flip,color .* -> "
+                             r"shared=crop view1=crop,flip,color "):
+        _check_model_dir(old.replace(shared_augmentations="crop"))
+    _check_model_dir(old.replace(shared_augmentations="none"))  # none is unset: resumes
 
 
 def test_resuming_may_lengthen_the_run_or_change_where_outputs_go(tmp_path, caplog):

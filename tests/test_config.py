@@ -68,6 +68,7 @@ def test_paper_recipes():
     ({"learning_rate": "fast"}, "expected float"),
     ({"augmentations": "crop,solarize"}, "'augmentations': allowed names are crop, flip"),
     ({"view2_augmentations": ["crop", "spin"]}, "'spin' in 'view2_augmentations'"),
+    ({"shared_augmentations": "crop,spin"}, "'spin' in 'shared_augmentations': allowed"),
     ({"augmentations": "crop,color", "use_blur": True}, "'use_blur'"),
 ])
 def test_invalid_values_name_the_key(values, fragment):
@@ -132,6 +133,13 @@ def test_augmentation_lists(tmp_path):
     assert config_lib.resolve(saved) == cfg
     both = config_lib.resolve(None, {"augmentations": "crop,blur", "use_blur": True})
     assert both.view_augmentations == (("crop", "blur"),) * 2
+    assert default.augment.shared == () and cfg.augment.shared == ()
+    path = _write(tmp_path, {"shared_augmentations": ["crop"]}, "shared.yaml")
+    shared = config_lib.resolve(path, {"view2_augmentations": "none"})
+    assert (shared.shared_augmentations, shared.augment.shared) == ("crop", ("crop",))
+    assert shared.augment.view1 == ("crop", "flip", "color") and shared.augment.view2 == ()
+    for unset in ("none", ""):
+        assert config_lib.Config(shared_augmentations=unset).augment.shared == ()
 
 
 def test_shipped_configs_are_found_by_name_from_any_directory(tmp_path, monkeypatch):

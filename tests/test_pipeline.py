@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from simclr_tf import optimizers
+from simclr_tf import config as config_lib
+from simclr_tf import optimizers, tasks
 from simclr_tf.data import augment
 from simclr_tf.data import datasets
 from simclr_tf.data import offline
@@ -308,3 +309,90 @@ def test_asymmetric_views_from_augmentation_lists():
                                         view1_augmentations=("crop", "flip", "color"),
                                         view2_augmentations="crop,flip,color")
     np.testing.assert_array_equal(_take(a, 1)[0][0], _take(b, 1)[0][0])
+
+
+def _first_batch(seed=3, **views):
+    ds, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=seed, **views)
+    (x,), _ = _take(ds, 1)
+    return x
+
+
+def _example_keys(seed, ids):
+    """The stateless key of each example of epoch 0, as _build_stream derives it."""
+    fold = tf.random.experimental.stateless_fold_in
+    epoch_key = fold(pipeline._base_key(seed), tf.constant(0, tf.int64))
+    return [fold(epoch_key, tf.constant(i, tf.int64)) for i in ids]
+
+
+def test_shared_crop_is_one_draw_for_both_views():
+    """shared_augmentations=crop and no view augmentations: both views are the
+    same random crop of the image, drawn from the example's shared seed."""
+    plain = _first_batch(view1_augmentations=(), view2_augmentations=())
+    x = _first_batch(shared_augmentations="crop", view1_augmentations=(),
+                     view2_augmentations=())
+    np.testing.assert_array_equal(x[..., :3], x[..., 3:])
+    # Same order as the plain stream (the order never depends on augmentation),
+    # but a crop: not the resized original.
+    diff = np.abs(x[..., :3] - plain[..., :3]).mean(axis=(1, 2, 3))
+    assert (diff > 1e-3).mean() > 0.9, diff
+    ids = _example_ids(np.round(plain[..., :3] * 255.0))
+    images, _ = offline.generate("train")
+    for row, (i, key) in enumerate(zip(ids[:4], _example_keys(3, ids[:4]))):
+        shared_key = tf.random.experimental.stateless_fold_in(
+            key, pipeline._SHARED_SEED_SLOT)
+        crop = augment.augment_view(images[i], shared_key, S, ("crop",)).numpy()
+        np.testing.assert_allclose(x[row, ..., :3], crop, atol=1e-6)
+
+
+def test_view_augmentations_apply_on_top_of_the_shared_crop():
+    """The paper's protocol (shared crop, colour on view 1, view 2 = identity):
+    view 2 is the shared crop, view 1 is that crop with colour distortion only."""
+    plain = _first_batch(view1_augmentations=(), view2_augmentations=())
+    crop = _first_batch(shared_augmentations="crop", view1_augmentations=(),
+                        view2_augmentations=())
+    x = _first_batch(shared_augmentations=("crop",), view1_augmentations="color",
+                     view2_augmentations="none")
+    view1, view2 = x[..., :3], x[..., 3:]
+    np.testing.assert_array_equal(view2, crop[..., 3:])
+    assert (np.abs(view1 - view2).mean(axis=(1, 2, 3)) > 1e-3).mean() > 0.5
+    ids = _example_ids(np.round(plain[..., :3] * 255.0))
+    for row, key in enumerate(_example_keys(3, ids[:6])):
+        k1 = tf.random.experimental.stateless_split(key, 2)[0]
+        coloured = augment.augment_view(view2[row], k1, S, ("color",),
+                                        color_jitter_strength=0.5)
+        np.testing.assert_allclose(view1[row], coloured.numpy(), atol=1e-5)
+    sobel = _first_batch(shared_augmentations="crop", view1_augmentations="sobel",
+                         view2_augmentations=())
+    np.testing.assert_array_equal(sobel[..., 3:], crop[..., 3:])
+    for row in range(4):
+        np.testing.assert_allclose(sobel[row, ..., :3],
+                                   augment.sobel_filter(crop[row, ..., 3:]).numpy(),
+                                   atol=1e-5)
+
+
+def test_default_stream_is_unchanged_without_shared_augmentations():
+    """Unset, "none" or () give the same batches, and these are the SimCLR
+    views of preprocess_for_train for each example's two keys."""
+    default = _first_batch()
+    for unset in ("none", (), ""):
+        np.testing.assert_array_equal(_first_batch(shared_augmentations=unset), default)
+    ids = _example_ids(np.round(_first_batch(view1_augmentations=(),
+                                             view2_augmentations=())[..., :3] * 255.0))
+    images, _ = offline.generate("train")
+    for row, (i, key) in enumerate(zip(ids[:3], _example_keys(3, ids[:3]))):
+        for view, k in enumerate(tf.unstack(tf.random.experimental.stateless_split(key, 2))):
+            expected = augment.preprocess_for_train(images[i], k, S, **augment.preset(S))
+            np.testing.assert_array_equal(default[row, ..., 3 * view:3 * view + 3],
+                                          expected.numpy())
+
+
+def test_config_shared_augmentations_reach_the_pretraining_stream():
+    """cfg.augment.shared goes through the pretraining task's stream."""
+    cfg = config_lib.Config(train_split=SPLIT, seed=3, shared_augmentations="crop",
+                            view1_augmentations="none", view2_augmentations="none")
+    task = tasks.build_task("pretrain", cfg.loss)
+    ds, _ = task.train_dataset(cfg.data, cfg.augment, B, None, seed=cfg.seed)
+    (x,), _ = _take(ds, 1)
+    np.testing.assert_array_equal(x, _first_batch(shared_augmentations="crop",
+                                                  view1_augmentations=(),
+                                                  view2_augmentations=()))

@@ -4,11 +4,13 @@ import csv
 import json
 import os
 
+import numpy as np
 import pytest
 
 from simclr_tf.experiments import grids as study_grids
 from simclr_tf.experiments import plots as study_plots
 from simclr_tf.experiments import study
+from simclr_tf.experiments import summary as study_summary
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, "configs", "smoke.yaml")
@@ -36,8 +38,13 @@ def test_grids_priorities_and_cell_configs(tmp_path):
     assert order[:7] == list(study_grids.FIG5_TRANSFORMS)  # diagonal first
     assert order[7:9] == ["crop+color", "color+crop"]
     assert all(("crop" in n or "color" in n) for n in order[9:29])
-    pair = next(c for c in aug if c.name == "sobel+noise")
+    pair = next(c for c in study_grids.grid("augmentations", "identity")
+                if c.name == "sobel+noise")
     assert pair.overrides == {"view1_augmentations": "sobel,noise",
+                              "view2_augmentations": "none"}
+    pair = next(c for c in aug if c.name == "sobel+noise")  # paper, the default
+    assert pair.overrides == {"shared_augmentations": "crop",
+                              "view1_augmentations": "sobel,noise",
                               "view2_augmentations": "none"}
     sizes = {s: len(study_grids.grid(s)) for s in study_grids.STUDIES}
     assert sizes == {"augmentations": 49, "projection_head": 3, "temperature": 7,
@@ -52,6 +59,132 @@ def test_grids_priorities_and_cell_configs(tmp_path):
                 assert getattr(cfg, key) == value
     cfg = {c.name: cfg for c, cfg in study.cell_configs("augmentations", "d", SMOKE)}["crop"]
     assert cfg.view_augmentations == (("crop",), ())
+
+
+def test_protocols_of_the_augmentation_study(tmp_path):
+    def configs(**kw):
+        return {c.name: cfg for c, cfg in study.cell_configs("augmentations", "d", SMOKE, **kw)}
+
+    # offline_shapes keeps the identity protocol of its recorded results ...
+    identity = configs()["crop+color"]
+    assert identity.shared_augmentations is None
+    assert (identity.augment.shared, identity.augment.view1, identity.augment.view2) == (
+        (), ("crop", "color"), ())
+    # ... every other dataset defaults to the paper's shared crop.
+    paper = configs(overrides={"dataset": "cifar10"})["crop+color"]
+    assert (paper.augment.shared, paper.augment.view1, paper.augment.view2) == (
+        ("crop",), ("crop", "color"), ())
+    assert configs(protocol="paper")["color"].augment.shared == ("crop",)
+    assert configs(overrides={"dataset": "cifar10"}, protocol="identity")[
+        "color"].augment.shared == ()
+    cells = [c for c, _ in study.cell_configs("augmentations", "d", SMOKE, protocol="paper")]
+    assert {c.params["protocol"] for c in cells} == {"paper"}
+    with pytest.raises(study.StudyError, match="--protocol applies to the augmentations "
+                       "study only, not to 'temperature'"):
+        study.cell_configs("temperature", "d", SMOKE, protocol="paper")
+    with pytest.raises(study.StudyError, match="allowed protocols are paper, identity"):
+        study.cell_configs("augmentations", "d", SMOKE, protocol="fig5")
+    with pytest.raises(study.StudyError, match="shared_augmentations is set by the "
+                       "augmentation study's --protocol"):
+        study.cell_configs("augmentations", "d", SMOKE, {"shared_augmentations": "crop"})
+    # Other studies take it as any base setting.
+    assert {cfg.augment.shared for _, cfg in study.cell_configs(
+        "temperature", "d", SMOKE, {"shared_augmentations": "crop"})} == {("crop",)}
+
+
+def test_a_study_dir_of_the_other_protocol_is_refused_naming_it(tmp_path):
+    (cell, cfg), = [(c, cfg) for c, cfg in study.cell_configs(
+        "augmentations", str(tmp_path), SMOKE, protocol="identity") if c.name == "crop"]
+    os.makedirs(cfg.model_dir)
+    study.config_lib.save_yaml(cfg, os.path.join(cfg.model_dir, "config.yaml"))
+    with pytest.raises(study.StudyError, match=r"shared_augmentations: None -> 'crop'.*"
+                       r"--protocol sets shared_augmentations"):
+        study.run_study("augmentations", str(tmp_path), SMOKE, protocol="paper")
+    assert sorted(os.listdir(tmp_path)) == ["crop"]
+
+
+def test_seeds_name_the_runs_and_order_them_seed_major_within_a_priority():
+    runs = study.cell_configs("augmentations", "d", SMOKE, seeds=["0", "1", "2"])
+    assert len(runs) == 3 * 49
+    assert [(c.run_name, cfg.seed, cfg.model_dir) for c, cfg in runs[:3]] == [
+        ("crop_s0", 0, os.path.join("d", "crop_s0")), ("crop_s1", 1, os.path.join(
+            "d", "crop_s1")), ("crop_s2", 2, os.path.join("d", "crop_s2"))]
+    assert {c.name for c, _ in runs[:3]} == {"crop"}
+    order = [c.run_name for c in study_grids.by_priority([c for c, _ in runs])]
+    diagonal = list(study_grids.FIG5_TRANSFORMS)
+    assert order[:21] == [f"{n}_s{s}" for s in range(3) for n in diagonal]
+    assert order[21:27] == [f"{n}_s{s}" for s in range(3) for n in ("crop+color", "color+crop")]
+    # One seed keeps today's directory names (and sets the seed).
+    one = study.cell_configs("temperature", "d", SMOKE, seeds=[5])
+    assert [c.run_name for c, _ in one] == [c.name for c in study_grids.grid("temperature")]
+    assert {cfg.seed for _, cfg in one} == {5}
+    assert {cfg.seed for _, cfg in study.cell_configs("temperature", "d", SMOKE,
+                                                      {"seed": 4})} == {4}
+    for seeds, message in ((["0", "x"], "comma-separated integers"),
+                           ([1, 1], "distinct seeds"), ([], "one or more")):
+        with pytest.raises(study.StudyError, match=message):
+            study.cell_configs("temperature", "d", SMOKE, seeds=seeds)
+    with pytest.raises(study.StudyError, match="either --seed or --seeds"):
+        study.cell_configs("temperature", "d", SMOKE, {"seed": 1}, seeds=[0, 1])
+
+
+def test_a_cut_study_with_seeds_keeps_every_cell_of_a_priority_once_first(tmp_path):
+    rows = study.run_study("augmentations", str(tmp_path), SMOKE, dict(TINY),
+                           max_cells=9, time_budget_minutes=0.0, seeds=[0, 1],
+                           log=lambda line: None)
+    assert len(rows) == 98 and [r["seed"] for r in rows[:2]] == [0, 1]
+    kept = [(r["cell"], r["seed"]) for r in rows if r["status"] == "not_run (time_budget)"]
+    assert sorted(kept) == sorted([(n, 0) for n in study_grids.FIG5_TRANSFORMS]
+                                  + [("crop", 1), ("cutout", 1)])
+    assert sum(r["status"] == "not_run (max_cells)" for r in rows) == 89
+    table = _read_csv(tmp_path / "results.csv")
+    assert list(table[0])[:5] == ["study", "cell", "seed", "status", "protocol"]
+    assert [r["seed"] for r in table[:2]] == ["0", "1"]
+    _assert_png(tmp_path / "augmentations.png")
+
+
+def test_summary_is_the_mean_and_sample_std_per_cell(tmp_path, capsys):
+    values = {"a": [0.1, 0.2, 0.4], "b": [0.5, None, None]}
+    rows = [{"study": "temperature", "cell": cell, "seed": seed,
+             "status": "done" if value is not None else "failed", "top1": value,
+             "feature_linear_eval_top1": value and value / 2}
+            for cell, series in values.items() for seed, value in enumerate(series)]
+    study._write_csv(rows, str(tmp_path / "results.csv"))
+    table = study_summary.markdown(study_summary.read_csv(tmp_path / "results.csv"))
+    a = np.array(values["a"]) * 100
+    assert table.splitlines()[:4] == [
+        "| cell | runs done | feature_linear_eval_top1 (%) | top1 (%) |",
+        "|---|---|---|---|",
+        f"| a | 3/3 | {a.mean() / 2:.1f} ± {a.std(ddof=1) / 2:.1f} | "
+        f"{a.mean():.1f} ± {a.std(ddof=1):.1f} |",
+        "| b | 1/3 | 25.0 | 50.0 |"]
+    assert "seeds 0, 1, 2" in table
+    (merged,) = [r for r in study_summary.aggregate(rows, ["top1"]) if r["cell"] == "a"]
+    assert merged["top1"] == pytest.approx(a.mean() / 100)
+    assert merged["top1_std"] == pytest.approx(a.std(ddof=1) / 100)
+    assert merged["top1_n"] == 3
+
+    with pytest.raises(study.StudyError, match="--summary needs --study"):
+        study.summary_table()
+
+    # The CLI prints it and runs nothing; without results it exits 2.
+    study.define_flags()
+    flags = study.FLAGS
+    for args, code in (([f"--study_dir={tmp_path}"], None),
+                       ([f"--study_dir={tmp_path / 'none'}"], 2)):
+        flags(["simclr_tf.study", "--summary", *args])
+        try:
+            if code is None:
+                study.main(["simclr_tf.study"])
+            else:
+                with pytest.raises(SystemExit) as exit_info:
+                    study.main(["simclr_tf.study"])
+                assert exit_info.value.code == code
+        finally:
+            flags.unparse_flags()
+    out, err = capsys.readouterr()
+    assert table in out
+    assert "No study results at" in err and not os.path.exists(tmp_path / "none")
 
 
 def test_bad_study_name_and_overrides_fail_before_any_work(tmp_path):
@@ -84,7 +217,7 @@ def test_zero_time_budget_runs_nothing_but_writes_outputs(tmp_path):
     rows = study.run_study("projection_head", str(tmp_path), SMOKE, dict(TINY),
                            time_budget_minutes=0.0, log=logs.append)
     assert [r["status"] for r in rows] == ["not_run (time_budget)"] * 3
-    assert any("not run (time_budget, 3 cells)" in line for line in logs)
+    assert any("not run (time_budget, 3 runs)" in line for line in logs)
     assert not os.path.exists(tmp_path / "head_none")
     _assert_png(tmp_path / "projection_head.png")
     assert len(_read_csv(tmp_path / "results.csv")) == 3
@@ -99,11 +232,12 @@ def test_smoke_study_writes_csv_and_png_skips_and_resumes(tmp_path):
     done = [r for r in rows if r["status"] == "done"]
     assert [r["cell"] for r in done] == ["crop", "cutout"]
     assert sum(r["status"] == "not_run (max_cells)" for r in rows) == 47
-    assert any(line.startswith("not run (max_cells, 47 cells): color, sobel") for line in logs)
+    assert any(line.startswith("not run (max_cells, 47 runs): color, sobel") for line in logs)
     table = _read_csv(os.path.join(out, "results.csv"))
-    assert list(table[0]) == ["study", "cell", "status", "first", "second",
+    assert list(table[0]) == ["study", "cell", "seed", "status", "protocol", "first", "second",
                               "view1_augmentations", "view2_augmentations", "top1", "top5",
                               "feature_linear_eval_top1", "steps", "wall_seconds"]
+    assert {(row["protocol"], row["seed"]) for row in table} == {("identity", "0")}
     assert len(table) == 49
     for row in table:
         if row["status"] == "done":
@@ -140,15 +274,41 @@ def test_smoke_study_writes_csv_and_png_skips_and_resumes(tmp_path):
                         max_cells=2)
 
 
+@pytest.mark.parametrize("seeds", [(0,), (0, 1, 2)])
 @pytest.mark.parametrize("name", study_grids.STUDIES)
-def test_plots_of_every_study(tmp_path, name):
+def test_plots_of_every_study(tmp_path, name, seeds):
     rows = []
-    for i, cell in enumerate(study_grids.grid(name)):
+    for i, cell in enumerate(study_grids.with_seeds(study_grids.grid(name), seeds)):
         value = None if i % 3 == 2 else 0.1 + 0.01 * i
-        rows.append({**cell.params, "top1": value, "top1_z": value and value / 2})
+        rows.append({"cell": cell.name, "seed": cell.overrides["seed"], **cell.params,
+                     "top1": value, "top1_z": value and value / 2})
     path = str(tmp_path / f"{name}.png")
     study_plots.plot(name, rows, "top1", path, name)
     _assert_png(path)
+
+
+@pytest.mark.slow
+def test_paper_protocol_with_two_seeds_runs_the_shared_crop_per_seed(tmp_path):
+    out = str(tmp_path / "aug")
+    rows = study.run_study("augmentations", out, SMOKE, dict(TINY), max_cells=2,
+                           protocol="paper", seeds=[0, 1], log=lambda line: None)
+    done = [(r["cell"], r["seed"]) for r in rows if r["status"] == "done"]
+    assert done == [("crop", 0), ("cutout", 0)]
+    for name, seed in (("crop_s0", 0), ("cutout_s0", 0)):
+        cfg = study.config_lib.resolve(os.path.join(out, name, "config.yaml"))
+        assert (cfg.shared_augmentations, cfg.view2_augmentations, cfg.seed) == (
+            "crop", "none", seed)
+        with open(os.path.join(out, name, "result.json")) as f:
+            assert json.load(f)["global_step"] == 2
+    assert not os.path.exists(os.path.join(out, "crop"))
+    table = _read_csv(os.path.join(out, "results.csv"))
+    assert {r["protocol"] for r in table} == {"paper"}
+    assert {r["shared_augmentations"] for r in table} == {"crop"}
+    lines = {line.split(" | ")[0]: line for line in study_summary.markdown(table).splitlines()}
+    assert lines["| crop"].startswith("| crop | 1/2 | ") and " - " not in lines["| crop"]
+    assert lines["| cutout"].startswith("| cutout | 1/2 | ")
+    assert lines["| crop+cutout"] == "| crop+cutout | 0/2 | - | - |"
+    _assert_png(os.path.join(out, "augmentations.png"))
 
 
 @pytest.mark.slow

@@ -13,8 +13,9 @@ other keys computed here and nowhere else:
 =================  ==========================================================
 ``cfg.data``       :class:`DataConfig`: dataset, splits, image size, batches,
                    label subset (read by the input pipelines)
-``cfg.augment``    :class:`AugmentConfig`: the two views' op lists and colour
-                   strength, with the image-size preset resolved
+``cfg.augment``    :class:`AugmentConfig`: the two views' op lists, the shared
+                   list run before both, and colour strength, with the
+                   image-size preset resolved
 ``cfg.model``      :class:`ModelConfig`: encoder and heads (``cifar_stem``
                    derived from the image size)
 ``cfg.loss``       :class:`LossConfig`: contrastive, probe and distillation

@@ -24,7 +24,8 @@ PRECISIONS = ("float32", "bfloat16")
 JIT_COMPILE = ("auto", "true", "false")
 AUGMENTATIONS = augment.AUGMENTATIONS  # the registry's names (simclr_tf.data.augment.OPS)
 NO_AUGMENTATION = augment.NO_AUGMENTATION
-AUGMENTATION_KEYS = ("augmentations", "view1_augmentations", "view2_augmentations")
+AUGMENTATION_KEYS = ("augmentations", "view1_augmentations", "view2_augmentations",
+                     "shared_augmentations")
 parse_augmentations = augment.parse_augmentations
 default_augmentations = augment.default_augmentations
 
@@ -80,6 +81,11 @@ class Config:
         "study: view1_augmentations=crop,color view2_augmentations=none).")
     view2_augmentations: Optional[str] = _field(
         None, "Pipeline of the second view only; default: augmentations.")
+    shared_augmentations: Optional[str] = _field(
+        None, "Applied once per image before the two views are made, one random draw "
+        "shared by both; the view pipelines then work on its output (same names; "
+        "default: none). The paper's Figure 5 protocol: shared_augmentations=crop "
+        "view1_augmentations=t1,t2 view2_augmentations=none (view 2 is the shared crop).")
 
     # Batches and length.
     train_batch_size: int = _field(128, "Global training batch size.", minimum=1)
@@ -339,6 +345,7 @@ class Config:
         view1, view2 = self.view_augmentations
         return AugmentConfig(
             image_size=self.image_size, view1=view1, view2=view2,
+            shared=parse_augmentations(self.shared_augmentations or ()),
             color_jitter_strength=self.resolved_color_jitter_strength,
             color_jitter_impl=self.color_jitter_impl)
 

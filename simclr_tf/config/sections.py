@@ -29,11 +29,16 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """The pretraining views: op names per view (see simclr_tf.data.augment.OPS)."""
+    """The pretraining views: op names per view (see simclr_tf.data.augment.OPS).
+
+    ``shared`` runs once per image, one draw for both views, before ``view1``
+    and ``view2``.
+    """
 
     image_size: int
     view1: Tuple[str, ...]
     view2: Tuple[str, ...]
+    shared: Tuple[str, ...]
     color_jitter_strength: float
     color_jitter_impl: str
 

@@ -9,7 +9,9 @@ Three builders, all returning ``(dataset, info)`` with ``info`` the
   ``images[..., :3]``, view 2 ``images[..., 3:]``), labels int32 ``[B]``
   (-1 for unlabelled splits). Augmentation: :func:`simclr_tf.data.augment.preprocess_for_train`
   (Chen et al. 2020, arXiv:2002.05709, appendix A), or per-view lists of
-  augmentation names (:func:`simclr_tf.data.augment.augment_view`).
+  augmentation names (:func:`simclr_tf.data.augment.augment_view`), optionally
+  after a shared stage drawn once per image for both views (the paper's
+  Figure 5 protocol: one random crop shared by both branches).
 * :func:`build_finetune_dataset`: endless batches of one view per image,
   ``[B, S, S, 3]``, with random resized crop and flip only (no colour
   distortion, no blur), as SimCLR fine-tunes (arXiv:2006.10029).
@@ -72,6 +74,9 @@ from simclr_tf.optimizers import steps_per_epoch
 _DATA_SEED_SALT = 0x53494D434C52  # "SIMCLR"
 _LARGE_IMAGE_SHUFFLE_MIN = 10_000
 _FULL_SHUFFLE_BYTES = 512 * 2**20  # shuffle the whole shard when its pixels fit
+# The shared augmentations' seed: the example's key folded with this slot (the
+# views use the two halves of stateless_split(key, 2), unchanged by it).
+_SHARED_SEED_SLOT = 2
 
 
 def _check_shards(num_shards, shard_index):
@@ -208,6 +213,7 @@ def build_train_dataset(
     label_subset=None,
     view1_augmentations=None,
     view2_augmentations=None,
+    shared_augmentations=None,
 ):
     """Endless SimCLR pretraining batches of two augmented views per image.
 
@@ -237,6 +243,13 @@ def build_train_dataset(
             of each view (see :func:`simclr_tf.data.augment.augment_view`;
             ``()`` = resize only); None: the SimCLR pipeline (crop, flip,
             color, and blur when ``use_blur``).
+        shared_augmentations: ordered names applied once per image before
+            the views, with one random draw shared by both views (its own
+            sub-seed of the example's key); the view pipelines then start
+            from its ``image_size`` output. None or ``()``: none, the views
+            start from the decoded image (the stream is then bit-identical to
+            one built without this argument). The paper's Figure 5 protocol
+            is ``shared_augmentations=("crop",)``, ``view2_augmentations=()``.
 
     Returns:
         ``(ds, info)``: ``ds`` yields ``(images float32 [batch_size, S, S, 6]
@@ -278,9 +291,14 @@ def build_train_dataset(
 
     view_fns = {names: make_view_fn(names) for names in views}
     first, second = view_fns[views[0]], view_fns[views[1]]
+    shared = augment.parse_augmentations(shared_augmentations or ())
+    shared_fn = make_view_fn(shared) if shared else None
 
     def two_views(image, key):
         k1, k2 = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+        if shared_fn is not None:  # one draw for the image, before both views
+            image = shared_fn(image, tf.random.experimental.stateless_fold_in(
+                key, _SHARED_SEED_SLOT))
         return tf.concat([first(image, k1), second(image, k2)], axis=-1)
 
     return _build_stream(

@@ -1,7 +1,10 @@
 """PNG plots of study results (matplotlib, imported lazily).
 
 One function per study, each taking the CSV rows (dicts; metric values are
-floats or None for cells without a result) and writing one PNG:
+floats or None for cells without a result) and writing one PNG. Rows of the
+same ``cell`` (one per seed) are drawn as their mean, with +-1 sample standard
+deviation (:func:`simclr_tf.experiments.summary.aggregate`): as text under
+each heat-map value, as error bars on bars and lines; the title then says so.
 
 * augmentations: the paper's Figure 5 heat map (rows: 1st transformation,
   columns: 2nd; the diagonal is the transformation alone; the last column is
@@ -14,6 +17,7 @@ floats or None for cells without a result) and writing one PNG:
 import math
 
 from simclr_tf.experiments import grids as study_grids
+from simclr_tf.experiments import summary
 
 MATPLOTLIB_HINT = ("The study plots need matplotlib: pip install 'simclr_tf[study]' "
                    "(or pip install matplotlib).")
@@ -34,18 +38,26 @@ def require_matplotlib():
 
 
 def _value(row, metric):
-    value = row.get(metric)
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+    return summary.number(row.get(metric))
+
+
+def _spread(row, metric):
+    """100 x the std of ``metric`` over the cell's seeds (0 without one)."""
+    return 100 * (row.get(metric + "_std") or 0.0)
 
 
 def _heat_map(plt, rows, metric):
     names = study_grids.FIG5_TRANSFORMS
     n = len(names)
     grid = [[math.nan] * (n + 1) for _ in range(n)]
+    spread = {}
     for row in rows:
         value = _value(row, metric)
         if value is not None:
-            grid[names.index(row["first"])][names.index(row["second"])] = 100 * value
+            i, j = names.index(row["first"]), names.index(row["second"])
+            grid[i][j] = 100 * value
+            if row.get(metric + "_std") is not None:
+                spread[i, j] = _spread(row, metric)
     for line in grid:
         done = [v for v in line[:n] if not math.isnan(v)]
         line[n] = sum(done) / len(done) if done else math.nan
@@ -56,8 +68,11 @@ def _heat_map(plt, rows, metric):
         for j in range(n + 1):
             value = grid[i][j]
             text = "-" if math.isnan(value) else f"{value:.1f}"
+            if (i, j) in spread:
+                text += f"\n±{spread[i, j]:.1f}"
             dark = not math.isnan(value) and value > (low + high) / 2
-            ax.text(j, i, text, ha="center", va="center", fontsize=9,
+            ax.text(j, i, text, ha="center", va="center",
+                    fontsize=7 if (i, j) in spread else 9,
                     color="white" if dark else "black")
     ax.axvline(n - 0.5, color="white", linewidth=3)
     ax.set_xticks(range(n + 1), list(names) + ["Average"], rotation=45, ha="right")
@@ -80,13 +95,16 @@ def _bars(plt, rows, metric):
     for k, (key, label) in enumerate(series):
         xs = [i + (k - (len(series) - 1) / 2) * width for i in range(len(rows))]
         values = [100 * (_value(row, key) or 0.0) for row in rows]
-        ax.bar(xs, values, width=width, label=label)
-        for x, row, value in zip(xs, rows, values):
+        errors = [_spread(row, key) for row in rows]
+        ax.bar(xs, values, width=width, label=label,
+               yerr=errors if any(errors) else None, capsize=3)
+        for x, row, value, error in zip(xs, rows, values, errors):
             text = "-" if _value(row, key) is None else f"{value:.1f}"
-            ax.annotate(text, (x, value), ha="center", va="bottom", fontsize=9)
+            ax.annotate(text, (x, value + error), ha="center", va="bottom", fontsize=9)
     ax.set_xticks(range(len(rows)), labels)
     ax.set_xlabel("projection head (proj_head_mode); linear eval on")
-    top = max([100 * (_value(r, k) or 0.0) for r in rows for k, _ in series] + [1.0])
+    top = max([100 * (_value(r, k) or 0.0) + _spread(r, k) for r in rows for k, _ in series]
+              + [1.0])
     ax.set_ylim(0, 1.3 * top)
     ax.legend(loc="upper left", ncol=len(series), fontsize=9)
     return fig, ax
@@ -95,10 +113,13 @@ def _bars(plt, rows, metric):
 def _lines(plt, rows, metric, x_key, series_key, series_label, x_label, base):
     fig, ax = plt.subplots(figsize=(6, 4))
     for series in sorted({row[series_key] for row in rows}, key=str):
-        points = sorted((row[x_key], 100 * _value(row, metric)) for row in rows
+        points = sorted((row[x_key], 100 * _value(row, metric), _spread(row, metric))
+                        for row in rows
                         if row[series_key] == series and _value(row, metric) is not None)
         if points:
-            ax.plot(*zip(*points), marker="o", label=f"{series_label}={series}")
+            xs, ys, errors = zip(*points)
+            ax.errorbar(xs, ys, yerr=errors if any(errors) else None, marker="o",
+                        capsize=3, label=f"{series_label}={series}")
     ax.set_xscale("log", base=base)
     ax.set_xlabel(x_label)
     if ax.get_legend_handles_labels()[0]:
@@ -110,8 +131,16 @@ def plot(study, rows, metric, path, title):
     """Writes the PNG of ``study`` for ``rows`` to ``path``.
 
     ``metric``: the row key plotted (an accuracy in [0, 1], shown in %).
+    Rows sharing a ``cell`` are one cell's seeds: drawn as mean +-1 std, and
+    ``title`` gains a line saying so.
     """
     plt = require_matplotlib()
+    seeds = summary.seed_count(rows)
+    rows = summary.aggregate(rows, (metric, metric + "_z"))
+    if seeds > 1:
+        title += (f"\nmean ± 1 std (sample) over {seeds} seeds"
+                  + (" (± under each value)" if study == "augmentations"
+                     else " (error bars)"))
     if study == "augmentations":
         fig, ax = _heat_map(plt, rows, metric)
     elif study == "projection_head":

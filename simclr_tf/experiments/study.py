@@ -5,28 +5,38 @@ Runs the grid of :mod:`simclr_tf.experiments.grids` (``augmentations``,
 pretrain + linear-eval runs and writes, in ``--study_dir`` (default
 ``studies/<study>``)::
 
-    <cell>/          one model_dir per cell (config.yaml, checkpoints, result.json, log.txt)
-    results.csv      one row per cell: its coordinates and config values, status,
-                     top1/top5 (linear probe), feature_linear_eval_top1 (frozen
-                     features h), steps, wall_seconds; the projection_head study
-                     adds feature_linear_eval_top1_z (frozen z = g(h), the
-                     paper's h-vs-g(h) comparison)
-    <study>.png      Figure 5 heat map, head bars, temperature / batch-size lines
+    <cell>/          one model_dir per run (config.yaml, checkpoints, result.json,
+                     log.txt); <cell>_s<seed>/ when --seeds names several seeds
+    results.csv      one row per run: cell, seed, status, its coordinates and config
+                     values (the augmentation study: protocol), top1/top5 (linear
+                     probe), feature_linear_eval_top1 (frozen features h), steps,
+                     wall_seconds; the projection_head study adds
+                     feature_linear_eval_top1_z (frozen z = g(h), the paper's
+                     h-vs-g(h) comparison)
+    <study>.png      Figure 5 heat map, head bars, temperature / batch-size lines;
+                     with several seeds the mean over seeds +-1 std
 
 The base config is ``--config`` (default: the built-in defaults, i.e.
 ``configs/default.yaml``) plus any ``simclr_tf.run`` flag given here, e.g.
 ``--train_epochs=2``; each cell then sets its own keys and
-``model_dir=<study_dir>/<cell>``.
+``model_dir=<study_dir>/<cell>``. ``--protocol`` chooses how the augmentation
+study builds its two branches (:mod:`simclr_tf.experiments.grids`: ``paper``,
+a shared random crop, by default; ``identity`` on ``offline_shapes``).
+``--seeds=0,1,2`` runs every cell once per seed; ``--summary`` prints the
+per-cell mean +- std of an existing results.csv as a Markdown table
+(:mod:`simclr_tf.experiments.summary`) and runs nothing.
 
 Each cell runs in its own Python process (``--run_cell``): a crash or an
 out-of-memory in one cell cannot take the study down, TF state never leaks
 between cells, and the cell resumes from its checkpoints like any run. A cell
 whose ``result.json`` exists is skipped; an unfinished one resumes from its
 last checkpoint; a cell directory written with other settings stops the study
-(pick another ``--study_dir``). ``--max_cells=N`` keeps the first N cells in
-priority order; ``--time_budget_minutes=M`` starts no cell that would, at the
-mean duration of the cells run so far, end after M minutes. Cut cells are
-reported and listed in the CSV as ``not_run``. No SavedModel is exported.
+(pick another ``--study_dir``). ``--max_cells=N`` keeps the first N runs in
+priority order (with several seeds: seed 0 of every cell of a priority, then
+seed 1, ...; :func:`simclr_tf.experiments.grids.by_priority`);
+``--time_budget_minutes=M`` starts no run that would, at the mean duration of
+the runs so far, end after M minutes. Cut runs are reported and listed in the
+CSV as ``not_run``. No SavedModel is exported.
 """
 
 import csv
@@ -45,6 +55,7 @@ from simclr_tf import files, linear_eval, runtime
 from simclr_tf.config import flags as config_flags
 from simclr_tf.experiments import grids as study_grids
 from simclr_tf.experiments import plots as study_plots
+from simclr_tf.experiments import summary as study_summary
 from simclr_tf.runtime.run_dir import RunDir
 
 FLAGS = flags.FLAGS
@@ -57,11 +68,22 @@ def define_flags():
         return
     flags.DEFINE_string("study", None, f"Which study: {', '.join(study_grids.STUDIES)}.")
     flags.DEFINE_string("study_dir", None, "Output directory (default: studies/<study>).")
-    flags.DEFINE_integer("max_cells", None, "Run at most the first N cells (priority order).")
+    flags.DEFINE_integer("max_cells", None, "Run at most the first N runs (cells x seeds, "
+                         "priority order).")
+    flags.DEFINE_enum("protocol", None, list(study_grids.PROTOCOLS), "Augmentation study: "
+                      "paper = one random crop per image shared by both branches, the "
+                      "transformations on view 1, view 2 = that crop; identity = no shared "
+                      "crop, view 2 = the whole image. Default: identity on offline_shapes, "
+                      "else paper.")
+    flags.DEFINE_list("seeds", None, "Run every cell once per seed, e.g. 0,1,2 (runs "
+                      "<cell>_s<seed>; plots and --summary show mean +- std). Default: "
+                      "the config's seed, one run per cell.")
+    flags.DEFINE_boolean("summary", False, "Print the per-cell mean +- std table of "
+                         "<study_dir>/results.csv in Markdown and run nothing.")
     flags.DEFINE_float("cell_timeout_minutes", 120, "Stop a cell still running after M "
                        "minutes (it saves a checkpoint; rerun to resume it) and count it "
                        "as failed; 0: no limit.")
-    flags.DEFINE_float("time_budget_minutes", None, "Start no cell expected to end after M "
+    flags.DEFINE_float("time_budget_minutes", None, "Start no run expected to end after M "
                        "minutes.")
     flags.DEFINE_string("run_cell", None, "Internal: train and evaluate the cell in this "
                         "directory (its config.yaml).")
@@ -87,8 +109,44 @@ def _read_json(path, default=None):
         return default
 
 
-def cell_configs(study, study_dir, config_path=None, overrides=None):
-    """``[(cell, Config)]`` of a study in grid order, every config validated."""
+def _parse_seeds(seeds):
+    """``--seeds`` (ints or strings) -> tuple of distinct ints, or StudyError."""
+    try:
+        parsed = tuple(int(str(s).strip()) for s in seeds)
+    except ValueError:
+        raise StudyError(f"--seeds must be comma-separated integers such as 0,1,2, got "
+                         f"{','.join(map(str, seeds))!r}.") from None
+    if not parsed or len(set(parsed)) < len(parsed):
+        raise StudyError(f"--seeds must list one or more distinct seeds, got "
+                         f"{list(parsed)}.")
+    return parsed
+
+
+def _protocol(study, protocol, base):
+    """The augmentation study's protocol (default from the dataset); None for others."""
+    if study != "augmentations":
+        if protocol is not None:
+            raise StudyError(f"--protocol applies to the augmentations study only, not "
+                             f"to {study!r}; leave it out.")
+        return None
+    if protocol not in (None,) + study_grids.PROTOCOLS:
+        raise StudyError(f"Unknown protocol {protocol!r}: allowed protocols are "
+                         f"{', '.join(study_grids.PROTOCOLS)}.")
+    if base.shared_augmentations is not None:
+        raise StudyError("shared_augmentations is set by the augmentation study's "
+                         "--protocol (paper: crop, identity: none); leave it out.")
+    return protocol or study_grids.default_protocol(base.dataset)
+
+
+def cell_configs(study, study_dir, config_path=None, overrides=None, protocol=None,
+                 seeds=None):
+    """``[(cell, Config)]`` of a study in grid order (a cell's seeds together),
+    every config validated.
+
+    ``protocol``: the augmentation study's (:data:`grids.PROTOCOLS`; None: the
+    dataset's default). ``seeds``: run each cell once per seed (None: once,
+    with the base config's seed).
+    """
     if study not in study_grids.STUDIES:
         raise StudyError(f"Unknown study {study!r}: allowed studies are "
                          f"{', '.join(study_grids.STUDIES)}.")
@@ -96,15 +154,22 @@ def cell_configs(study, study_dir, config_path=None, overrides=None):
     if bad:
         raise StudyError(f"--{bad[0]} is set by the study for each cell; leave it out "
                          "(cells go to --study_dir/<cell>).")
+    if seeds is not None and "seed" in (overrides or {}):
+        raise StudyError("Give either --seed or --seeds, not both (--seeds sets each "
+                         "run's seed).")
     base = config_lib.resolve(config_path, overrides)
+    seeds = (base.seed,) if seeds is None else _parse_seeds(seeds)
+    cells = study_grids.with_seeds(
+        study_grids.grid(study, _protocol(study, protocol, base)), seeds)
     fixed = {"mode": "train_then_eval", "train_mode": "pretrain"}
     out = []
-    for cell in study_grids.grid(study):
-        values = {**cell.overrides, **fixed, "model_dir": os.path.join(study_dir, cell.name)}
+    for cell in cells:
+        values = {**cell.overrides, **fixed,
+                  "model_dir": os.path.join(study_dir, cell.run_name)}
         try:
             cfg = config_lib.from_dict(values, base).validate()
         except config_lib.ConfigError as e:
-            raise StudyError(f"Cell {cell.name!r} has an invalid config: {e}") from None
+            raise StudyError(f"Cell {cell.run_name!r} has an invalid config: {e}") from None
         out.append((cell, cfg))
     return out
 
@@ -119,9 +184,13 @@ def _check_same_settings(cfg):
     diffs = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new
              if k != "model_dir" and old.get(k) != new[k]]
     if diffs:
+        hint = (" (the augmentation study's --protocol sets shared_augmentations: "
+                "paper = crop, identity = unset)" if old["shared_augmentations"] != new[
+                    "shared_augmentations"] else "")
         raise StudyError(
-            f"{cfg.model_dir!r} was run with other settings ({'; '.join(diffs[:5])}). "
-            "Use another --study_dir for these settings, or delete that directory.")
+            f"{cfg.model_dir!r} was run with other settings ({'; '.join(diffs[:5])})"
+            f"{hint}. Use another --study_dir for these settings, or delete that "
+            "directory.")
 
 
 # The repository root (the folder holding the simclr_tf package), for the cells' PYTHONPATH.
@@ -147,7 +216,8 @@ def _run_cell(study, cell, cfg, log, timeout_minutes=None):
     os.makedirs(cfg.model_dir, exist_ok=True)
     config_lib.save_yaml(cfg, os.path.join(cfg.model_dir, "config.yaml"))
     with open(os.path.join(cfg.model_dir, _CELL_FILE), "w", encoding="utf-8") as f:
-        json.dump({"study": study, "cell": cell.name, "params": cell.params}, f)
+        json.dump({"study": study, "cell": cell.name, "seed": cfg.seed,
+                   "params": cell.params}, f)
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(_PACKAGE_PARENT), env.get("PYTHONPATH")) if p)
@@ -182,7 +252,8 @@ def _run_cell(study, cell, cfg, log, timeout_minutes=None):
 
 
 def _row(study, cell, cfg, status):
-    row = {"study": study, "cell": cell.name, "status": status, **cell.params}
+    row = {"study": study, "cell": cell.name, "seed": cfg.seed, "status": status,
+           **cell.params}
     row.update({k: getattr(cfg, k) for k in cell.overrides if k not in row})
     result = _read_json(os.path.join(cfg.model_dir, "result.json"), {})
     row["top1"] = result.get("top1")
@@ -211,14 +282,16 @@ def _write_csv(rows, path):
 
 
 def run_study(study, study_dir=None, config_path=None, overrides=None, max_cells=None,
-              time_budget_minutes=None, log=print, cell_timeout_minutes=120):
-    """Runs (or resumes) a study; returns its rows (one dict per cell, grid order).
+              time_budget_minutes=None, log=print, cell_timeout_minutes=120,
+              protocol=None, seeds=None):
+    """Runs (or resumes) a study; returns its rows (one dict per run, grid order).
 
+    ``protocol``, ``seeds``: see :func:`cell_configs`; ``max_cells`` counts runs.
     Raises StudyError / ConfigError before any run for a bad study name, config
     or a study_dir holding other settings, and ImportError without matplotlib.
     """
     study_dir = study_dir or os.path.join("studies", study or "")
-    cells = cell_configs(study, study_dir, config_path, overrides)
+    cells = cell_configs(study, study_dir, config_path, overrides, protocol, seeds)
     study_plots.require_matplotlib()  # fail now, not after hours of training
     if max_cells is not None and max_cells < 1:
         raise StudyError(f"--max_cells must be >= 1, got {max_cells}.")
@@ -226,46 +299,59 @@ def run_study(study, study_dir=None, config_path=None, overrides=None, max_cells
         _check_same_settings(cfg)
     os.makedirs(study_dir, exist_ok=True)
     order = study_grids.by_priority([c for c, _ in cells])
-    selected = {c.name for c in order[:max_cells]}
-    configs = {c.name: cfg for c, cfg in cells}
+    selected = {c.run_name for c in order[:max_cells]}
+    configs = {c.run_name: cfg for c, cfg in cells}
     status, durations, start = {}, [], time.monotonic()
     for number, cell in enumerate(order, 1):
-        cfg = configs[cell.name]
+        name, cfg = cell.run_name, configs[cell.run_name]
         if os.path.exists(os.path.join(cfg.model_dir, "result.json")):
-            status[cell.name] = "done"
-            log(f"[{number}/{len(order)}] {cell.name}: finished before, skipped")
-        elif cell.name not in selected:
-            status[cell.name] = "not_run (max_cells)"
+            status[name] = "done"
+            log(f"[{number}/{len(order)}] {name}: finished before, skipped")
+        elif name not in selected:
+            status[name] = "not_run (max_cells)"
         elif time_budget_minutes is not None and (
                 time.monotonic() - start + (sum(durations) / len(durations) if durations
                                             else 0.0)) > 60 * time_budget_minutes:
-            status[cell.name] = "not_run (time_budget)"
+            status[name] = "not_run (time_budget)"
         else:
-            log(f"[{number}/{len(order)}] {cell.name}: running ({cfg.model_dir})")
+            log(f"[{number}/{len(order)}] {name}: running ({cfg.model_dir})")
             ok, seconds = _run_cell(study, cell, cfg, log, cell_timeout_minutes)
             durations.append(seconds)
-            status[cell.name] = "done" if ok else "failed"
+            status[name] = "done" if ok else "failed"
             if ok:
                 log(f"  done in {seconds:.0f} s")
-    rows = [_row(study, cell, cfg, status[cell.name]) for cell, cfg in cells]
+    rows = [_row(study, cell, cfg, status[cell.run_name]) for cell, cfg in cells]
     _write_csv(rows, os.path.join(study_dir, "results.csv"))
     metric = ("feature_linear_eval_top1"
               if any(r["feature_linear_eval_top1"] is not None for r in rows) else "top1")
     done = sum(r["status"] == "done" for r in rows)
-    title = f"{study}: {metric}, {done}/{len(rows)} cells"
+    title = f"{study}: {metric}, {done}/{len(rows)} runs"
     if study == "augmentations":
-        title += " (view 1: 1st then 2nd transformation; view 2: identity)"
+        protocol = rows[0]["protocol"]
+        title += f"\n{protocol} protocol: {study_grids.PROTOCOL_VIEWS[protocol]}"
     png = os.path.join(study_dir, f"{study}.png")
     study_plots.plot(study, rows, metric, png, title)
     for reason in ("max_cells", "time_budget"):
-        cut = [c.name for c in order if status[c.name] == f"not_run ({reason})"]
+        cut = [c.run_name for c in order if status[c.run_name] == f"not_run ({reason})"]
         if cut:
-            log(f"not run ({reason}, {len(cut)} cells): {', '.join(cut)}")
-    failed = [r["cell"] for r in rows if r["status"] == "failed"]
+            log(f"not run ({reason}, {len(cut)} runs): {', '.join(cut)}")
+    failed = [c.run_name for c, _ in cells if status[c.run_name] == "failed"]
     if failed:
-        log(f"failed ({len(failed)} cells; rerun to retry): {', '.join(failed)}")
+        log(f"failed ({len(failed)} runs; rerun to retry): {', '.join(failed)}")
     log(f"wrote {os.path.join(study_dir, 'results.csv')} and {png}")
     return rows
+
+
+def summary_table(study=None, study_dir=None):
+    """The Markdown per-cell mean +- std table of ``study_dir``'s results.csv
+    (default ``studies/<study>``); StudyError when there is none."""
+    if not (study or study_dir):
+        raise StudyError("--summary needs --study (or --study_dir) to find results.csv.")
+    path = os.path.join(study_dir or os.path.join("studies", study), "results.csv")
+    if not os.path.exists(path):
+        raise StudyError(f"No study results at {path!r}: run the study first "
+                         "(without --summary), or pass its --study_dir.")
+    return study_summary.markdown(study_summary.read_csv(path))
 
 
 def _run_cell_main(cell_dir):
@@ -302,9 +388,13 @@ def main(argv):
         return
     overrides = config_flags.overrides_from_flags()
     try:
+        if FLAGS.summary:
+            print(summary_table(FLAGS.study, FLAGS.study_dir))
+            return
         rows = run_study(FLAGS.study, FLAGS.study_dir, FLAGS.config, overrides,
                          FLAGS.max_cells, FLAGS.time_budget_minutes,
-                         cell_timeout_minutes=FLAGS.cell_timeout_minutes)
+                         cell_timeout_minutes=FLAGS.cell_timeout_minutes,
+                         protocol=FLAGS.protocol, seeds=FLAGS.seeds)
     except (StudyError, config_lib.ConfigError, ImportError) as e:
         print(f"simclr_tf.study: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -51,7 +51,8 @@ RESUME_FREE_KEYS = (
 # the new length from the step the run resumes at.
 RESUME_LENGTH_KEYS = ("train_steps", "train_epochs")
 _AUGMENT_KEYS = ("augmentations", "view1_augmentations", "view2_augmentations",
-                 "use_blur", "color_jitter_strength", "color_jitter_impl")
+                 "shared_augmentations", "use_blur", "color_jitter_strength",
+                 "color_jitter_impl")
 
 
 class RunDir:
@@ -179,8 +180,9 @@ class RunDir:
 
 
 def _views(cfg):
-    view1, view2 = cfg.view_augmentations
-    return (f"view1={','.join(view1) or 'none'} view2={','.join(view2) or 'none'} "
+    augment = cfg.augment
+    names = {k: ",".join(getattr(augment, k)) or "none" for k in ("shared", "view1", "view2")}
+    return (" ".join(f"{k}={v}" for k, v in names.items()) + " "
             f"color_jitter_strength={cfg.resolved_color_jitter_strength} "
             f"color_jitter_impl={cfg.color_jitter_impl}")
 
