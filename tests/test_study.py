@@ -143,6 +143,18 @@ def test_a_cut_study_with_seeds_keeps_every_cell_of_a_priority_once_first(tmp_pa
     _assert_png(tmp_path / "augmentations.png")
 
 
+def test_cells_keeps_only_the_named_cells_with_every_seed(tmp_path):
+    rows = study.run_study("augmentations", str(tmp_path), SMOKE, dict(TINY),
+                           time_budget_minutes=0.0, seeds=[0, 1],
+                           only_cells=["crop+color", "color"], log=lambda line: None)
+    wanted = [(r["cell"], r["seed"]) for r in rows if r["status"] != "not_run (cells)"]
+    assert sorted(wanted) == [("color", 0), ("color", 1), ("crop+color", 0),
+                              ("crop+color", 1)]
+    with pytest.raises(study.StudyError, match="crop\\+colour, not cells"):
+        study.run_study("augmentations", str(tmp_path), SMOKE, dict(TINY),
+                        only_cells=["crop+colour"], log=lambda line: None)
+
+
 def test_summary_is_the_mean_and_sample_std_per_cell(tmp_path, capsys):
     values = {"a": [0.1, 0.2, 0.4], "b": [0.5, None, None]}
     rows = [{"study": "temperature", "cell": cell, "seed": seed,

@@ -75,6 +75,9 @@ def define_flags():
                       "transformations on view 1, view 2 = that crop; identity = no shared "
                       "crop, view 2 = the whole image. Default: identity on offline_shapes, "
                       "else paper.")
+    flags.DEFINE_list("cells", None, "Run only these cells of the grid (names as in "
+                      "results.csv, e.g. crop,color,crop+color); the others are listed "
+                      "as not_run (cells). Default: every cell.")
     flags.DEFINE_list("seeds", None, "Run every cell once per seed, e.g. 0,1,2 (runs "
                       "<cell>_s<seed>; plots and --summary show mean +- std). Default: "
                       "the config's seed, one run per cell.")
@@ -283,10 +286,12 @@ def _write_csv(rows, path):
 
 def run_study(study, study_dir=None, config_path=None, overrides=None, max_cells=None,
               time_budget_minutes=None, log=print, cell_timeout_minutes=120,
-              protocol=None, seeds=None):
+              protocol=None, seeds=None, only_cells=None):
     """Runs (or resumes) a study; returns its rows (one dict per run, grid order).
 
     ``protocol``, ``seeds``: see :func:`cell_configs`; ``max_cells`` counts runs.
+    ``only_cells``: names of the cells to run (every seed of each); the others
+    are listed as ``not_run (cells)``; StudyError for a name not in the grid.
     Raises StudyError / ConfigError before any run for a bad study name, config
     or a study_dir holding other settings, and ImportError without matplotlib.
     """
@@ -299,7 +304,14 @@ def run_study(study, study_dir=None, config_path=None, overrides=None, max_cells
         _check_same_settings(cfg)
     os.makedirs(study_dir, exist_ok=True)
     order = study_grids.by_priority([c for c, _ in cells])
-    selected = {c.run_name for c in order[:max_cells]}
+    if only_cells:
+        unknown = sorted(set(only_cells) - {c.name for c in order})
+        if unknown:
+            raise StudyError(f"--cells names {', '.join(unknown)}, not cells of the "
+                             f"{study} study: choose from "
+                             f"{', '.join(dict.fromkeys(c.name for c in order))}.")
+    wanted = [c for c in order if not only_cells or c.name in only_cells]
+    selected = {c.run_name for c in wanted[:max_cells]}
     configs = {c.run_name: cfg for c, cfg in cells}
     status, durations, start = {}, [], time.monotonic()
     for number, cell in enumerate(order, 1):
@@ -307,6 +319,8 @@ def run_study(study, study_dir=None, config_path=None, overrides=None, max_cells
         if os.path.exists(os.path.join(cfg.model_dir, "result.json")):
             status[name] = "done"
             log(f"[{number}/{len(order)}] {name}: finished before, skipped")
+        elif only_cells and cell.name not in only_cells:
+            status[name] = "not_run (cells)"
         elif name not in selected:
             status[name] = "not_run (max_cells)"
         elif time_budget_minutes is not None and (
@@ -394,7 +408,8 @@ def main(argv):
         rows = run_study(FLAGS.study, FLAGS.study_dir, FLAGS.config, overrides,
                          FLAGS.max_cells, FLAGS.time_budget_minutes,
                          cell_timeout_minutes=FLAGS.cell_timeout_minutes,
-                         protocol=FLAGS.protocol, seeds=FLAGS.seeds)
+                         protocol=FLAGS.protocol, seeds=FLAGS.seeds,
+                         only_cells=FLAGS.cells)
     except (StudyError, config_lib.ConfigError, ImportError) as e:
         print(f"simclr_tf.study: error: {e}", file=sys.stderr)
         sys.exit(2)
