@@ -84,8 +84,19 @@ def resolve_jit_compile(setting, strategy):
         strategy.num_replicas_in_sync == 1)
 
 
-def warn_slow_bfloat16(precision, strategy):
-    """Warns when bfloat16 runs on a CPU without bfloat16 arithmetic (it is slower)."""
+def warn_slow_precision(precision, strategy):
+    """Warns when a 16-bit precision runs where it is slower than float32.
+
+    bfloat16 on a CPU without bfloat16 arithmetic; float16 on a CPU or TPU
+    (it is for GPUs without bfloat16 tensor cores: T4, V100).
+    """
+    if precision == "float16" and not tf.config.list_logical_devices("GPU"):
+        logging.warning(
+            "--precision=float16 without a GPU: float16 pays on GPUs without bfloat16 "
+            "(T4, V100); on %s use --precision=%s.",
+            "a TPU" if is_tpu(strategy) else "a CPU",
+            "bfloat16" if is_tpu(strategy) else "float32")
+        return
     if precision != "bfloat16" or is_tpu(strategy) or tf.config.list_logical_devices("GPU"):
         return
     if not env.cpu_has_native_bf16():

@@ -3,7 +3,6 @@
 import os
 
 import numpy as np
-import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -88,7 +87,6 @@ def _cfg(tmp_path, **overrides):
     return config_lib.resolve(None, values)
 
 
-@pytest.mark.slow
 def test_run_checkpoints_the_probe_optimizer_and_resumes_older_runs(tmp_path):
     """A run of the shared-probe layout (0.2) resumes with the probe's own SGD;
     a run with it restores its momentum exactly."""

@@ -20,7 +20,7 @@ TRAIN_MODES = ("pretrain", "finetune", "distill")
 RESNET_DEPTHS = tuple(BLOCK_CONFIGS)
 COLOR_JITTER_IMPLS = augment.COLOR_JITTER_IMPLS
 NONFINITE_POLICIES = ("stop", "skip")
-PRECISIONS = ("float32", "bfloat16")
+PRECISIONS = ("float32", "bfloat16", "float16")
 JIT_COMPILE = ("auto", "true", "false")
 AUGMENTATIONS = augment.AUGMENTATIONS  # the registry's names (simclr_tf.data.augment.OPS)
 NO_AUGMENTATION = augment.NO_AUGMENTATION
@@ -205,7 +205,8 @@ class Config:
     nonfinite_policy: str = _field(
         "stop", "A non-finite loss or gradient: stop ends the run with an error "
         "naming the step and keeps the last good checkpoint; skip leaves the weights "
-        "unchanged for that step and counts it (skipped_steps in the logs).",
+        "unchanged for that step and counts it (skipped_steps in the logs). "
+        "precision=float16 always skips (its loss scaling backs off on overflow).",
         NONFINITE_POLICIES)
     deterministic: bool = _field(
         False, "Bit-reproducible runs on the same machine and device setup: seeds "
@@ -221,9 +222,12 @@ class Config:
     precision: str = _field(
         "float32", "bfloat16: the encoder computes in bfloat16 (Keras policy "
         "mixed_bfloat16); variables, BN statistics, heads, loss and optimizer stay "
-        "float32. Pays on TPUs, GPUs and CPUs with AMX or AVX512-BF16 (1.36x on the "
-        "step, same demo accuracy over two seeds); slower on other CPUs. See "
-        "BENCHMARKS.md.", PRECISIONS)
+        "float32. Pays on TPUs, recent GPUs (A100, L4, H100) and CPUs with AMX or "
+        "AVX512-BF16 (1.36x on the step, same demo accuracy over two seeds); slower on "
+        "other CPUs. float16: the same with mixed_float16 plus dynamic loss scaling "
+        "(overflowing steps are skipped and counted in skipped_steps, the scale is "
+        "logged as loss_scale): for GPUs without bfloat16 (Colab's T4, V100). See "
+        "README, 'Precision'.", PRECISIONS)
     jit_compile: str = _field(
         "auto", "XLA-compile the training step. auto: on for one GPU, off on CPU "
         "(measured slower) and with several GPU replicas; a TPU compiles the step "

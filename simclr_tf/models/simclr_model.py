@@ -150,6 +150,8 @@ def build_model(cfg, num_classes):
     ``mixed_bfloat16`` (bfloat16 compute, float32 variables; Keras' BN computes
     its statistics in float32) and keeps the heads in float32, so z, the
     logits and the losses are float32. No global policy is set.
+    ``precision == "float16"`` does the same with ``mixed_float16``; the
+    training step then scales the loss (:mod:`simclr_tf.loss_scale`).
     """
     cfg = getattr(cfg, "model", cfg)  # a whole Config: its model section
     probe = cfg.train_mode == "pretrain"
@@ -157,8 +159,8 @@ def build_model(cfg, num_classes):
         raise ValueError(f"train_mode={cfg.train_mode!r} needs a supervised_head (the "
                          "dataset, or the teacher, must have labels).")
     encoder_dtype = head_dtype = None
-    if cfg.precision == "bfloat16":
-        encoder_dtype, head_dtype = "mixed_bfloat16", "float32"
+    if cfg.precision in ("bfloat16", "float16"):
+        encoder_dtype, head_dtype = f"mixed_{cfg.precision}", "float32"
     encoder = resnet.ResNet(
         cfg.resnet_depth, width_multiplier=cfg.width_multiplier,
         cifar_stem=cfg.cifar_stem, sk_ratio=cfg.sk_ratio,

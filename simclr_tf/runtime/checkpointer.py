@@ -12,8 +12,9 @@ from simclr_tf.errors import RunError, short_tf_error
 # network stays within ~10): such weights are never checkpointed, because the
 # next step would turn them non-finite.
 MAX_WEIGHT = 1e6
-# The checkpoint key of the linear probe's own optimizer.
+# Checkpoint keys of the linear probe's own optimizer and the float16 loss scale.
 _PROBE_OPTIMIZER = "probe_optimizer"
+_LOSS_SCALE = "loss_scale"
 # What --checkpoint loads into a new run: the backbone, not the heads.
 _PRETRAINED_PARTS = ("encoder", "projection_head")
 
@@ -61,7 +62,8 @@ class Checkpointer:
 
     A checkpoint holds the model (every weight, BN moving statistics included,
     also under ``weights/<variable path>``), the optimizer (its slots and
-    step counter) and, when the linear probe has its own, the probe's optimizer. :meth:`resume` restores the newest *readable* checkpoint,
+    step counter) and, when the linear probe has its own, the probe's optimizer
+    and, in float16, the loss scale. :meth:`resume` restores the newest *readable* checkpoint,
     falling back to older ones with a warning when the newest is corrupt or
     truncated; it is the one implementation of that fallback, used by
     training, ``--mode=eval`` and ``--mode=export``.
@@ -77,20 +79,22 @@ class Checkpointer:
         keep_max: checkpoints kept.
         task_id: None on the chief; the worker's task id otherwise.
         probe_optimizer: the linear probe's own optimizer (built), or None.
+        loss_scale: the float16 :class:`~simclr_tf.loss_scale.DynamicLossScale`, or None.
     """
 
     def __init__(self, model, optimizer, run_dir, keep_max=5, task_id=None,
-                 probe_optimizer=None):
-        parts = {"model": model, "weights": weights_by_path(model)}
+                 probe_optimizer=None, loss_scale=None):
+        self._required = {"model": model, "weights": weights_by_path(model)}
         if optimizer is not None:
-            parts["optimizer"] = optimizer
-        # Checkpoints of runs whose probe shared the pretraining optimizer
-        # (0.2 and earlier, or probe_learning_rate=0) hold no probe optimizer:
-        # they are read without it (see resume).
-        self._without_probe = tf.train.Checkpoint(**parts)
-        if probe_optimizer is not None:
-            parts[_PROBE_OPTIMIZER] = probe_optimizer
-        self.checkpoint = tf.train.Checkpoint(**parts)
+            self._required["optimizer"] = optimizer
+        # Parts a checkpoint of another setting may lack: the probe's own
+        # optimizer (a run whose probe shared the pretraining optimizer: 0.2,
+        # or probe_learning_rate=0) and the float16 loss scale (a run resumed
+        # with another precision). See _read.
+        self._optional = {key: part for key, part in (
+            (_PROBE_OPTIMIZER, probe_optimizer), (_LOSS_SCALE, loss_scale))
+            if part is not None}
+        self.checkpoint = tf.train.Checkpoint(**self._required, **self._optional)
         self.model = model
         self.optimizer = optimizer
         self.probe_optimizer = probe_optimizer
@@ -156,20 +160,26 @@ class Checkpointer:
         return None
 
     def _read(self, path):
-        """Restores ``path``; every object of this run must be in it but the probe's optimizer.
+        """Restores ``path``; every object of this run must be in it but the optional parts.
 
         A checkpoint without the probe optimizer (written while the probe
         shared the pretraining optimizer) restores everything else; the probe
         optimizer then starts with zero momentum at the checkpoint's step, so
-        its cosine continues where the run is.
+        its cosine continues where the run is. One without the loss scale
+        (written in float32 or bfloat16) leaves it at its initial value.
         """
-        if self.probe_optimizer is None or _has_key(path, _PROBE_OPTIMIZER):
+        missing = [key for key in self._optional if not _has_key(path, key)]
+        if not missing:
             self.checkpoint.read(path).assert_existing_objects_matched()
             return
-        self._without_probe.read(path).assert_existing_objects_matched()
-        self.probe_optimizer.iterations.assign(self.optimizer.iterations)
-        logging.info("%s holds no probe optimizer (the probe shared the pretraining "
-                     "optimizer): the probe's own SGD starts at step %d.", path, self.step)
+        present = {k: v for k, v in self._optional.items() if k not in missing}
+        tf.train.Checkpoint(**self._required, **present).read(
+            path).assert_existing_objects_matched()
+        if _PROBE_OPTIMIZER in missing:
+            self.probe_optimizer.iterations.assign(self.optimizer.iterations)
+        logging.info("%s holds no %s (written with other settings): %s at its initial "
+                     "state from step %d.", path, " or ".join(missing),
+                     "they start" if len(missing) > 1 else "it starts", self.step)
 
     def restore_finished(self, what):
         """Restores the newest readable checkpoint, or refuses: there is nothing to ``what``.

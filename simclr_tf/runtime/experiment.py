@@ -12,6 +12,7 @@ from simclr_tf.config import ConfigError
 from simclr_tf.data import datasets, pipeline, subsets
 from simclr_tf.errors import short_tf_error
 from simclr_tf.export import Teacher
+from simclr_tf.loss_scale import DynamicLossScale
 from simclr_tf.models.simclr_model import build_model
 from simclr_tf.runtime.checkpointer import Checkpointer
 from simclr_tf.runtime.run_dir import RunDir
@@ -39,6 +40,8 @@ class Experiment:
         jit_compile: whether the per-replica step is XLA-compiled.
         probe_optimizer: the linear probe's own optimizer (pretraining with
             ``probe_learning_rate > 0``), or None.
+        loss_scale: the :class:`~simclr_tf.loss_scale.DynamicLossScale` of
+            ``precision=float16``, or None.
     """
 
     cfg: Any
@@ -57,6 +60,7 @@ class Experiment:
     checkpointer: Checkpointer
     jit_compile: bool
     probe_optimizer: Optional[Any] = None
+    loss_scale: Optional[DynamicLossScale] = None
 
     @property
     def step(self):
@@ -184,7 +188,7 @@ def build(cfg, strategy=None):
         tf.config.experimental.enable_op_determinism()
         logging.info("TF op determinism enabled; seed %d.", cfg.seed)
     strategy = strategy or distribute.get_strategy(cfg.use_tpu, cfg.tpu_name)
-    distribute.warn_slow_bfloat16(cfg.precision, strategy)
+    distribute.warn_slow_precision(cfg.precision, strategy)
     is_chief = distribute.is_chief(strategy)
     _check_batches_split(cfg, strategy.num_replicas_in_sync)
 
@@ -206,7 +210,7 @@ def build(cfg, strategy=None):
                                    cfg.train_epochs, cfg.train_steps, cfg.warmup_epochs)
 
     task = tasks.build_task(cfg.train_mode, cfg.loss, teacher)
-    probe_optimizer = None
+    probe_optimizer = loss_scale = None
     with strategy.scope():
         model = build_model(cfg.model, num_classes)
         schedule, optimizer = build_optimizer(cfg, train_info.num_examples)
@@ -218,6 +222,8 @@ def build(cfg, strategy=None):
             probe_optimizer = optimizers.build_probe_optimizer(cfg.probe_learning_rate,
                                                                steps.total_steps)
             probe_optimizer.build(task.probe_variables(model))
+        if cfg.precision == "float16":
+            loss_scale = DynamicLossScale()
     run_dir = RunDir(cfg.model_dir)
     task_id = None if is_chief else strategy.cluster_resolver.task_id
     return Experiment(
@@ -226,6 +232,7 @@ def build(cfg, strategy=None):
         num_labeled_examples=num_labelled, steps=steps, model=model, task=task,
         schedule=schedule, optimizer=optimizer,
         checkpointer=Checkpointer(model, optimizer, run_dir, cfg.keep_checkpoint_max,
-                                  task_id, probe_optimizer=probe_optimizer),
+                                  task_id, probe_optimizer=probe_optimizer,
+                                  loss_scale=loss_scale),
         jit_compile=distribute.resolve_jit_compile(cfg.jit_compile, strategy),
-        probe_optimizer=probe_optimizer)
+        probe_optimizer=probe_optimizer, loss_scale=loss_scale)

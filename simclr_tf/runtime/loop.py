@@ -74,12 +74,14 @@ def _train(exp, sigterm):
         return
     # 2. The compiled steps and the data stream, positioned at `start`.
     with exp.strategy.scope():  # metrics summed over every replica and worker when read
-        metrics = steps_lib.train_metrics(exp.task.metric_names(model), cfg.nonfinite_policy)
+        # float16's loss scaling skips overflowing steps: that is its policy.
+        policy = "skip" if exp.loss_scale is not None else cfg.nonfinite_policy
+        metrics = steps_lib.train_metrics(exp.task.metric_names(model), policy)
     nonfinite_step = None
-    if cfg.nonfinite_policy == "stop" and not distribute.is_tpu(exp.strategy):
+    if policy == "stop" and not distribute.is_tpu(exp.strategy):
         nonfinite_step = tf.Variable(0, dtype=tf.int64, trainable=False)
-    step_fn = steps_lib.make_train_step(model, exp.task, exp.optimizer, metrics,
-                                        cfg.nonfinite_policy, exp.probe_optimizer)
+    step_fn = steps_lib.make_train_step(model, exp.task, exp.optimizer, metrics, policy,
+                                        exp.probe_optimizer, exp.loss_scale)
     train_steps = steps_lib.make_train_steps(step_fn, exp.strategy, exp.optimizer,
                                              exp.jit_compile, nonfinite_step)
     iterator = iter(exp.train_dataset(start))
@@ -103,6 +105,8 @@ def _train(exp, sigterm):
         first, step = step + 1, exp.step
         logs = {name: float(m.result()) for name, m in metrics.items()}
         logs["lr"] = float(exp.schedule(step - 1))
+        if exp.loss_scale is not None:
+            logs["loss_scale"] = float(exp.loss_scale.scale.numpy())
         if not math.isfinite(logs["loss"]):
             bad = int(nonfinite_step.numpy()) if nonfinite_step is not None else 0
             where = f"at step {bad}" if bad else f"in steps {first}-{step}"

@@ -32,7 +32,7 @@ def _bn_state(model):
 
 
 def make_train_step(model, task, optimizer, metrics, nonfinite_policy="stop",
-                    probe_optimizer=None):
+                    probe_optimizer=None, loss_scale=None):
     """Returns ``train_step(batch) -> {metric: value}`` for ``strategy.run``.
 
     Each replica computes ``task.compute_loss`` (the mean over its examples),
@@ -45,6 +45,12 @@ def make_train_step(model, task, optimizer, metrics, nonfinite_policy="stop",
     (the linear probe) and ``optimizer`` the rest; the task must name such
     weights (ValueError otherwise, and for weights without an optimizer).
 
+    ``loss_scale``: a :class:`simclr_tf.loss_scale.DynamicLossScale` for
+    float16 training: the loss is scaled before the gradients and the
+    gradients unscaled after; an overflowing step is skipped as with
+    ``nonfinite_policy="skip"`` (which it implies: ``metrics`` must come from
+    ``train_metrics(names, "skip")``) and lowers the scale.
+
     ``nonfinite_policy``: ``"stop"`` applies every update (the loop checks
     the loss and stops); ``"skip"``: a step whose loss or gradients are
     non-finite on any replica changes no weight (nor optimizer slot or BN
@@ -54,7 +60,10 @@ def make_train_step(model, task, optimizer, metrics, nonfinite_policy="stop",
     if nonfinite_policy not in NONFINITE_POLICIES:
         raise ValueError(f"nonfinite_policy must be 'stop' or 'skip', got "
                          f"{nonfinite_policy!r}.")
-    skip = nonfinite_policy == "skip"
+    skip = nonfinite_policy == "skip" or loss_scale is not None
+    if skip and "skipped_steps" not in metrics:
+        raise ValueError("Skipping steps (nonfinite_policy='skip' or a loss_scale) needs "
+                         "the skipped_steps metric: train_metrics(names, 'skip').")
     updates = _Updates(optimizer, probe_optimizer, task.probe_variables(model))
 
     def train_step(batch):
@@ -63,12 +72,16 @@ def make_train_step(model, task, optimizer, metrics, nonfinite_policy="stop",
         with tf.GradientTape() as tape:
             loss, results = task.compute_loss(model, batch, training=True)
             scaled_loss = loss / num_replicas
+            if loss_scale is not None:
+                scaled_loss = loss_scale.scale_loss(scaled_loss)
         variables = model.trainable_variables
         grads = tape.gradient(scaled_loss, variables)
+        if loss_scale is not None:
+            grads = loss_scale.unscale(grads)
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
         if skip:
             _apply_or_skip(model, updates, metrics, loss, pairs, results, bn_state,
-                           num_replicas)
+                           num_replicas, loss_scale)
         else:
             updates.apply(pairs)
             for name, value in results.items():
@@ -117,7 +130,8 @@ class _Updates:
                 opt.iterations.assign_add(1)
 
 
-def _apply_or_skip(model, updates, metrics, loss, pairs, results, bn_state, num_replicas):
+def _apply_or_skip(model, updates, metrics, loss, pairs, results, bn_state, num_replicas,
+                   loss_scale=None):
     """nonfinite_policy="skip": the update unless the step is non-finite.
 
     The decision is all-reduced, so every replica (and worker) takes the
@@ -134,6 +148,8 @@ def _apply_or_skip(model, updates, metrics, loss, pairs, results, bn_state, num_
     bad_replicas = tf.distribute.get_replica_context().all_reduce(
         tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
     skip = bad_replicas > 0
+    if loss_scale is not None:
+        loss_scale.update(tf.logical_not(skip))
 
     apply_fn, skip_fn = updates.apply, updates.skip
 

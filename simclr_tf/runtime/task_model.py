@@ -26,6 +26,8 @@ class TaskModel(keras.Model):
             ``probe_learning_rate > 0``). Default: SGD with momentum 0.9 at a
             constant ``probe_learning_rate`` (``fit`` does not know the run's
             length; ``simclr_tf.run`` decays it by a cosine).
+        loss_scale: a :class:`~simclr_tf.loss_scale.DynamicLossScale` for a
+            network built with ``precision="float16"`` (implies ``"skip"``).
 
     Example:
 
@@ -42,14 +44,15 @@ class TaskModel(keras.Model):
     """
 
     def __init__(self, network, task, nonfinite_policy="stop", probe_optimizer=None,
-                 **kwargs):
+                 loss_scale=None, **kwargs):
         super().__init__(**kwargs)
         self.network = network
         self.task = task
-        self.nonfinite_policy = nonfinite_policy
+        self.nonfinite_policy = "skip" if loss_scale is not None else nonfinite_policy
         self.probe_optimizer = probe_optimizer
+        self.loss_scale = loss_scale
         self._train_metrics = steps_lib.train_metrics(task.metric_names(network),
-                                                      nonfinite_policy)
+                                                      self.nonfinite_policy)
         self._eval_metrics = steps_lib.eval_metrics()
         self._eval_step = steps_lib.make_eval_step(network, self._eval_metrics)
         self._train_step = None
@@ -68,7 +71,7 @@ class TaskModel(keras.Model):
                     self.task.cfg.probe_learning_rate, momentum=optimizers.PROBE_MOMENTUM)
             self._train_step = steps_lib.make_train_step(
                 self.network, self.task, self.optimizer, self._train_metrics,
-                self.nonfinite_policy, self.probe_optimizer)
+                self.nonfinite_policy, self.probe_optimizer, self.loss_scale)
         return self._train_step(data)
 
     def test_step(self, data):
