@@ -181,10 +181,13 @@ def evaluate(exp):
 def _monitor_features(exp, knn=None, linear=None):
     """The evaluations on frozen features h: ``feature_linear_eval`` and ``knn``.
 
-    One forward pass over both splits serves both. By default (at the end of
-    a run) the logistic regression (the paper's protocol) runs after
-    pretraining when ``feature_linear_eval`` is on, and the kNN vote when
-    ``knn_eval`` is on; during pretraining the loop asks for each explicitly.
+    One forward pass over both splits, through the run's strategy, serves
+    both (features above 1 GiB a split are streamed from a temporary file; see
+    :mod:`simclr_tf.linear_eval`). By default (at the end of a run) the
+    logistic regression (the paper's protocol, l2 chosen on a held-out part
+    of train_split) runs after pretraining when ``feature_linear_eval`` is on,
+    and the kNN vote when ``knn_eval`` is on; during pretraining the loop asks
+    for each explicitly.
     """
     cfg = exp.cfg
     if linear is None:
@@ -195,7 +198,8 @@ def _monitor_features(exp, knn=None, linear=None):
         return {}
     subset = exp.label_subset.indices if exp.label_subset is not None else None
     try:
-        features = linear_eval.frozen_features(exp.model.encoder, cfg.data, subset)
+        features = linear_eval.frozen_features(exp.model.encoder, cfg.data, subset,
+                                               strategy=exp.strategy)
     except ValueError:
         if linear:
             raise
@@ -203,7 +207,8 @@ def _monitor_features(exp, knn=None, linear=None):
         return {}
     out = {"knn": knn_lib.evaluate(features, exp.num_classes)} if knn else {}
     if linear:
-        out["feature_linear_eval"] = linear_eval.fit_and_score(features, exp.num_classes)
+        out["feature_linear_eval"] = linear_eval.fit_and_score(features, exp.num_classes,
+                                                               seed=cfg.seed)
     return out
 
 
