@@ -11,6 +11,8 @@ from multidevice import run_with_devices
 
 from simclr_tf import config as config_lib
 from simclr_tf import errors, linear_eval
+from simclr_tf.linear_eval import features as features_lib
+from simclr_tf.linear_eval import full_batch, minibatch, streaming
 from simclr_tf.data import pipeline
 from simclr_tf.models import simclr_model
 
@@ -162,15 +164,119 @@ def _blobs(n, dim, num_classes, scale, seed):
 
 def test_lbfgs_fit_is_the_optimum_newtons_method_finds():
     """Overlapping classes, so the optimum is finite even for a small l2:
-    the fitted weights, bias and objective equal Newton's (float64) solution."""
+    at a tight tolerance the fitted weights, bias and objective equal
+    Newton's (float64) solution; at the default one (no gradient component
+    above 1e-4) the objective still does to 1e-6 and every prediction is
+    the same."""
     x, y = _blobs(90, 4, 3, 0.8, seed=5)
     for l2 in (1e-4, 1e-1):
         w, b, loss = _newton(x, y, 3, l2)
-        clf = linear_eval.fit_logistic_regression(x, y, 3, l2, solver="lbfgs")
+        clf = linear_eval.fit_logistic_regression(x, y, 3, l2, solver="lbfgs", gtol=1e-6)
         np.testing.assert_allclose(clf.w, w, atol=2e-4 * max(1.0, np.abs(w).max()))
         np.testing.assert_allclose(clf.b, b, atol=2e-4 * max(1.0, np.abs(b).max()))
         assert clf.loss == pytest.approx(loss, rel=1e-6)
         np.testing.assert_allclose(clf(x), _standardised(x) @ w + b, atol=2e-3)
+        default = linear_eval.fit_logistic_regression(x, y, 3, l2, solver="lbfgs")
+        assert default.steps < clf.steps and default.loss == pytest.approx(loss, rel=1e-6)
+        np.testing.assert_allclose(default.w, w, atol=2e-3 * max(1.0, np.abs(w).max()))
+        np.testing.assert_array_equal(default(x).argmax(1), (_standardised(x) @ w + b).argmax(1))
+
+
+def test_lbfgs_solves_an_ill_conditioned_quadratic_and_a_preconditioner_speeds_it_up():
+    """0.5 x'Ax - b'x with condition number 1e3: the minimum is A^-1 b with
+    or without a preconditioner; with the exact inverse Hessian as the
+    preconditioner it is one full step."""
+    rng = np.random.default_rng(10)
+    q, _ = np.linalg.qr(rng.normal(size=(30, 30)))
+    a = q @ np.diag(np.logspace(-3, 0, 30)) @ q.T
+    b = rng.normal(size=30)
+    exact = np.linalg.solve(a, b)
+
+    def fun(x):
+        return 0.5 * x @ a @ x - b @ x, a @ x - b
+
+    x, _, plain_iterations = linear_eval.lbfgs(fun, np.zeros(30), gtol=1e-8)
+    np.testing.assert_allclose(x, exact, atol=1e-4 * np.abs(exact).max())
+    inverse = np.linalg.inv(a)
+    x, _, iterations = linear_eval.lbfgs(fun, np.zeros(30), gtol=1e-8,
+                                         precondition=lambda v: inverse @ v)
+    np.testing.assert_allclose(x, exact, atol=1e-8 * np.abs(exact).max())
+    assert iterations == 1 and plain_iterations > 20
+    assert linear_eval.lbfgs(fun, exact, gtol=1e-8)[2] == 0  # already there
+
+
+def test_the_preconditioner_is_the_inverse_hessian_at_zero_weights(monkeypatch):
+    """The Hessian of the objective at W = 0, b = 0 times a direction with no
+    class-sum part (central differences of the fitted objective's gradient),
+    mapped back by the preconditioner, is that direction; applied with NumPy
+    (small) or TF (large) alike."""
+    x, y = _blobs(400, 6, 4, 0.5, seed=11)
+    stats = linear_eval.standardisation(x)
+    objective = full_batch._Objective(x, y, None, stats, 4)
+    eigen = full_batch.curvature(x, stats)
+    rng = np.random.default_rng(11)
+    for l2 in (1e-4, 1e-1):
+        v = rng.normal(size=(7, 4))  # rows: the 6 features' weights, then the bias
+        v -= v.mean(axis=1, keepdims=True)  # adding a vector to every class changes nothing
+        direction, eps = v.ravel(), 1e-2
+        hessian_v = (objective(eps * direction, l2)[1]
+                     - objective(-eps * direction, l2)[1]) / (2 * eps)
+        in_numpy = full_batch._preconditioner(eigen, 4, l2)(hessian_v)
+        np.testing.assert_allclose(in_numpy, direction, atol=2e-3 * np.abs(direction).max())
+        monkeypatch.setattr(full_batch, "NUMPY_APPLY_MAX_WORK", 0)
+        np.testing.assert_allclose(full_batch._preconditioner(eigen, 4, l2)(hessian_v),
+                                   in_numpy, rtol=1e-12, atol=1e-12)
+        monkeypatch.undo()
+
+
+def test_the_objective_streamed_in_chunks_equals_the_numpy_formula(monkeypatch):
+    """The L-BFGS objective and gradient, on rows held on the device or
+    streamed in chunks of 256 (also of a row subset), equal the NumPy
+    float64 formula up to float32 rounding."""
+    x, y = _blobs(1000, 8, 3, 0.6, seed=13)
+    stats = linear_eval.standardisation(x)
+    rng = np.random.default_rng(13)
+    w, b, l2 = rng.normal(size=(8, 3)), rng.normal(size=3), 1e-2
+    params = np.concatenate([w.ravel(), b])
+    z = (x - stats[0]) * stats[1]
+    rows = np.arange(0, 1000, 3)
+    whole = full_batch._Objective(x, y, None, stats, 3)
+    monkeypatch.setattr(streaming, "CHUNK_BYTES", 100)  # the minimum: 256 rows a chunk
+    chunked = full_batch._Objective(x, y, None, stats, 3)
+    subset = full_batch._Objective(x, y, rows, stats, 3)
+    assert whole.resident is not None and chunked.resident is None
+    for objective, zs, ys in ((whole, z, y), (chunked, z, y), (subset, z[rows], y[rows])):
+        loss, grad = objective(params, l2)
+        ref_loss, ref_w, ref_b, _ = _objective(zs, ys, w, b, l2)
+        assert loss == pytest.approx(ref_loss, rel=1e-6)
+        np.testing.assert_allclose(grad, np.concatenate([ref_w.ravel(), ref_b]), atol=1e-5)
+
+
+def test_the_warm_started_l2_path_reaches_every_cold_fit_and_compiles_once():
+    """fit_path (strongest l2 first, each fit from the previous one) ends
+    where separate fits from zero end, in fewer iterations; the objective's
+    compiled function is traced once for any rows, dimension, classes or l2."""
+    x, y = _blobs(600, 10, 3, 0.6, seed=12)
+    stats = linear_eval.standardisation(x)
+    grid = (1e-5, 1e-3, 1e-1)
+    tight = full_batch.fit_path(x, y, None, 3, stats, grid, gtol=1e-6)
+    assert [clf.l2 for clf in tight] == list(grid)
+    for clf in tight:
+        cold = linear_eval.fit_logistic_regression(x, y, 3, clf.l2, stats=stats,
+                                                   solver="lbfgs", gtol=1e-6)
+        np.testing.assert_allclose(clf.w, cold.w, atol=1e-3 * np.abs(cold.w).max())
+        assert clf.loss == pytest.approx(cold.loss, rel=1e-6)
+    path = full_batch.fit_path(x, y, None, 3, stats, grid)
+    cold = [linear_eval.fit_logistic_regression(x, y, 3, l2, stats=stats, solver="lbfgs")
+            for l2 in grid]
+    assert sum(clf.steps for clf in path) < sum(clf.steps for clf in cold)
+    for warm, zero in zip(path, cold):
+        np.testing.assert_array_equal(warm(x).argmax(1), zero(x).argmax(1))
+    # From a converged fit of the same l2: nothing to do.
+    assert linear_eval.fit_logistic_regression(x, y, 3, 1e-1, stats=stats, solver="lbfgs",
+                                               init=tight[-1]).steps == 0
+    linear_eval.fit_logistic_regression(x[:100, :5], y[:100] % 2, 2, 1e-2)
+    assert full_batch._sums.experimental_get_tracing_count() == 1
 
 
 def test_uninformative_features_give_zero_weights_and_the_log_prior_bias():
@@ -205,13 +311,13 @@ def test_minibatch_adam_reaches_the_lbfgs_optimum():
     z = _standardised(x)
     stats = linear_eval.standardisation(x)
     ref = linear_eval.fit_logistic_regression(x, y, 4, 1e-3, solver="lbfgs")
-    fits = linear_eval._fit_minibatch(x, y, None, 4, stats, (1e-3, 1e-1), 0, steps=3000,
-                                      batch_rows=256, learning_rate=1e-2)
+    fits = minibatch.fit_minibatch(x, y, None, 4, stats, (1e-3, 1e-1), 0, steps=3000,
+                                   batch_rows=256, learning_rate=1e-2)
     loss = _objective(z, y, fits[0].w.astype(np.float64), fits[0].b, 1e-3)[0]
     assert ref.loss <= loss + 1e-6 and loss - ref.loss < 1e-3, (loss, ref.loss)
     assert np.mean(fits[0](x).argmax(1) == ref(x).argmax(1)) > 0.99
-    alone = linear_eval._fit_minibatch(x, y, None, 4, stats, (1e-1,), 0, steps=3000,
-                                       batch_rows=256, learning_rate=1e-2)[0]
+    alone = minibatch.fit_minibatch(x, y, None, 4, stats, (1e-1,), 0, steps=3000,
+                                    batch_rows=256, learning_rate=1e-2)[0]
     np.testing.assert_allclose(alone.w, fits[1].w, atol=1e-6)  # float32 rounding
     np.testing.assert_allclose(alone.b, fits[1].b, atol=1e-6)
 
@@ -345,8 +451,8 @@ def test_memmap_path_equals_the_in_memory_path(tmp_path):
 
 def test_a_full_scratch_disk_is_refused_before_writing(tmp_path, monkeypatch):
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(linear_eval.shutil, "disk_usage", lambda path: usage(10, 10, 0))
-    sink = linear_eval._FeatureSink("'train'", 1000, 0, str(tmp_path))
+    monkeypatch.setattr(features_lib.shutil, "disk_usage", lambda path: usage(10, 10, 0))
+    sink = features_lib._FeatureSink("'train'", 1000, 0, str(tmp_path))
     with pytest.raises(errors.RunError, match=r"need 0\.0 GiB of disk .* TMPDIR"):
         sink.add(np.zeros((10, 4), np.float32))
     assert os.listdir(tmp_path) == []

@@ -184,7 +184,7 @@ class Config:
         True, "After pretraining, also fit an l2-regularised logistic regression on "
         "frozen features h of train_split (l2 chosen on a held-out 10% of it, then "
         "refitted on all) and report its eval_split accuracy: the paper's frozen-feature "
-        "protocol (simclr_tf/linear_eval.py). Costs a forward pass over both splits and "
+        "protocol (simclr_tf/linear_eval/). Costs a forward pass over both splits and "
         "the fits; features above 1 GiB a split go to a temporary file in TMPDIR "
         "(ImageNet: 10.5 GB; README: Frozen-feature linear evaluation).")
 
