@@ -103,6 +103,19 @@ def test_a_study_dir_of_the_other_protocol_is_refused_naming_it(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["crop"]
 
 
+def test_a_cell_re_evaluated_with_mode_eval_is_still_the_same_cell(tmp_path):
+    (_, cfg), = [(c, cfg) for c, cfg in study.cell_configs(
+        "augmentations", str(tmp_path), SMOKE, dict(TINY)) if c.name == "crop"]
+    os.makedirs(cfg.model_dir)
+    study.config_lib.save_yaml(cfg.replace(mode="eval"),
+                               os.path.join(cfg.model_dir, "config.yaml"))
+    study._check_same_settings(cfg)  # no refusal
+    study.config_lib.save_yaml(cfg.replace(mode="eval", temperature=0.9),
+                               os.path.join(cfg.model_dir, "config.yaml"))
+    with pytest.raises(study.StudyError, match="temperature: 0.9 -> "):
+        study._check_same_settings(cfg)
+
+
 def test_seeds_name_the_runs_and_order_them_seed_major_within_a_priority():
     runs = study.cell_configs("augmentations", "d", SMOKE, seeds=["0", "1", "2"])
     assert len(runs) == 3 * 49

@@ -184,8 +184,10 @@ def _check_same_settings(cfg):
         return
     old = config_lib.resolve(path).to_dict()
     new = cfg.to_dict()
+    # mode: a cell re-evaluated with --mode=eval (config.yaml then says eval)
+    # still holds the same training.
     diffs = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new
-             if k != "model_dir" and old.get(k) != new[k]]
+             if k not in ("model_dir", "mode") and old.get(k) != new[k]]
     if diffs:
         hint = (" (the augmentation study's --protocol sets shared_augmentations: "
                 "paper = crop, identity = unset)" if old["shared_augmentations"] != new[
