@@ -99,7 +99,8 @@ def reference(tmp_path_factory):
         use_blur=cfg.resolved_use_blur, color_jitter_impl=cfg.color_jitter_impl)[0])
         for i in range(2)]
     metrics = steps_lib.train_metrics(exp.task.metric_names(exp.model))
-    step = tf.function(steps_lib.make_train_step(exp.model, exp.task, exp.optimizer, metrics))
+    step = tf.function(steps_lib.make_train_step(exp.model, exp.task, exp.optimizer, metrics,
+                                                 probe_optimizer=exp.probe_optimizer))
     logs = []
     for _ in range(2):
         parts = [next(it) for it in shards]

@@ -151,18 +151,16 @@ def _apply_or_skip(model, updates, metrics, loss, pairs, results, bn_state, num_
     if loss_scale is not None:
         loss_scale.update(tf.logical_not(skip))
 
-    apply_fn, skip_fn = updates.apply, updates.skip
-
     if tf.__internal__.distribute.strategy_supports_no_merge_call():
-        tf.cond(skip, skip_fn, lambda: apply_fn(pairs))
+        tf.cond(skip, updates.skip, lambda: updates.apply(pairs))
     else:
         # As keras.optimizers.LossScaleOptimizer: a strategy cannot run a
         # tf.cond whose branch calls merge_call (apply_gradients does) in a
         # replica context, so branch in the cross-replica context.
         def merge_fn(strategy, skip, grads_and_vars):
             skip = strategy.experimental_local_results(skip)[0]
-            tf.cond(skip, skip_fn, lambda: strategy.extended.call_for_each_replica(
-                apply_fn, args=(grads_and_vars,)))
+            tf.cond(skip, updates.skip, lambda: strategy.extended.call_for_each_replica(
+                updates.apply, args=(grads_and_vars,)))
 
         tf.distribute.get_replica_context().merge_call(merge_fn, args=(skip, pairs))
     for v, old in zip(_bn_state(model), bn_state):

@@ -1,6 +1,7 @@
 """Keras' ``compile``/``fit``/``evaluate`` for a SimCLR model and a task."""
 
 import keras
+import tensorflow as tf
 
 from simclr_tf import optimizers
 from simclr_tf.runtime import steps as steps_lib
@@ -66,9 +67,16 @@ class TaskModel(keras.Model):
 
     def train_step(self, data):
         if self._train_step is None:
-            if self.probe_optimizer is None and self.task.probe_variables(self.network):
-                self.probe_optimizer = keras.optimizers.SGD(
-                    self.task.cfg.probe_learning_rate, momentum=optimizers.PROBE_MOMENTUM)
+            probe = self.task.probe_variables(self.network)
+            if self.probe_optimizer is None and probe:
+                # Built outside the traced replica function (in the strategy's
+                # cross-replica context), as fit builds the main optimizer:
+                # variables created per replica would not be mirrored.
+                with tf.init_scope():
+                    self.probe_optimizer = keras.optimizers.SGD(
+                        self.task.cfg.probe_learning_rate,
+                        momentum=optimizers.PROBE_MOMENTUM)
+                    self.probe_optimizer.build(probe)
             self._train_step = steps_lib.make_train_step(
                 self.network, self.task, self.optimizer, self._train_metrics,
                 self.nonfinite_policy, self.probe_optimizer, self.loss_scale)
