@@ -218,10 +218,11 @@ def build(cfg, strategy=None):
         # Built over every weight, the probe's included: checkpoints keep one
         # layout whichever optimizer trains the probe.
         optimizer.build(model.trainable_variables)
-        if task.probe_variables(model):
+        probe = task.probe_variables(model)
+        if probe:
             probe_optimizer = optimizers.build_probe_optimizer(cfg.probe_learning_rate,
                                                                steps.total_steps)
-            probe_optimizer.build(task.probe_variables(model))
+            probe_optimizer.build(probe)
         if cfg.precision == "float16":
             loss_scale = DynamicLossScale()
     run_dir = RunDir(cfg.model_dir)

@@ -74,8 +74,7 @@ def _train(exp, sigterm):
         return
     # 2. The compiled steps and the data stream, positioned at `start`.
     with exp.strategy.scope():  # metrics summed over every replica and worker when read
-        # float16's loss scaling skips overflowing steps: that is its policy.
-        policy = "skip" if exp.loss_scale is not None else cfg.nonfinite_policy
+        policy = steps_lib.step_policy(cfg.nonfinite_policy, exp.loss_scale)
         metrics = steps_lib.train_metrics(exp.task.metric_names(model), policy)
     nonfinite_step = None
     if policy == "stop" and not distribute.is_tpu(exp.strategy):

@@ -12,6 +12,12 @@ import tensorflow as tf
 NONFINITE_POLICIES = ("stop", "skip")
 
 
+def step_policy(nonfinite_policy, loss_scale=None):
+    """The non-finite policy a step runs with: float16's loss scaling always skips
+    an overflowing step (that is how the scale backs off)."""
+    return "skip" if loss_scale is not None else nonfinite_policy
+
+
 def train_metrics(names, nonfinite_policy="stop"):
     """``{name: keras.metrics.Mean}`` for the task's metrics (+ ``skipped_steps``).
 
@@ -60,7 +66,7 @@ def make_train_step(model, task, optimizer, metrics, nonfinite_policy="stop",
     if nonfinite_policy not in NONFINITE_POLICIES:
         raise ValueError(f"nonfinite_policy must be 'stop' or 'skip', got "
                          f"{nonfinite_policy!r}.")
-    skip = nonfinite_policy == "skip" or loss_scale is not None
+    skip = step_policy(nonfinite_policy, loss_scale) == "skip"
     if skip and "skipped_steps" not in metrics:
         raise ValueError("Skipping steps (nonfinite_policy='skip' or a loss_scale) needs "
                          "the skipped_steps metric: train_metrics(names, 'skip').")

@@ -49,7 +49,7 @@ class TaskModel(keras.Model):
         super().__init__(**kwargs)
         self.network = network
         self.task = task
-        self.nonfinite_policy = "skip" if loss_scale is not None else nonfinite_policy
+        self.nonfinite_policy = steps_lib.step_policy(nonfinite_policy, loss_scale)
         self.probe_optimizer = probe_optimizer
         self.loss_scale = loss_scale
         self._train_metrics = steps_lib.train_metrics(task.metric_names(network),
