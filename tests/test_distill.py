@@ -285,13 +285,18 @@ def test_student_distilled_from_a_confident_teacher_beats_its_random_init(tmp_pa
     assert saved["global_step"] == STUDENT_STEPS
     print(f"teacher {teacher_top1:.3f} random-init student {random_init_top1:.3f} "
           f"distilled student {result['top1']:.3f}")
-    # Measured: teacher 0.32, random-init student 0.10, distilled student 0.29
-    # after 300 steps (0.2x after 200): a margin well above seed noise.
-    assert result["top1"] >= random_init_top1 + 0.08, (result, random_init_top1)
+    assert result["top1"] >= random_init_top1 + MIN_GAIN, (result, random_init_top1)
 
 
-TEACHER_STEPS = 600
-STUDENT_STEPS = 300  # the measured 0.29 above: a gain of 0.19 against the 0.08 asked
+# Measured on a 2-core AVX-512 Xeon (2026-12-01, two seeds, test split of 2,000
+# images): teacher after 400 steps 0.451 / 0.446, random-init student 0.099 /
+# 0.100, distilled student after 150 steps 0.260 / 0.314, gains of 16 and 21
+# points against the 8 asked (a top-1's standard error here is < 0.011). With
+# 250 teacher steps the gains were 14 and 19 points; with 600 + 300 steps 30
+# points, at twice the time.
+TEACHER_STEPS = 400
+STUDENT_STEPS = 150
+MIN_GAIN = 0.08
 
 
 TWO_REPLICA_SESSION_BODY = r"""

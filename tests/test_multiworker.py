@@ -1,15 +1,19 @@
 """MultiWorkerMirroredStrategy from TF_CONFIG: two worker processes on loopback.
 
 One scenario, run once and checked by the tests below. Each TF process start
-costs 10-20 s of CI time, so it launches four processes in two rounds:
+costs 10-20 s of CI time, so it launches six processes in three rounds:
 
 1. Two workers pretrain (worker 0 is the chief; worker 1 gets its own, empty
    model_dir so that anything it writes would show). After the first
    checkpoint worker 1 is SIGKILLed; the chief then fails by itself with a
    one-line "lost contact" error.
 2. Both are restarted with worker 1 reading the chief's checkpoints (a
-   symlink, standing in for shared storage): they resume from the last
-   checkpoint, finish, evaluate, and the chief exports.
+   symlink, standing in for shared storage) and periodic checkpoints off:
+   they resume from the last checkpoint, and once they have trained past it,
+   worker 1 alone gets SIGTERM (its VM is preempted). Both save at the same
+   step and exit with status 143, so any new checkpoint is the preemption's.
+3. Both are restarted again: they resume at the preemption's step, finish,
+   evaluate, and the chief exports.
 
 The reference losses of the first steps come from this (pytest) process: one
 device on the same global batches (both workers' shards concatenated). The
@@ -19,6 +23,7 @@ on the collective's result.
 
 import json
 import os
+import signal
 import types
 
 import numpy as np
@@ -28,7 +33,7 @@ import subprocs
 
 pytestmark = pytest.mark.slow
 
-TOTAL_STEPS = 8
+TOTAL_STEPS = 10
 OVERRIDES = dict(train_split="train[:64]", eval_split="test[:256]", train_batch_size=16,
                  train_steps=TOTAL_STEPS, checkpoint_steps=3, log_every_steps=1,
                  optimizer="momentum", learning_rate=4.0, seed=3,
@@ -38,11 +43,17 @@ FLAGS = [f"--config={subprocs.SMOKE}", "--mode=train_then_eval"] + [
 TIMEOUT = 900
 
 
-def _start_cluster(root, name, model_dirs):
+def _start_cluster(root, name, model_dirs, flags=()):
     ports = subprocs.free_ports(2)
-    return [subprocs.Child(FLAGS + [f"--model_dir={model_dirs[i]}"], root, f"{name}{i}",
-                           env={"TF_CONFIG": subprocs.tf_config(ports, i)})
+    return [subprocs.Child(FLAGS + list(flags) + [f"--model_dir={model_dirs[i]}"], root,
+                           f"{name}{i}", env={"TF_CONFIG": subprocs.tf_config(ports, i)})
             for i in range(2)]
+
+
+def _checkpoint_steps(model_dir):
+    return sorted(int(n[len("ckpt-"):-len(".index")])
+                  for n in os.listdir(os.path.join(model_dir, "checkpoints"))
+                  if n.endswith(".index"))
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +73,24 @@ def cluster(tmp_path_factory):
         out["first_chief_rc"] = children[0].wait(timeout=300)
         out["first_chief_stderr"] = children[0].stderr
         out["killed_log"] = subprocs.read_log(chief_dir)
+        killed_at = out["killed_log"][-1]["step"]
 
-        # 2. Restart with the checkpoints shared.
+        # 2. Restart with the checkpoints shared and no periodic checkpoint
+        #    (checkpoint_steps may change on resume); SIGTERM to worker 1 once
+        #    the cluster has trained past the step the kill reached.
         os.symlink(os.path.join(chief_dir, "checkpoints"),
                    os.path.join(worker_dir, "checkpoints"))
+        out["saved_before_sigterm"] = _checkpoint_steps(chief_dir)
+        children = _start_cluster(root, "terminated", [chief_dir, worker_dir],
+                                  ["--checkpoint_steps=100"])
+        subprocs.wait_until(
+            lambda: any(s > killed_at for s in subprocs.logged_steps(chief_dir)),
+            timeout=TIMEOUT, children=children)
+        children[1].proc.send_signal(signal.SIGTERM)
+        out["terminated"] = [(c.wait(300), c.stdout, c.stderr) for c in children]
+        out["saved_after_sigterm"] = _checkpoint_steps(chief_dir)
+
+        # 3. Restart: resume at the preemption's step and finish.
         children = _start_cluster(root, "resumed", [chief_dir, worker_dir])
         out["resumed"] = [(c.wait(TIMEOUT), c.stdout, c.stderr) for c in children]
         for rc, stdout, stderr in out["resumed"]:
@@ -154,7 +179,7 @@ def test_workers_that_restore_different_steps_refuse_to_train(monkeypatch):
 def test_restarted_workers_resume_from_the_last_checkpoint(cluster):
     killed_at = cluster["killed_log"][-1]["step"]
     resumed_steps = []
-    for _, _, stderr in cluster["resumed"]:
+    for _, _, stderr in cluster["terminated"]:
         line = stderr.split("resumed from ")[1].splitlines()[0]
         resumed_steps.append(int(line.split(" at step ")[1].split()[0]))
     assert resumed_steps[0] == resumed_steps[1]
@@ -172,7 +197,8 @@ def test_restarted_workers_resume_from_the_last_checkpoint(cluster):
         assert json.load(f)["global_step"] == TOTAL_STEPS
     # The learning rate ends where an uninterrupted run's schedule ends.
     peak = 4.0 * 16 / 256
-    assert log[-1]["lr"] == pytest.approx(peak * (1 + np.cos(np.pi * 7 / 8)) / 2, rel=1e-5)
+    last = (TOTAL_STEPS - 1) / TOTAL_STEPS
+    assert log[-1]["lr"] == pytest.approx(peak * (1 + np.cos(np.pi * last)) / 2, rel=1e-5)
 
 
 def test_only_the_chief_writes_results_and_scratch_is_removed(cluster):
@@ -188,56 +214,17 @@ def test_only_the_chief_writes_results_and_scratch_is_removed(cluster):
     assert "result: top1=" in worker_out  # it took part in the evaluation
 
 
-@pytest.fixture(scope="module")
-def preempted_cluster(tmp_path_factory):
-    """Two workers; worker 1 alone gets SIGTERM mid-run (its VM is preempted).
-
-    Checkpoints only at the end (checkpoint_steps=100), so any checkpoint
-    before it can only come from the preemption. Then both restart.
-    """
-    root = str(tmp_path_factory.mktemp("preempted"))
-    chief_dir, worker_dir = os.path.join(root, "chief"), os.path.join(root, "worker1")
-    os.makedirs(worker_dir)
-    os.symlink(os.path.join(chief_dir, "checkpoints"), os.path.join(worker_dir, "checkpoints"))
-    flags = [f for f in FLAGS if not f.startswith("--checkpoint_steps")] + [
-        "--checkpoint_steps=100", "--mode=train"]
-    out = {"chief_dir": chief_dir}
-
-    def start(name):
-        ports = subprocs.free_ports(2)
-        return [subprocs.Child(flags + [f"--model_dir={d}"], root, f"{name}{i}",
-                               env={"TF_CONFIG": subprocs.tf_config(ports, i)})
-                for i, d in enumerate((chief_dir, worker_dir))]
-
-    children = []
-    try:
-        children = start("terminated")
-        subprocs.wait_until(lambda: any(s >= 2 for s in subprocs.logged_steps(chief_dir)),
-                            timeout=TIMEOUT, children=children)
-        children[1].proc.send_signal(__import__("signal").SIGTERM)
-        out["first"] = [(c.wait(300), c.stderr) for c in children]
-        out["saved"] = sorted(
-            int(n[len("ckpt-"):-len(".index")])
-            for n in os.listdir(os.path.join(chief_dir, "checkpoints")) if n.endswith(".index"))
-        children = start("resumed")
-        out["resumed"] = [(c.wait(TIMEOUT), c.stderr) for c in children]
-    finally:
-        subprocs.stop(children)
-    return out
-
-
-def test_sigterm_to_one_worker_saves_on_both_and_the_cluster_resumes_there(
-        preempted_cluster):
-    out = preempted_cluster
+def test_sigterm_to_one_worker_saves_on_both_and_the_cluster_resumes_there(cluster):
     # Both workers stop at the same step, with exit status 143 (SIGTERM).
-    assert [rc for rc, _ in out["first"]] == [143, 143], out["first"][0][1][-3000:]
-    assert len(out["saved"]) == 1, out["saved"]
-    stopped_at = out["saved"][0]
-    assert 2 <= stopped_at < TOTAL_STEPS
-    for _, stderr in out["first"]:
+    terminated = cluster["terminated"]
+    assert [rc for rc, _, _ in terminated] == [143, 143], terminated[0][2][-3000:]
+    new = sorted(set(cluster["saved_after_sigterm"]) - set(cluster["saved_before_sigterm"]))
+    assert len(new) == 1, (cluster["saved_before_sigterm"], cluster["saved_after_sigterm"])
+    stopped_at = new[0]
+    assert cluster["killed_log"][-1]["step"] < stopped_at < TOTAL_STEPS
+    for _, _, stderr in terminated:
         assert f"Stopped by SIGTERM at step {stopped_at} of {TOTAL_STEPS}" in stderr
-    for rc, stderr in out["resumed"]:
-        assert rc == 0, stderr[-3000:]
+    for rc, _, stderr in cluster["resumed"]:
         assert f"ckpt-{stopped_at} at step {stopped_at}" in stderr
-    log = subprocs.read_log(out["chief_dir"])
+    log = subprocs.read_log(cluster["chief_dir"])
     assert [e["step"] for e in log] == list(range(1, TOTAL_STEPS + 1))
