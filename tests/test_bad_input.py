@@ -285,6 +285,7 @@ def test_empty_folder_through_the_cli_fails_in_one_line(tmp_path):
     model_dir.mkdir()
     (model_dir / "keep.txt").write_text("precious")
     child = subprocs.run([f"--config={subprocs.SMOKE}", "--dataset=image_folder",
+                          "--train_split=train", "--eval_split=test",
                           f"--data_dir={tmp_path / 'data'}", f"--model_dir={model_dir}"],
                          str(tmp_path), "cli", timeout=300, check=False)
     assert child.proc.returncode == 2

@@ -94,6 +94,8 @@ def test_train_then_eval_on_an_image_folder(tmp_path):
     model_dir = str(tmp_path / "run")
     proc = run_cli("--mode=train_then_eval", f"--config={SMOKE}",
                    "--dataset=image_folder", f"--data_dir={tmp_path / 'data'}",
+                   # smoke.yaml's splits are slices of the built-in dataset
+                   "--train_split=train", "--eval_split=test",
                    "--train_batch_size=8", "--eval_batch_size=8",
                    f"--model_dir={model_dir}")
     with open(os.path.join(model_dir, "result.json")) as f:
