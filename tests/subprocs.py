@@ -107,6 +107,13 @@ def read_log(model_dir):
     return entries
 
 
+def checkpoint_steps(model_dir):
+    """Steps of the checkpoints in ``model_dir/checkpoints`` (from the index files)."""
+    return sorted(int(name[len("ckpt-"):-len(".index")])
+                  for name in os.listdir(os.path.join(model_dir, "checkpoints"))
+                  if name.endswith(".index"))
+
+
 def free_ports(n):
     """``n`` distinct TCP ports that were free a moment ago on localhost."""
     sockets, ports = [], []

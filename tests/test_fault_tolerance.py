@@ -56,11 +56,6 @@ def uninterrupted(tmp_path_factory):
     return model_dir, child
 
 
-def _checkpoint_steps(model_dir):
-    return sorted(int(name[len("ckpt-"):-len(".index")]) for name in os.listdir(
-        os.path.join(model_dir, "checkpoints")) if name.endswith(".index"))
-
-
 @pytest.fixture(scope="module")
 def interrupted(tmp_path_factory):
     """One run SIGKILLed, rerun and SIGTERMed, then rerun to the end (module docstring)."""
@@ -81,14 +76,14 @@ def interrupted(tmp_path_factory):
         killed_at = out["killed_log"][-1]["step"]
 
         # 2. Rerun; SIGTERM once it has trained past the step the kill reached.
-        out["saved_before_sigterm"] = _checkpoint_steps(model_dir)
+        out["saved_before_sigterm"] = subprocs.checkpoint_steps(model_dir)
         children = [subprocs.Child(flags + ["--checkpoint_steps=100"], root, "terminated")]
         subprocs.wait_until(lambda: any(s > killed_at for s in subprocs.logged_steps(model_dir)),
                             timeout=600, children=children)
         children[0].proc.send_signal(signal.SIGTERM)
         children[0].wait(300)
         out["terminated"] = children[0]
-        out["saved_after_sigterm"] = _checkpoint_steps(model_dir)
+        out["saved_after_sigterm"] = subprocs.checkpoint_steps(model_dir)
     finally:
         subprocs.stop(children)
     # 3. Rerun with the first command to the end.

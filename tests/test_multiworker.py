@@ -50,12 +50,6 @@ def _start_cluster(root, name, model_dirs, flags=()):
             for i in range(2)]
 
 
-def _checkpoint_steps(model_dir):
-    return sorted(int(n[len("ckpt-"):-len(".index")])
-                  for n in os.listdir(os.path.join(model_dir, "checkpoints"))
-                  if n.endswith(".index"))
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("cluster"))
@@ -80,7 +74,7 @@ def cluster(tmp_path_factory):
         #    the cluster has trained past the step the kill reached.
         os.symlink(os.path.join(chief_dir, "checkpoints"),
                    os.path.join(worker_dir, "checkpoints"))
-        out["saved_before_sigterm"] = _checkpoint_steps(chief_dir)
+        out["saved_before_sigterm"] = subprocs.checkpoint_steps(chief_dir)
         children = _start_cluster(root, "terminated", [chief_dir, worker_dir],
                                   ["--checkpoint_steps=100"])
         subprocs.wait_until(
@@ -88,7 +82,7 @@ def cluster(tmp_path_factory):
             timeout=TIMEOUT, children=children)
         children[1].proc.send_signal(signal.SIGTERM)
         out["terminated"] = [(c.wait(300), c.stdout, c.stderr) for c in children]
-        out["saved_after_sigterm"] = _checkpoint_steps(chief_dir)
+        out["saved_after_sigterm"] = subprocs.checkpoint_steps(chief_dir)
 
         # 3. Restart: resume at the preemption's step and finish.
         children = _start_cluster(root, "resumed", [chief_dir, worker_dir])
