@@ -21,6 +21,8 @@ evaluation").
 import numpy as np
 from absl import logging
 
+from simclr_tf.linear_eval.protocol import topk_accuracy
+
 K = 200
 TEMPERATURE = 0.1
 CHUNK_BYTES = 64 << 20  # training rows read per chunk: about this many bytes of float32
@@ -76,8 +78,5 @@ def evaluate(features, num_classes, k=K, temperature=TEMPERATURE):
                      2e-9 * train_x.shape[0] * train_x.shape[1] * len(eval_x))
     scores = knn_scores(train_x, train_y, eval_x, num_classes, k, temperature)
     eval_y = np.asarray(eval_y)
-    order = np.argsort(-scores, axis=1)
-    top = {n: float(np.mean(np.any(order[:, :n] == eval_y[:, None], axis=1)))
-           for n in (1, min(5, num_classes))}
-    return {"top1": top[1], "top5": top[min(5, num_classes)], "k": int(min(k, len(train_x))),
-            "temperature": float(temperature)}
+    return {"top1": topk_accuracy(scores, eval_y, 1), "top5": topk_accuracy(scores, eval_y, 5),
+            "k": int(min(k, len(train_x))), "temperature": float(temperature)}
