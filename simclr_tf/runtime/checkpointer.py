@@ -64,9 +64,9 @@ class Checkpointer:
     also under ``weights/<variable path>``), the optimizer (its slots and
     step counter) and, when the linear probe has its own, the probe's
     optimizer and, in float16, the loss scale. :meth:`resume` restores the
-    newest *readable* checkpoint, falling back to older ones with a warning when the newest is corrupt or
-    truncated; it is the one implementation of that fallback, used by
-    training, ``--mode=eval`` and ``--mode=export``.
+    newest *readable* checkpoint, falling back to older ones with a warning
+    when the newest is corrupt or truncated; it is the one implementation of
+    that fallback, used by training, ``--mode=eval`` and ``--mode=export``.
 
     Non-chief workers of a multi-worker run must save too (the save is a
     collective), into scratch space that :meth:`remove_worker_scratch`
