@@ -24,7 +24,6 @@ on the collective's result.
 import json
 import os
 import signal
-import types
 
 import numpy as np
 import pytest
