@@ -79,6 +79,25 @@ def test_pretrain_logs_and_probe_learns_on_a_fixed_batch():
     assert last["contrast_acc"] > first["contrast_acc"]
 
 
+def test_fit_traces_the_train_step_once():
+    # fit builds both optimizers (LARS for the encoder, the probe's SGD) before
+    # it traces the step; a step that creates variables is traced twice.
+    traces = []
+
+    class Counting(TaskModel):
+        def train_step(self, data):
+            traces.append(1)
+            return super().train_step(data)
+
+    cfg = config_lib.Config(**TINY)
+    model = Counting(simclr_model.build_model(cfg.model, 5), tasks.build_task("pretrain", cfg.loss))
+    model.compile(optimizer=optimizers.LARS(0.5, weight_decay=1e-4))
+    model(tf.zeros([1, 16, 16, 3]))
+    model.fit(tf.data.Dataset.from_tensors(_batch()).repeat(), steps_per_epoch=2, verbose=0)
+    assert model.probe_optimizer is not None and model.probe_optimizer.built
+    assert int(model.optimizer.iterations) == 2 and len(traces) == 1
+
+
 def test_l2_weight_decay_for_non_lars_optimizers():
     # The probe under the pretraining optimizer (the official code's way; with
     # its own optimizer it is not decayed: tests/test_probe.py).

@@ -65,18 +65,42 @@ class TaskModel(keras.Model):
         """``(loss, metrics)`` of the task on ``batch`` (no update)."""
         return self.task.compute_loss(self.network, batch, training=training)
 
+    def make_train_function(self, force=False):
+        # fit calls this before the first step. Building the optimizers here,
+        # eagerly and in the strategy's scope, keeps variable creation out of
+        # the traced step: tf.function traces a step that creates variables
+        # twice (measured: 2 traces of the first fit, 1 with this).
+        if self.network.built:
+            with self.distribute_strategy.scope():
+                self._build_optimizers(main=True)
+        return super().make_train_function(force)
+
+    def _build_optimizers(self, main):
+        """Creates (if needed) and builds the probe optimizer, and the main one if ``main``.
+
+        ``main`` only once the network is built: before, its variables are not
+        all there (a ``train_step`` called eagerly on an unbuilt network
+        leaves the main optimizer to the step, which builds it on first use).
+        """
+        probe = self.task.probe_variables(self.network)
+        if self.probe_optimizer is None and probe:
+            # Built outside the traced replica function (in the strategy's
+            # cross-replica context), as fit builds the main optimizer:
+            # variables created per replica would not be mirrored.
+            with tf.init_scope():
+                self.probe_optimizer = keras.optimizers.SGD(
+                    self.task.cfg.probe_learning_rate, momentum=optimizers.PROBE_MOMENTUM)
+        to_build = [(self.probe_optimizer, probe)]
+        if main:
+            to_build.append((self.optimizer, self.network.trainable_variables))
+        with tf.init_scope():
+            for opt, variables in to_build:
+                if opt is not None and not opt.built:
+                    opt.build(variables)
+
     def train_step(self, data):
         if self._train_step is None:
-            probe = self.task.probe_variables(self.network)
-            if self.probe_optimizer is None and probe:
-                # Built outside the traced replica function (in the strategy's
-                # cross-replica context), as fit builds the main optimizer:
-                # variables created per replica would not be mirrored.
-                with tf.init_scope():
-                    self.probe_optimizer = keras.optimizers.SGD(
-                        self.task.cfg.probe_learning_rate,
-                        momentum=optimizers.PROBE_MOMENTUM)
-                    self.probe_optimizer.build(probe)
+            self._build_optimizers(main=False)
             self._train_step = steps_lib.make_train_step(
                 self.network, self.task, self.optimizer, self._train_metrics,
                 self.nonfinite_policy, self.probe_optimizer, self.loss_scale)
