@@ -299,6 +299,15 @@ def test_smoke_study_writes_csv_and_png_skips_and_resumes(tmp_path):
                         max_cells=2)
 
 
+def test_seed_counts_give_the_fewest_and_most_runs_of_a_cell():
+    # A study stopped part-way: cell a has three seeds, b two; the plot's
+    # title then says "over 2-3 seeds", not "over 3".
+    rows = [{"cell": "a", "seed": s} for s in (0, 1, 2)] + [{"cell": "b", "seed": s} for s in (0, 1)]
+    assert study_summary.seed_counts(rows) == (2, 3)
+    assert study_summary.seed_counts(rows[:3]) == (3, 3)
+    assert study_summary.seed_counts([]) == (0, 0)
+
+
 @pytest.mark.parametrize("seeds", [(0,), (0, 1, 2)])
 @pytest.mark.parametrize("name", study_grids.STUDIES)
 def test_plots_of_every_study(tmp_path, name, seeds):

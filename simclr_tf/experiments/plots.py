@@ -135,9 +135,11 @@ def plot(study, rows, metric, path, title):
     ``title`` gains a line saying so.
     """
     plt = require_matplotlib()
-    seeds = summary.seed_count(rows)
+    fewest, most = summary.seed_counts(rows)
     rows = summary.aggregate(rows, (metric, metric + "_z"))
-    if seeds > 1:
+    if most > 1:
+        # A study stopped part-way has cells with fewer seeds: say so.
+        seeds = f"{most}" if fewest == most else f"{fewest}-{most}"
         title += (f"\nmean ± 1 std (sample) over {seeds} seeds"
                   + (" (± under each value)" if study == "augmentations"
                      else " (error bars)"))

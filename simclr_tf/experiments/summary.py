@@ -50,13 +50,13 @@ def aggregate(rows, metrics):
     return out
 
 
-def seed_count(rows):
-    """The largest number of rows of one cell (the study's seeds)."""
+def seed_counts(rows):
+    """``(fewest, most)`` rows of one cell: the seeds the cells have run (0, 0 without rows)."""
     counts = {}
     for i, row in enumerate(rows):
         key = row.get("cell", i)
         counts[key] = counts.get(key, 0) + 1
-    return max(counts.values(), default=0)
+    return min(counts.values(), default=0), max(counts.values(), default=0)
 
 
 def _percent(mean, std):
