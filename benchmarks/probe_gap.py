@@ -31,17 +31,19 @@ import numpy as np
 
 from simclr_tf import config as config_lib
 from simclr_tf import linear_eval, tasks
+from simclr_tf.linear_eval.classifier import loss_grad_sums
 from simclr_tf.models import simclr_model  # noqa: F401  (registers the classes to load)
+from simclr_tf.runtime import run_dir as run_dir_lib
 
 
-def augmented_features(encoder, cfg, passes=2, batch=250, seed=5):
-    """h of ``passes`` augmented views of every training image, and their labels."""
+def augmented_features(encoder, cfg, batch=250, seed=5):
+    """h of both augmented views of every training image, and their labels."""
     task = tasks.build_task("pretrain", cfg.loss)
     ds, info = task.train_dataset(cfg.data, cfg.augment, batch, None,
                                   data_dir=cfg.data_dir, seed=seed)
     feats, labels = [], []
     for views, y in ds.take(info.num_examples // batch):
-        for k in range(2)[:passes]:
+        for k in (0, 1):
             feats.append(encoder(views[..., 3 * k:3 * k + 3], training=False).numpy())
             labels.append(y.numpy())
     return np.concatenate(feats), np.concatenate(labels)
@@ -50,24 +52,23 @@ def augmented_features(encoder, cfg, passes=2, batch=250, seed=5):
 def sgd_probe(x, y, eval_x, eval_y, num_classes, steps, batch, learning_rate, seed=0):
     """Top-1 of the probe's SGD (momentum 0.9, cosine) on fixed features ``x``."""
     rng = np.random.default_rng(seed)
-    mean, std = x.mean(0), x.std(0) + 1e-3
-    x, eval_x = (x - mean) / std, (eval_x - mean) / std
-    w = rng.normal(0.0, 0.01, (x.shape[1], num_classes))
-    b = np.zeros(num_classes)
+    x, eval_x = np.asarray(x, np.float32), np.asarray(eval_x, np.float32)
+    mean, inv_std = x.mean(0), 1.0 / (x.std(0) + 1e-3)
+    # One classifier in linear_eval's [D, G=1, C] layout, so its cross-entropy
+    # gradient (loss_grad_sums, summed over rows) serves here too.
+    w = rng.normal(0.0, 0.01, (x.shape[1], 1, num_classes)).astype(np.float32)
+    b = np.zeros((1, num_classes), np.float32)
     vw, vb = np.zeros_like(w), np.zeros_like(b)
     for t in range(steps):
         lr = learning_rate * 0.5 * (1 + np.cos(np.pi * t / steps))
         rows = rng.integers(0, len(x), batch)
-        logits = x[rows] @ w + b
-        p = np.exp(logits - logits.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        p[np.arange(batch), y[rows]] -= 1.0
-        p /= batch
-        vw = 0.9 * vw + x[rows].T @ p
-        vb = 0.9 * vb + p.sum(0)
+        _, grad_w, grad_b = loss_grad_sums(x[rows], y[rows], mean, inv_std, w, b)
+        vw = 0.9 * vw + grad_w.numpy() / batch
+        vb = 0.9 * vb + grad_b.numpy() / batch
         w -= lr * vw
         b -= lr * vb
-    return float(((eval_x @ w + b).argmax(1) == eval_y).mean())
+    logits = ((eval_x - mean) * inv_std) @ w[:, 0] + b[0]
+    return float((logits.argmax(1) == eval_y).mean())
 
 
 def main():
@@ -76,9 +77,11 @@ def main():
     parser.add_argument("--learning_rates", default="",
                         help="more probe learning rates for step 3, e.g. 0.3,1.0")
     args = parser.parse_args()
-    cfg = config_lib.resolve(f"{args.model_dir}/config.yaml")
-    model = keras.saving.load_model(f"{args.model_dir}/simclr.keras")
-    result = json.load(open(f"{args.model_dir}/result.json"))
+    run = run_dir_lib.RunDir(args.model_dir)
+    cfg = config_lib.resolve(run.join(run_dir_lib.CONFIG))
+    model = keras.saving.load_model(run.keras_file)
+    with open(run.join(run_dir_lib.RESULT)) as f:
+        result = json.load(f)
 
     def encoder(images, training=False):
         return model.encoder(images, training=False)
@@ -94,13 +97,13 @@ def main():
                                             num_classes, seed=cfg.seed)["top1"],
         "augmented": linear_eval.fit_and_score((aug_x, aug_y, eval_x, eval_y),
                                                num_classes, seed=cfg.seed)["top1"],
-        "sgd": sgd_probe(aug_x, aug_y, eval_x, eval_y, num_classes, steps,
-                         2 * cfg.train_batch_size, cfg.probe_learning_rate),
         "probe": result["top1"],
     }
-    for lr in filter(None, args.learning_rates.split(",")):
-        out[f"sgd_lr{lr}"] = sgd_probe(aug_x, aug_y, eval_x, eval_y, num_classes, steps,
-                                       2 * cfg.train_batch_size, float(lr))
+    rates = [("sgd", cfg.probe_learning_rate)] + [
+        (f"sgd_lr{lr}", float(lr)) for lr in filter(None, args.learning_rates.split(","))]
+    for key, lr in rates:
+        out[key] = sgd_probe(aug_x, aug_y, eval_x, eval_y, num_classes, steps,
+                             2 * cfg.train_batch_size, lr)
     print(json.dumps(out))
 
 
