@@ -47,7 +47,7 @@ def test_paper_recipes():
     assert cifar.resolved_color_jitter_strength == 0.5 and not cifar.resolved_use_blur
     cpu = config_lib.resolve("cifar10_cpu")  # the tuned CPU recipe (BENCHMARKS.md)
     assert (cpu.optimizer, cpu.learning_rate, cpu.weight_decay, cpu.temperature,
-            cpu.train_batch_size, cpu.train_steps) == ("momentum", 0.3, 5e-4, 0.5, 128, 390)
+            cpu.train_batch_size, cpu.train_steps) == ("momentum", 0.3, 5e-4, 0.2, 128, 390)
     imnet = config_lib.resolve(
         os.path.join(REPO, "configs", "imagenet_resnet50_tpu.yaml"))
     assert (imnet.train_batch_size, imnet.learning_rate, imnet.weight_decay,
