@@ -396,3 +396,36 @@ def test_config_shared_augmentations_reach_the_pretraining_stream():
     np.testing.assert_array_equal(x, _first_batch(shared_augmentations="crop",
                                                   view1_augmentations=(),
                                                   view2_augmentations=()))
+
+
+def test_clean_view_is_each_example_eval_image_beside_unchanged_views():
+    """clean_view=True appends the example's evaluation image
+    (preprocess_for_eval) as channels 6:9; the two views stay bit-identical."""
+    default = _first_batch()
+    with_clean = _first_batch(clean_view=True)
+    assert with_clean.shape == default.shape[:-1] + (9,)
+    np.testing.assert_array_equal(with_clean[..., :6], default)
+    # Which example each row is, read from the resize-only views of the same stream.
+    ids = _example_ids(np.round(_first_batch(view1_augmentations=(), view2_augmentations=(),
+                                             clean_view=True)[..., :3] * 255.0))
+    images, _ = offline.generate("train")
+    for row, i in enumerate(ids):
+        np.testing.assert_array_equal(with_clean[row, ..., 6:],
+                                      augment.preprocess_for_eval(images[i], S).numpy())
+
+
+def test_probe_view_clean_reaches_the_pretraining_stream():
+    cfg = config_lib.Config(train_split=SPLIT, seed=3, probe_view="clean")
+    task = tasks.build_task("pretrain", cfg.loss)
+    ds, _ = task.train_dataset(cfg.data, cfg.augment, B, None, seed=cfg.seed)
+    (x,), _ = _take(ds, 1)
+    np.testing.assert_array_equal(x, _first_batch(clean_view=True))
+
+
+def test_view_grid_shows_the_two_views_of_a_batch_with_a_clean_view():
+    from simclr_tf.data import view_grid
+
+    batch = _first_batch(clean_view=True)[:3]
+    np.testing.assert_array_equal(view_grid.grid(batch, 2), view_grid.grid(batch[..., :6], 2))
+    assert not np.array_equal(view_grid.grid(batch[..., 3:], 2),
+                              view_grid.grid(batch[..., :6], 2))

@@ -3,6 +3,7 @@
 import os
 
 import numpy as np
+import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -75,6 +76,58 @@ def test_finetuning_has_no_separate_probe():
     cfg = config_lib.Config(**TINY, train_mode="finetune", probe_learning_rate=0.1)
     model = simclr_model.build_model(cfg.model, 5)
     assert tasks.build_task("finetune", cfg.loss).probe_variables(model) == []
+
+
+def _with_clean(data, seed=1):
+    images, labels = data
+    clean = tf.random.stateless_uniform([images.shape[0], 16, 16, 3], [seed, 0])
+    return tf.concat([images, clean], axis=-1), labels
+
+
+def test_clean_view_probe_reads_the_eval_image_through_the_inference_encoder():
+    """probe_view=clean: the probe's loss is the cross-entropy of the head on
+    stop_gradient(encoder(clean, training=False)) with each label once (a NumPy
+    softmax here); the contrastive part is unchanged."""
+    data = _batch()
+    images, labels = _with_clean(data)
+    clean = images[..., 6:]
+    trainer = _trainer(probe_view="clean")
+    _, results = trainer.compute_loss((images, labels))
+    net = trainer.network
+    h = net.encoder(clean, training=False).numpy()  # BN moving statistics: no update
+    logits = net.supervised_head(tf.constant(h), training=True).numpy().astype(np.float64)
+    logits -= logits.max(axis=1, keepdims=True)
+    log_p = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))
+    y = labels.numpy()
+    np.testing.assert_allclose(float(results["sup_loss"]), -log_p[np.arange(8), y].mean(),
+                               rtol=1e-5)
+    np.testing.assert_allclose(float(results["sup_acc"]),
+                               np.mean(log_p.argmax(axis=1) == y), rtol=1e-6)
+    _, augmented = _trainer(probe_view="augmented").compute_loss(data)
+    np.testing.assert_allclose(float(results["contrast_loss"]),
+                               float(augmented["contrast_loss"]), rtol=1e-6)
+    assert abs(float(results["sup_loss"]) - float(augmented["sup_loss"])) > 1e-4
+
+
+def test_clean_view_probe_leaves_the_encoder_step_unchanged():
+    data = _batch()
+    clean = _trainer(probe_view="clean")
+    clean.train_step(_with_clean(data))
+    augmented = _trainer(probe_view="augmented")
+    augmented.train_step(data)
+    for a, b in zip(clean.network.encoder.trainable_variables,
+                    augmented.network.encoder.trainable_variables):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    (dict(lineareval_while_pretraining=False), "lineareval_while_pretraining"),
+    (dict(train_mode="finetune"), "train_mode=pretrain"),
+])
+def test_clean_view_without_a_pretraining_probe_is_refused(overrides, fragment):
+    with pytest.raises(config_lib.ConfigError, match="probe_view") as err:
+        config_lib.Config(probe_view="clean", **overrides).validate()
+    assert fragment in str(err.value)
 
 
 def _cfg(tmp_path, **overrides):

@@ -22,6 +22,7 @@ COLOR_JITTER_IMPLS = augment.COLOR_JITTER_IMPLS
 NONFINITE_POLICIES = ("stop", "skip")
 PRECISIONS = ("float32", "bfloat16", "float16")
 JIT_COMPILE = ("auto", "true", "false")
+PROBE_VIEWS = ("augmented", "clean")
 AUGMENTATIONS = augment.AUGMENTATIONS  # the registry's names (simclr_tf.data.augment.OPS)
 NO_AUGMENTATION = augment.NO_AUGMENTATION
 AUGMENTATION_KEYS = ("augmentations", "view1_augmentations", "view2_augmentations",
@@ -136,6 +137,12 @@ class Config:
         "momentum 0.9, this learning rate decayed by a cosine over the run, no weight "
         "decay); 0 trains it with the pretraining optimizer, schedule and weight "
         "decay, as the official code does.", minimum=0.0)
+    probe_view: str = _field(
+        "augmented", "What pretraining's linear probe learns from: augmented (the "
+        "two training views, as the official code) or clean (a third view of each "
+        "image, preprocessed as for evaluation, through the encoder in inference mode, "
+        "so that the probe tracks the frozen-feature evaluation; one more forward "
+        "pass of the batch per step, about a sixth more compute).", PROBE_VIEWS)
     fine_tune_after_block: int = _field(
         -1, "Finetune: -1 trains everything, 0 freezes the stem, k in 1..4 "
         "also freezes block groups 1..k (4 = linear evaluation).", minimum=-1)
@@ -274,6 +281,12 @@ class Config:
                 f"Invalid value {self.ft_proj_selector} for 'ft_proj_selector': the "
                 f"projection head has {max_selector} layer(s), so it must be in "
                 f"0..{max_selector}.")
+        if self.probe_view == "clean" and not (
+                self.train_mode == "pretrain" and self.lineareval_while_pretraining):
+            raise ConfigError(
+                "probe_view=clean needs the pretraining probe (train_mode=pretrain with "
+                "lineareval_while_pretraining=true); there is no probe to feed here. "
+                "Drop probe_view or set those two.")
         if self.fine_tune_after_block > 4:
             raise ConfigError("Invalid value for 'fine_tune_after_block': allowed "
                               "values are -1 (train all), 0 (stem frozen) .. 4.")

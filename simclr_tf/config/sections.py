@@ -71,6 +71,7 @@ class LossConfig:
     hidden_norm: bool
     lineareval_while_pretraining: bool
     probe_learning_rate: float
+    probe_view: str
     distill_temperature: float
     distill_label_weight: float
     weight_decay: float

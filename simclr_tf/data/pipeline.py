@@ -214,6 +214,7 @@ def build_train_dataset(
     view1_augmentations=None,
     view2_augmentations=None,
     shared_augmentations=None,
+    clean_view=False,
 ):
     """Endless SimCLR pretraining batches of two augmented views per image.
 
@@ -250,10 +251,15 @@ def build_train_dataset(
             start from the decoded image (the stream is then bit-identical to
             one built without this argument). The paper's Figure 5 protocol
             is ``shared_augmentations=("crop",)``, ``view2_augmentations=()``.
+        clean_view: also emit each image as evaluation sees it
+            (:func:`simclr_tf.data.augment.preprocess_for_eval`), as channels
+            6:9, for the linear probe's ``probe_view=clean``. It draws no
+            random numbers, so the two views stay bit-identical.
 
     Returns:
         ``(ds, info)``: ``ds`` yields ``(images float32 [batch_size, S, S, 6]
-        in [0, 1], labels int32 [batch_size])``, forever; each epoch has
+        in [0, 1], labels int32 [batch_size])``, forever (``[..., 9]`` with
+        ``clean_view``); each epoch has
         ``steps_per_epoch(info.num_examples, batch_size * num_shards)``
         batches.
 
@@ -296,10 +302,14 @@ def build_train_dataset(
 
     def two_views(image, key):
         k1, k2 = tf.unstack(tf.random.experimental.stateless_split(key, 2))
+        shared_image = image
         if shared_fn is not None:  # one draw for the image, before both views
-            image = shared_fn(image, tf.random.experimental.stateless_fold_in(
+            shared_image = shared_fn(image, tf.random.experimental.stateless_fold_in(
                 key, _SHARED_SEED_SLOT))
-        return tf.concat([first(image, k1), second(image, k2)], axis=-1)
+        views = [first(shared_image, k1), second(shared_image, k2)]
+        if clean_view:
+            views.append(augment.preprocess_for_eval(image, image_size))
+        return tf.concat(views, axis=-1)
 
     return _build_stream(
         name, split, batch_size, two_views, data_dir=data_dir, seed=seed,

@@ -14,12 +14,13 @@ def grid(views, scale=1):
 
     Args:
         views: float [N, S, S, 6] in [0, 1], two views on the channel axis (a
-            pretraining batch); row i shows view 1 | view 2 of image i.
+            pretraining batch); row i shows view 1 | view 2 of image i. A
+            third (clean) view in channels 6:9 (``probe_view=clean``) is not shown.
         scale: integer upscaling (nearest neighbour), so 32 px views can be seen.
     """
     views = tf.convert_to_tensor(views, tf.float32)
     size = int(views.shape[1]) * int(scale)
-    first, second = tf.split(views, 2, axis=-1)
+    first, second = views[..., :3], views[..., 3:6]
     resize = lambda x: tf.image.resize(x, [size, size], method="nearest")  # noqa: E731
     white = tf.ones([tf.shape(views)[0], size, GAP, 3])
     rows = tf.concat([resize(first), white, resize(second)], axis=2)

@@ -205,6 +205,10 @@ def build(cfg, strategy=None):
             "The %r split of %r has a single class: pretraining works, but the "
             "linear probe and the eval accuracy are trivially 1.0.",
             cfg.train_split, cfg.dataset)
+    if cfg.probe_view == "clean" and not num_classes:
+        raise ConfigError(
+            f"probe_view=clean but the {cfg.train_split!r} split of {cfg.dataset!r} has "
+            "no labels, so there is no probe to feed: drop probe_view.")
     _check_batch_fits(cfg, train_info.num_examples, note)
     steps = optimizers.step_counts(train_info.num_examples, cfg.train_batch_size,
                                    cfg.train_epochs, cfg.train_steps, cfg.warmup_epochs)
