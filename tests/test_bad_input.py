@@ -334,6 +334,14 @@ def test_finetune_without_labels_is_refused(tmp_path, monkeypatch):
         runtime.build(_cfg(tmp_path, data_dir=str(root), train_mode="finetune"))
 
 
+def test_clean_view_probe_without_labels_is_refused_before_writing(tmp_path, monkeypatch):
+    root = _folder(tmp_path / "data")
+    _unlabelled(monkeypatch)
+    cfg = _cfg(tmp_path, data_dir=str(root), probe_view="clean")
+    with pytest.raises(config_lib.ConfigError, match="probe_view=clean .*no labels"):
+        runtime.build(cfg)
+    assert not os.path.exists(cfg.model_dir)
+
 def test_linear_eval_without_labels_is_refused(tmp_path, monkeypatch):
     root = _folder(tmp_path / "data")
     _unlabelled(monkeypatch)
