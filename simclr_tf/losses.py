@@ -1,37 +1,15 @@
 """NT-Xent, the contrastive loss of SimCLR, with negatives from every replica.
 
-Chen, Kornblith, Norouzi and Hinton, "A Simple Framework for Contrastive
-Learning of Visual Representations", ICML 2020, arXiv:2002.05709.
+Chen et al., "A Simple Framework for Contrastive Learning of Visual
+Representations", ICML 2020 (arXiv:2002.05709), Eq. 1.
 
-The paper's Eq. 1 defines, for a positive pair of examples ``(i, j)`` (two
-augmented views of the same image) among the ``2N`` views of a batch of ``N``
-images::
-
-    l(i, j) = -log( exp(sim(z_i, z_j) / tau)
-                    / sum_{k = 1..2N, k != i} exp(sim(z_i, z_k) / tau) )
-
-where ``sim(u, v) = u.v / (||u|| ||v||)`` is the cosine similarity and ``tau``
-the temperature. Each of the ``2N`` views is an anchor once: its positive is
-the other view of its image and the remaining ``2N - 2`` views are its
-negatives. The paper's loss is the mean over all anchors,
-``L = 1/(2N) * sum_k [l(2k-1, 2k) + l(2k, 2k-1)]``.
-
-Scale: :func:`nt_xent_loss` returns ``2 L``, the objective the official code
-optimises (``tf2/objective.py``: the cross-entropy of the view-1 anchors
-plus that of the view-2 anchors, each a mean over the N pairs). The official
-learning rates and weight decays were tuned on that scale, so they transfer
-unchanged (under LARS the excluded BN and bias parameters, and with SGD
-every parameter, would otherwise train at half the official rate), and the
-``contrast_loss`` in our logs reads like the official logs. Collapsed
-embeddings give ``2 ln(2N - 1)``. Written as a classification
-problem, ``l(i, j)`` is the softmax cross-entropy of a ``2N``-way logit vector
-``sim(z_i, .) / tau`` whose own entry ``k = i`` is removed and whose target is
-the column of ``j``.
-
-Under a ``tf.distribute`` strategy the "batch" of Eq. 1 is the *global* batch:
-every replica gathers the embeddings of all replicas and uses them as keys,
-so each local anchor sees ``2 * global_batch - 2`` negatives, exactly as on a
-single device with the global batch.
+:func:`nt_xent_loss` returns the official objective (``tf2/objective.py``):
+the cross-entropy of the view-1 anchors plus that of the view-2 anchors, each
+a mean over the N pairs, which is twice the paper's mean over the 2N anchors.
+The official learning rates and weight decays were tuned at this scale, so
+they transfer unchanged. Under a ``tf.distribute`` strategy the keys are the
+*global* batch: each anchor sees ``2 * global_batch - 2`` negatives, as on one
+device.
 """
 
 import tensorflow as tf
@@ -45,13 +23,10 @@ LARGE_NUM = 1e9
 
 
 def _replica_layout(local_size):
-    """Returns (replica context or None, offset, global_size) for this replica.
+    """(replica context or None, offset, global_size) of this replica's examples.
 
-    ``offset`` is the number of examples on replicas with a smaller replica id
-    and ``global_size`` the total number of examples over all replicas. The
-    sizes are gathered, so replicas holding different numbers of examples
-    (the uneven last batch of a distributed dataset) are laid out correctly.
-    Outside a multi-replica context, ``(None, 0, local_size)``.
+    ``offset`` counts the examples of lower replica ids. The sizes are gathered,
+    so uneven last batches are laid out correctly.
     """
     ctx = tf.distribute.get_replica_context()
     if ctx is None or ctx.num_replicas_in_sync <= 1:
@@ -66,44 +41,16 @@ def _replica_layout(local_size):
 
 
 def nt_xent_loss(z1, z2, temperature, hidden_norm=True):
-    """Normalised temperature-scaled cross-entropy (NT-Xent), Eq. 1 of SimCLR.
+    """NT-Xent (Eq. 1 of SimCLR) against the keys of every replica.
 
-    ``z1[i]`` and ``z2[i]`` are the projections of two augmented views of the
-    same image ``i`` (a positive pair). All other views in the global batch
-    are negatives. With ``hidden_norm=True`` the embeddings are L2-normalised
-    so the dot products are the cosine similarities ``sim`` of Eq. 1.
-
-    In a replica context of a ``tf.distribute`` strategy with ``R`` replicas,
-    the keys are gathered from every replica (``ReplicaContext.all_gather``,
-    whose gradient sums the key gradients of all replicas back onto the
-    replica that produced them)::
-
-        K = concat([z1 of replica 0, ..., z1 of replica R-1,
-                    z2 of replica 0, ..., z2 of replica R-1])      # [2·R·B, D]
-
-    and the queries are this replica's ``concat([z1, z2])`` ([2B, D]). For the
-    local row ``i`` on replica ``r`` the positive of the view-1 anchor is at
-    column ``R·B + r·B + i`` (its view 2) and the positive of the view-2 anchor
-    at column ``r·B + i``; each anchor's own column (``r·B + i`` resp.
-    ``R·B + r·B + i``) is set to ``-LARGE_NUM`` so that it drops out of the
-    softmax, which leaves the ``2·R·B - 1`` other views of Eq. 1's denominator.
-    (The offsets come from the gathered per-replica sizes, so replicas may
-    hold different numbers of examples.)
-
-    The returned loss is twice the mean of ``l(i, j)`` over the ``2B`` local
-    anchors: the official objective (see the module docstring), i.e. the mean
-    over the B local pairs of ``l(view 1 anchor) + l(view 2 anchor)``. When
-    all replicas hold ``B`` examples, the mean of the per-replica losses is
-    the single-device loss of the global batch. The caller divides each
-    replica's loss by ``num_replicas_in_sync`` before taking gradients; the
-    optimizer then sums the gradients over the replicas, which gives the
-    gradient of the global-batch loss.
-
-    Outside any strategy (default strategy) or in a cross-replica context the
-    function works on the local batch only (``R = 1``, ``r = 0``).
-
-    The computation runs in float32 even when ``z1``/``z2`` are bfloat16 or
-    float16 (mixed precision): the inputs are cast first.
+    ``z1[i]`` and ``z2[i]`` are the projections of two views of image ``i``;
+    every other view of the global batch is a negative. In a replica context
+    the keys are all-gathered (the gradient flows back to the replica that
+    made them; replicas may hold different numbers of examples) and each
+    anchor's own column is masked with ``-LARGE_NUM``. The loss is twice the
+    mean over the 2B local anchors (the official scale); the caller divides it
+    by ``num_replicas_in_sync`` before taking gradients, which are summed over
+    replicas. Computed in float32 whatever the input dtype.
 
     Args:
         z1: [B, D] projections of the first views on this replica.
@@ -113,13 +60,9 @@ def nt_xent_loss(z1, z2, temperature, hidden_norm=True):
             along the feature axis before the dot products.
 
     Returns:
-        A tuple ``(loss, logits, labels)``:
-        ``loss`` float32 scalar, 2 x the mean over the 2B local anchors (the
-        official objective's scale);
-        ``logits`` float32 [2B, 2·R·B], row ``a`` = similarities of local
-        anchor ``a`` (rows ``0..B-1`` view 1, ``B..2B-1`` view 2) with every
-        key divided by the temperature, own column at ``-LARGE_NUM``;
-        ``labels`` int32 [2B], the column of each anchor's positive.
+        ``(loss, logits, labels)``: the float32 scalar loss; the [2B, 2·R·B]
+        logits of the local anchors (view 1 rows first) against every key;
+        the int32 [2B] column of each anchor's positive.
 
     Example:
         >>> z1 = tf.random.normal([8, 128]); z2 = tf.random.normal([8, 128])
@@ -166,12 +109,8 @@ def nt_xent_loss(z1, z2, temperature, hidden_norm=True):
 def contrastive_metrics(logits, labels):
     """Accuracy and entropy of the contrastive prediction task.
 
-    Each anchor (row of ``logits``) "classifies" which of the other views is
-    its positive: the contrastive accuracy is the fraction of anchors whose
-    highest logit is the positive's column, and the contrastive entropy is
-    the mean over anchors of the entropy ``-sum_k p_k log p_k`` of the softmax
-    over the keys (the anchor's own column, at ``-LARGE_NUM``, has ``p = 0``).
-    Both are computed over all ``2B`` local anchors (both views).
+    Accuracy: the fraction of anchors whose highest logit is their positive.
+    Entropy: the mean entropy of each anchor's softmax over the keys.
 
     Args:
         logits: float [2B, K] as returned by ``nt_xent_loss``.
@@ -199,25 +138,12 @@ def distillation_loss(teacher_logits, student_logits, temperature=1.0):
     """Soft-label cross-entropy of SimCLR v2 self-training (distillation).
 
     Eq. 2 of Chen et al., "Big Self-Supervised Models are Strong
-    Semi-Supervised Learners", NeurIPS 2020 (arXiv:2006.10029)::
-
-        L = -1/N * sum_i sum_y P_T(y|x_i; T) log P_S(y|x_i; T)
-        P_T = softmax(teacher_logits / T),  log P_S = log_softmax(student_logits / T)
-
-    averaged over the N examples of the *global* batch. No ``T**2`` factor
-    (Hinton et al. scale by ``T**2`` to keep gradient magnitudes comparable
-    across temperatures when mixing with a hard-label loss; the SimCLR v2
-    paper's Eq. 2 has none, and ``distill_label_weight`` sets the mix).
-    The teacher side gets no gradient.
-
-    In a replica context with R replicas, the value returned on each replica
-    is ``R * (sum of its per-example losses) / N_global`` (N_global gathered
-    with an all-reduce), so the mean over replicas is exactly the global-batch
-    loss, also when replicas hold different numbers of examples; with equal
-    batches it is the local mean, as ``nt_xent_loss`` returns. The train step
-    divides by R before taking gradients, which the optimizer then sums.
-    Outside a strategy (or in a cross-replica context) it is the plain mean.
-    Computed in float32 whatever the input dtypes.
+    Semi-Supervised Learners", NeurIPS 2020 (arXiv:2006.10029):
+    ``-mean_i sum_y softmax(t_i/T)_y log_softmax(s_i/T)_y`` over the global
+    batch, without Hinton et al.'s ``T**2`` factor (Eq. 2 has none). The
+    teacher gets no gradient. Each replica returns ``R * its sum / N_global``,
+    so the mean over replicas is the global-batch loss however the examples
+    fall. Computed in float32.
 
     Args:
         teacher_logits: [B, C] logits of the teacher (temperature not applied).
@@ -250,14 +176,10 @@ def distillation_loss(teacher_logits, student_logits, temperature=1.0):
 def masked_cross_entropy(logits, labels):
     """Softmax cross-entropy and accuracy, means over the labelled examples of the global batch.
 
-    Unlabelled examples (label -1: outside a label subset, or an unlabelled
-    split) count for nothing. In a replica context with R replicas the
-    labelled count is all-reduced and each replica returns ``R * (its sum) /
-    global count``, so the mean over replicas (what the step's gradient
-    follows) is the global-batch mean however the labels fall on the
-    replicas, as the official code's single cross-entropy over the global
-    batch; outside a strategy it is the plain mean. Computed in float32.
-    Returns ``(loss, acc)``; both 0 when no example has a label.
+    Label -1 marks an unlabelled example, which counts for nothing. As in the
+    official code the mean is over the global batch: each replica returns
+    ``R * its sum / global labelled count``. Returns ``(loss, acc)``, both 0
+    when no example has a label.
     """
     logits = tf.cast(logits, tf.float32)
     labels = tf.cast(labels, tf.int32)
