@@ -1,70 +1,28 @@
 """SimCLR data augmentations as stateless, per-example TensorFlow ops.
 
-SimCLR (Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual
-Representations", arXiv:2002.05709, appendix A) builds each training view of an
-image with this recipe, applied independently to the two views:
+Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual
+Representations" (arXiv:2002.05709), appendix A. A training view is: random
+resized crop (area in [0.08, 1], aspect ratio in [3/4, 4/3] times the image's
+own, bicubic resize) -> horizontal flip (p=0.5) -> colour distortion of
+strength s (jitter p=0.8 in random order, then grayscale p=0.2) -> Gaussian
+blur (p=0.5, sigma in [0.1, 2], kernel about 10% of the side). CIFAR-sized
+images use s=0.5 and no blur, larger ones s=1.0 with blur (:func:`preset`).
+:func:`augment_view` builds a view from any ordered list of names
+(:data:`AUGMENTATIONS`), the paper's study ops (cutout, Sobel, noise,
+rotation) included; the default list is exactly :func:`preprocess_for_train`.
 
-1. **Random resized crop**: a box covering a uniformly drawn fraction of the
-   image area in ``[0.08, 1.0]`` with an aspect ratio (width / height) in
-   ``[3/4, 4/3]`` times the image's own (appendix A; 1 for square images), resized
-   (bicubic) to the training resolution.
-2. **Random horizontal flip** with probability 0.5.
-3. **Colour distortion** of strength ``s``: with probability 0.8 a colour jitter
-   (brightness, contrast and saturation of strength ``0.8 s``, hue of strength
-   ``0.2 s``, applied in a random order), then, independently, conversion to
-   grayscale with probability 0.2.
-4. **Gaussian blur** with probability 0.5, ``sigma ~ U[0.1, 2.0]`` and a kernel
-   of about 10% of the image side. The paper uses it for ImageNet, not CIFAR-10.
+Where this differs from the official code, and why:
 
-For CIFAR-10 the paper uses ``s = 0.5`` and no blur; for ImageNet ``s = 1.0``
-with blur. :func:`preset` returns these defaults for an image size. Evaluation
-images get a deterministic centre crop (:func:`preprocess_for_eval`).
+* Every random op takes a stateless seed (shape ``[2]``) and splits it, so an
+  image and a seed give a bit-identical view, eagerly or in a parallel
+  ``tf.data`` map, and a resumed run sees the same views.
+* The blur draws one sigma per image (the official code shares one per batch)
+  and pads with ``REFLECT``, which does not darken the borders as zero padding
+  does.
 
-For the paper's augmentation study (its Figures 4 and 5) the module also has
-:func:`cutout`, :func:`sobel_filter`, :func:`gaussian_noise` and
-:func:`random_rotate90`, and :func:`augment_view` builds a view from any
-ordered list of names (:data:`AUGMENTATIONS`: crop, flip, color, blur, jitter,
-gray, cutout, sobel, noise, rotate); the default list (crop, flip, color,
-blur) is exactly :func:`preprocess_for_train`.
-
-Design choices of this module
------------------------------
-* Every random function takes a **stateless seed** (an int32/int64 tensor of
-  shape ``[2]``) and derives its sub-seeds with
-  ``tf.random.experimental.stateless_split``; no stateful RNG is used. The same
-  image and seed therefore give a bit-identical result, eagerly or inside
-  ``tf.data.Dataset.map(..., num_parallel_calls=tf.data.AUTOTUNE)``.
-  :func:`preprocess_for_train` always splits its seed into the same four
-  sub-seeds (crop, flip, colour, blur), so switching one stage off does not
-  change the randomness of the others.
-* The crop box is sampled like torchvision's / Inception's ``RandomResizedCrop``:
-  ``max_attempts`` (default 10) candidate boxes are drawn at once (vectorised,
-  no Python loop); the area fraction is **uniform** in ``area_range`` and the
-  aspect ratio (width / height) is **log-uniform** in ``aspect_ratio_range``.
-  The first candidate that fits in the image wins; if none fits, the crop falls
-  back to the largest centred box whose aspect ratio is clamped to the range.
-* Colour jitter draws its factors itself (``tf.random.stateless_uniform``) and
-  applies them with ``tf.image.adjust_*``, clipping to ``[0, 1]`` after each op.
-  ``color_jitter_impl="v2"`` scales brightness multiplicatively by a factor in
-  ``[max(0, 1 - b), 1 + b]``; ``"v1"`` adds a delta in ``[-b, b]`` (like
-  ``tf.image.random_brightness``). Contrast and saturation factors are drawn
-  from ``[max(0, 1 - c), 1 + c]``, the hue delta from ``[-h, h]`` with ``h``
-  capped at 0.5 (half a turn of the hue circle: ``[-0.5, 0.5]`` already
-  reaches every hue).
-* The blur draws **one sigma per image** (the official implementation shares a
-  single sigma across the whole batch). It is separable, two 1-D Gaussian
-  passes (height, then width) with ``REFLECT`` padding (``d c b | a b c d``, no
-  darkened borders, unlike the official zero padding). By default each pass is
-  a product with a banded ``[n, n]`` matrix that folds in the padding, about
-  10x faster on CPU than ``tf.nn.depthwise_conv2d`` (still available as
-  ``gaussian_blur(..., method="depthwise")``). The kernel size is
-  ``2 * max(1, side // 20) + 1`` where ``side`` is the shorter image side, i.e.
-  about 10% of the side, always odd and at least 3.
-* Inputs are uint8 (scaled by 1/255) or float images assumed in ``[0, 1]``, of
-  any height and width (shapes may be dynamic), with 3 channels. Outputs are
-  float32 in ``[0, 1]`` with static shape ``[image_size, image_size, 3]``
-  (clipped after the bicubic resize, which can overshoot). No mean/std
-  normalisation is applied.
+Inputs are uint8 or float in [0, 1], of any size, with 3 channels; outputs are
+float32 ``[image_size, image_size, 3]`` in [0, 1], without mean/std
+normalisation.
 
 Example:
 
@@ -250,29 +208,24 @@ def sample_crop_box(
 ):
     """Samples a random-resized-crop box (Inception / torchvision style).
 
-    ``max_attempts`` candidates are drawn at once. For each, the target area is
-    ``U[area_range] * height * width`` (uniform) and the aspect ratio
-    ``width / height`` is ``exp(U[log r_min, log r_max])`` (log-uniform); the
-    box sides are the rounded values of ``sqrt(area * ratio)`` and
-    ``sqrt(area / ratio)``. The first candidate that fits inside the image is
-    used, at a uniformly random position. When none fits, the box is the
-    largest centred box whose aspect ratio is the image's, clamped to
-    ``aspect_ratio_range`` (the whole image if its ratio is within the range).
+        ``max_attempts`` candidates are drawn at once (no Python loop): area
+        uniform in ``area_range``, aspect ratio log-uniform in
+        ``aspect_ratio_range``. The first that fits is placed uniformly at random;
+        if none fits, the largest centred box with the clamped aspect ratio is used.
 
-    Args:
-      height: scalar int (Python or tensor), image height.
-      width: scalar int (Python or tensor), image width.
-      seed: stateless seed, int tensor of shape [2].
-      area_range: (min, max) fraction of the image area covered by the box.
-      aspect_ratio_range: (min, max) of the box's width / height.
-      max_attempts: Python int, number of candidate boxes.
-      relative_aspect: scale ``aspect_ratio_range`` by the image's own
-        ``width / height`` (the SimCLR paper's appendix A and the official
-        code: a 4:3 photo gets boxes of ratio 1 to 16:9). On square images
-        the boxes are bit-identical either way.
+        Args:
+          height: scalar int (Python or tensor), image height.
+          width: scalar int (Python or tensor), image width.
+          seed: stateless seed, int tensor of shape [2].
+          area_range: (min, max) fraction of the image area covered by the box.
+          aspect_ratio_range: (min, max) of the box's width / height.
+          max_attempts: Python int, number of candidate boxes.
+          relative_aspect: scale ``aspect_ratio_range`` by the image's own
+            ``width / height``, as the paper's appendix A and the official code do
+            (no change for square images).
 
-    Returns:
-      Tuple of int32 scalars ``(offset_y, offset_x, crop_height, crop_width)``.
+        Returns:
+          Tuple of int32 scalars ``(offset_y, offset_x, crop_height, crop_width)``.
     """
     area_seed, ratio_seed, y_seed, x_seed = _split(seed, 4)
     h = tf.cast(height, tf.float32)
@@ -326,21 +279,15 @@ def random_resized_crop(
 ):
     """Random resized crop (SimCLR step 1): crop a random box, bicubic resize.
 
-    The box comes from :func:`sample_crop_box` (by default with the aspect
-    ratio range relative to the image's, as the paper and the official code
-    sample it); the crop is resized to
-    ``[image_size, image_size]`` with bicubic interpolation and clipped to
-    ``[0, 1]``.
+        Args:
+          image: uint8 or float [H, W, 3] image (float in [0, 1]).
+          seed: stateless seed, int tensor of shape [2].
+          image_size: Python int, output side.
+          area_range, aspect_ratio_range, max_attempts, relative_aspect: see
+            :func:`sample_crop_box`.
 
-    Args:
-      image: uint8 or float [H, W, 3] image (float in [0, 1]).
-      seed: stateless seed, int tensor of shape [2].
-      image_size: Python int, output side.
-      area_range, aspect_ratio_range, max_attempts, relative_aspect: see
-        :func:`sample_crop_box`.
-
-    Returns:
-      float32 tensor [image_size, image_size, 3] in [0, 1].
+        Returns:
+          float32 tensor [image_size, image_size, 3] in [0, 1].
     """
     image = _to_float_image(image)
     shape = tf.shape(image)
@@ -355,13 +302,10 @@ def random_resized_crop(
 def center_crop_box(height, width, crop_proportion=CROP_PROPORTION):
     """Centred square box keeping ``crop_proportion`` of the shorter side.
 
-    The side is ``round(crop_proportion * min(height, width))`` (round half to
-    even) and the offsets are ``(height - side + 1) // 2`` and
-    ``(width - side + 1) // 2``, as in the official SimCLR evaluation crop for a
-    square target.
+        Rounded and offset as the official SimCLR evaluation crop.
 
-    Returns:
-      Tuple of int32 scalars ``(offset_y, offset_x, side, side)``.
+        Returns:
+          Tuple of int32 scalars ``(offset_y, offset_x, side, side)``.
     """
     height = tf.cast(height, tf.int32)
     width = tf.cast(width, tf.int32)
@@ -464,28 +408,20 @@ def _hue(image, seed, strength):
 def color_jitter(image, seed, strength=1.0, impl="v2", random_order=True):
     """Always-on colour jitter of SimCLR with strength ``s = strength``.
 
-    Brightness, contrast and saturation use strength ``0.8 s``, hue ``0.2 s``
-    (capped at 0.5). The four ops are applied in a uniformly random order
-    (``random_order=True``) or in the fixed order brightness, contrast,
-    saturation, hue, clipping to [0, 1] after each op.
+        Brightness, contrast and saturation of strength ``0.8 s``, hue ``0.2 s``
+        (capped at 0.5, which already reaches every hue), in a random or the fixed
+        order, clipped to [0, 1] after each op. Brightness ``"v2"`` multiplies by
+        ``U[max(0, 1 - b), 1 + b]``; ``"v1"`` adds ``U[-b, b]``.
 
-    * brightness ``"v2"``: ``x * f``, ``f ~ U[max(0, 1 - b), 1 + b]``;
-      ``"v1"``: ``x + d``, ``d ~ U[-b, b]``.
-    * contrast: ``tf.image.adjust_contrast`` (per-channel mean) with
-      ``f ~ U[max(0, 1 - c), 1 + c]``.
-    * saturation: ``tf.image.adjust_saturation`` with
-      ``f ~ U[max(0, 1 - c), 1 + c]``.
-    * hue: ``tf.image.adjust_hue`` with ``d ~ U[-h, h]``.
+        Args:
+          image: float32 [H, W, 3] image in [0, 1].
+          seed: stateless seed, int tensor of shape [2].
+          strength: colour distortion strength ``s``.
+          impl: ``"v2"`` (multiplicative brightness) or ``"v1"`` (additive).
+          random_order: whether to shuffle the order of the four ops.
 
-    Args:
-      image: float32 [H, W, 3] image in [0, 1].
-      seed: stateless seed, int tensor of shape [2].
-      strength: colour distortion strength ``s``.
-      impl: ``"v2"`` (multiplicative brightness) or ``"v1"`` (additive).
-      random_order: whether to shuffle the order of the four ops.
-
-    Returns:
-      float32 [H, W, 3] image in [0, 1].
+        Returns:
+          float32 [H, W, 3] image in [0, 1].
     """
     if impl not in COLOR_JITTER_IMPLS:
         raise ValueError(f"color_jitter_impl must be one of {COLOR_JITTER_IMPLS}, got {impl!r}")
@@ -729,22 +665,17 @@ def random_blur(image, seed, p=0.5, sigma_range=(0.1, 2.0), kernel_size=None):
 
 @_no_autograph
 def cutout(image, seed, size_fraction=0.5, fill="zero"):
-    """Cutout: fills one random square patch of the image.
+    """Cutout: fills one random square patch that lies inside the image.
 
-    The patch side is ``max(1, round(size_fraction * min(H, W)))`` pixels and
-    the patch lies entirely inside the image, at a uniformly random position
-    (so exactly ``side ** 2`` pixels change, unless they already equal the
-    fill).
+        Args:
+          image: uint8 or float [H, W, 3] image (float in [0, 1]).
+          seed: stateless seed, int tensor of shape [2].
+          size_fraction: patch side as a fraction of the shorter image side, in
+            ``(0, 1]``.
+          fill: ``"zero"`` (black) or ``"mean"`` (the image's per-channel mean).
 
-    Args:
-      image: uint8 or float [H, W, 3] image (float in [0, 1]).
-      seed: stateless seed, int tensor of shape [2].
-      size_fraction: patch side as a fraction of the shorter image side, in
-        ``(0, 1]``.
-      fill: ``"zero"`` (black) or ``"mean"`` (the image's per-channel mean).
-
-    Returns:
-      float32 [H, W, 3] image in [0, 1].
+        Returns:
+          float32 [H, W, 3] image in [0, 1].
     """
     if fill not in ("zero", "mean"):
         raise ValueError(f"cutout fill must be 'zero' or 'mean', got {fill!r}")
@@ -776,19 +707,15 @@ def cutout(image, seed, size_fraction=0.5, fill="zero"):
 def sobel_filter(image):
     """Sobel filtering (the paper's Figure 4h): gradient magnitude, 3 channels.
 
-    The image is converted to grayscale (:func:`to_grayscale` weights), the
-    3x3 Sobel derivatives ``gx``, ``gy`` are taken with ``REFLECT`` padding
-    (``tf.image.sobel_edges``) and the magnitude ``sqrt(gx^2 + gy^2)`` is
-    divided by its maximum over the image, so the strongest edge is 1. The
-    maximum is floored at ``1e-3`` (a quarter of the magnitude of one uint8
-    grey level's step), so a flat image gives ~0 rather than amplified float
-    rounding. The result is repeated on the three channels.
+        The grayscale image's Sobel magnitude, divided by its maximum over the
+        image (floored at 1e-3, so a flat image stays ~0 instead of amplifying
+        rounding noise), repeated on the three channels.
 
-    Args:
-      image: uint8 or float [H, W, 3] image (float in [0, 1]), H, W >= 2.
+        Args:
+          image: uint8 or float [H, W, 3] image (float in [0, 1]), H, W >= 2.
 
-    Returns:
-      float32 [H, W, 3] image in [0, 1].
+        Returns:
+          float32 [H, W, 3] image in [0, 1].
     """
     image = _to_float_image(image)
     gray = tf.image.rgb_to_grayscale(image)[tf.newaxis]  # [1, H, W, 1]
@@ -929,39 +856,25 @@ def augment_view(
 ):
     """One training view built from an ordered list of augmentation names.
 
-    When the list starts with ``"crop"``, the random resized crop reads the
-    input image; otherwise the image is first resized (bicubic) to
-    ``image_size`` and every op works at that size (a later ``"crop"`` crops
-    the resized image and resizes back). The ops, applied in list order:
+        Ops run in list order. A leading ``"crop"`` reads the input image;
+        otherwise the image is first resized to ``image_size``. ``color`` is
+        jitter (p=0.8) then grayscale (p=0.2); ``jitter`` and ``gray`` are its two
+        halves. The default list gets the four sub-seeds of
+        :func:`preprocess_for_train`, so its views are bit-identical; other names
+        fold their slot into the seed, and a repeated name gets a fresh seed.
 
-    * ``crop``: :func:`random_resized_crop`; ``flip``: :func:`random_flip`
-      (p=0.5);
-    * ``color``: :func:`random_color_distortion` (jitter p=0.8, then grayscale
-      p=0.2); ``jitter``: its jitter part only (p=0.8); ``gray``: its
-      grayscale part only (p=0.2);
-    * ``blur``: :func:`random_blur` (p=0.5, kernel from ``image_size``);
-    * ``cutout``: :func:`cutout` (always); ``sobel``: :func:`sobel_filter`
-      (deterministic); ``noise``: :func:`gaussian_noise` (always);
-      ``rotate``: :func:`random_rotate90` (90, 180 or 270 degrees).
+        Args:
+          image: uint8 or float [H, W, 3] image of any size (float in [0, 1]).
+          seed: stateless seed, int tensor of shape [2].
+          image_size: Python int, output side.
+          augmentations: names (see :data:`AUGMENTATIONS`), a tuple/list or a
+            comma-separated string; empty or ``"none"``: resize only.
+          color_jitter_strength, color_jitter_impl: see :func:`color_jitter`.
+          cutout_fraction, cutout_fill: see :func:`cutout`.
+          noise_std: see :func:`gaussian_noise`.
 
-    Seeds: ``seed`` is split into the four sub-seeds of
-    :func:`preprocess_for_train` (crop, flip, color, blur), so the default
-    list gives bit-identical views; the other names use
-    ``stateless_fold_in(seed, slot)``. A name repeated in the list gets a
-    fresh seed for each repetition.
-
-    Args:
-      image: uint8 or float [H, W, 3] image of any size (float in [0, 1]).
-      seed: stateless seed, int tensor of shape [2].
-      image_size: Python int, output side.
-      augmentations: names (see :data:`AUGMENTATIONS`), a tuple/list or a
-        comma-separated string; empty or ``"none"``: resize only.
-      color_jitter_strength, color_jitter_impl: see :func:`color_jitter`.
-      cutout_fraction, cutout_fill: see :func:`cutout`.
-      noise_std: see :func:`gaussian_noise`.
-
-    Returns:
-      float32 tensor [image_size, image_size, 3] in [0, 1].
+        Returns:
+          float32 tensor [image_size, image_size, 3] in [0, 1].
     """
     names = parse_augmentations(augmentations)
     params = ViewParams(int(image_size), color_jitter_strength, color_jitter_impl,
@@ -1050,19 +963,17 @@ def preprocess_for_train(
 def preprocess_for_eval(image, image_size, crop=True):
     """Deterministic evaluation preprocessing.
 
-    When ``crop`` is True and ``image_size > 32``: centre crop keeping
-    ``CROP_PROPORTION = 0.875`` of the shorter side (:func:`center_crop_box`).
-    Otherwise (e.g. CIFAR at 32 px) no crop. Then bicubic resize to
-    ``[image_size, image_size]`` (the identity when the size already matches)
-    and clip to [0, 1].
+        Above 32 px (with ``crop``), a centre crop keeping ``CROP_PROPORTION`` of
+        the shorter side; then a bicubic resize to ``image_size`` and a clip to
+        [0, 1].
 
-    Args:
-      image: uint8 or float [H, W, 3] image of any size (float in [0, 1]).
-      image_size: Python int, output side.
-      crop: whether to centre-crop (only effective above 32 px).
+        Args:
+          image: uint8 or float [H, W, 3] image of any size (float in [0, 1]).
+          image_size: Python int, output side.
+          crop: whether to centre-crop (only effective above 32 px).
 
-    Returns:
-      float32 tensor [image_size, image_size, 3] in [0, 1].
+        Returns:
+          float32 tensor [image_size, image_size, 3] in [0, 1].
     """
     image_size = int(image_size)
     if crop and not is_small_image(image_size):
