@@ -1,18 +1,11 @@
 """ResNet v1 encoders for SimCLR (v1 and v2), channels-last, Keras 3.
 
-The encoder maps images to the representation ``h`` (the global-average-pooled
-output of the last block group), as in Chen et al. 2020, "A Simple Framework
-for Contrastive Learning of Visual Representations" (SimCLR, arXiv:2002.05709)
-and Chen et al. 2020, "Big Self-Supervised Models are Strong Semi-Supervised
-Learners" (SimCLRv2, arXiv:2006.10029). The network is the post-activation
-ResNet of He et al. 2015 (arXiv:1512.03385) with the stride of a bottleneck
-block on its 3x3 convolution ("ResNet v1.5"), which is what the SimCLR code
-uses.
-
-Naming is part of the interface: every batch-normalisation layer's name
-contains ``"batch_normalization"`` and no convolution has a bias, so weight
-decay / LARS exclusion lists that match substrings of ``variable.path`` treat
-every non-convolution weight correctly.
+The post-activation ResNet of He et al. 2015 (arXiv:1512.03385) with the
+stride of a bottleneck block on its 3x3 convolution ("v1.5"), laid out as the
+official SimCLR code (arXiv:2002.05709, arXiv:2006.10029) so its released
+weights load one to one. Every BN layer's name contains
+``"batch_normalization"`` and no convolution has a bias: weight-decay and LARS
+exclusion by variable path rely on it.
 """
 
 from __future__ import annotations
@@ -126,25 +119,21 @@ class _ConfigMixin:
 class FixedPaddingConv2D(keras.layers.Conv2D):
     """Bias-free square convolution with input-size-independent padding.
 
-    Stride 1 uses ``"same"`` padding. A strided convolution pads the input
-    explicitly by ``(k - 1) // 2`` before and ``k - 1 - (k - 1) // 2`` after on
-    both spatial axes and then runs a ``"valid"`` convolution, so the padding
-    does not depend on whether the input size is even (TensorFlow's ``"same"``
-    pads asymmetrically for strided convolutions on even inputs). This matches
-    the ResNet code used by SimCLR (arXiv:2002.05709), so weights are
-    interchangeable with it.
+        A strided convolution pads explicitly and runs ``"valid"``, so even and odd
+        input sizes pad alike (TensorFlow's ``"same"`` does not), as the SimCLR
+        ResNet code does; stride 1 uses ``"same"``.
 
-    Args:
-      filters: number of output channels.
-      kernel_size: int, side of the square kernel.
-      strides: int stride (same on both axes).
-      **kwargs: other ``keras.layers.Conv2D`` arguments (``padding`` and
-        ``use_bias`` are fixed and ignored when present, e.g. in a config).
+        Args:
+          filters: number of output channels.
+          kernel_size: int, side of the square kernel.
+          strides: int stride (same on both axes).
+          **kwargs: other ``keras.layers.Conv2D`` arguments (``padding`` and
+            ``use_bias`` are fixed and ignored when present, e.g. in a config).
 
-    Example:
-      >>> conv = FixedPaddingConv2D(64, 7, strides=2)
-      >>> tuple(conv(keras.ops.zeros((1, 224, 224, 3))).shape)
-      (1, 112, 112, 64)
+        Example:
+          >>> conv = FixedPaddingConv2D(64, 7, strides=2)
+          >>> tuple(conv(keras.ops.zeros((1, 224, 224, 3))).shape)
+          (1, 112, 112, 64)
     """
 
     def __init__(self, filters, kernel_size, strides=1, **kwargs):
@@ -190,27 +179,24 @@ class FixedPaddingConv2D(keras.layers.Conv2D):
 class SelectiveKernelConv2D(_ConfigMixin, keras.layers.Layer):
     """Selective-kernel 3x3 convolution with two branches (SimCLRv2).
 
-    As in SimCLRv2 (Chen et al. 2020, arXiv:2006.10029), after Li et al. 2019
-    (SKNet, arXiv:1903.06586): one 3x3 convolution produces ``2 * filters``
-    channels (BN + ReLU), split into two branches. The branches' sum is
-    globally average-pooled, squeezed by a 1x1 convolution to
-    ``max(int(filters * sk_ratio), min_dim)`` channels (BN + ReLU) and expanded
-    by a 1x1 convolution to ``2 * filters`` attention logits; a softmax over the
-    two branches (per channel) weights their sum. The output has ``filters``
-    channels and no normalisation after the fusion.
+        SimCLRv2 (arXiv:2006.10029) after SKNet (Li et al. 2019, arXiv:1903.06586):
+        one 3x3 convolution makes two branches of ``filters`` channels; a
+        per-channel softmax attention, computed from their pooled sum through a
+        squeeze of ``max(int(filters * sk_ratio), min_dim)`` channels, weights
+        their sum.
 
-    Args:
-      filters: output channels.
-      strides: stride of the 3x3 convolution.
-      sk_ratio: reduction ratio of the attention squeeze (> 0).
-      min_dim: lower bound of the squeezed width.
-      batch_norm_decay: BN momentum.
-      global_bn: synchronise BN statistics across replicas.
+        Args:
+          filters: output channels.
+          strides: stride of the 3x3 convolution.
+          sk_ratio: reduction ratio of the attention squeeze (> 0).
+          min_dim: lower bound of the squeezed width.
+          batch_norm_decay: BN momentum.
+          global_bn: synchronise BN statistics across replicas.
 
-    Example:
-      >>> sk = SelectiveKernelConv2D(64, strides=2, sk_ratio=0.0625)
-      >>> tuple(sk(keras.ops.ones((2, 8, 8, 16))).shape)
-      (2, 4, 4, 64)
+        Example:
+          >>> sk = SelectiveKernelConv2D(64, strides=2, sk_ratio=0.0625)
+          >>> tuple(sk(keras.ops.ones((2, 8, 8, 16))).shape)
+          (2, 4, 4, 64)
     """
 
     _config_keys = (
@@ -386,28 +372,24 @@ class _ResidualBlockBase(_ConfigMixin, keras.layers.Layer):
 class BasicBlock(_ResidualBlockBase):
     """Post-activation basic residual block (two 3x3 convolutions).
 
-    ``relu(bn_1(conv_1(relu(bn_0(conv_0(x))))) + shortcut(x))``, the first 3x3
-    convolution carrying the stride (He et al. 2015, arXiv:1512.03385). The last
-    BN's gamma starts at zero, so at initialisation the block returns
-    ``relu(shortcut(x))`` (as in the SimCLR code, arXiv:2002.05709). With
-    ``sk_ratio > 0`` a projection shortcut is ResNet-D style (average pooling
-    then a stride-1 1x1 convolution), as in SimCLRv2 (arXiv:2006.10029);
-    selective kernels themselves are only used in bottleneck blocks.
+        The first convolution carries the stride. The last BN's gamma starts at
+        zero, so a new block returns ``relu(shortcut(x))``, as in the SimCLR code.
+        With ``sk_ratio > 0`` a projection shortcut is ResNet-D style (average pool,
+        then a stride-1 1x1 convolution), as in SimCLRv2.
 
-    Args:
-      filters: output channels.
-      strides: stride of the first convolution (and of the shortcut).
-      use_projection: use a 1x1 convolution + BN shortcut (needed when the
-        stride or the channel count changes; :class:`ResNet` gives one to the
-        first block of every group, as the official SimCLR code).
-      sk_ratio: > 0 selects the ResNet-D projection shortcut.
-      batch_norm_decay: BN momentum.
-      global_bn: synchronise BN statistics across replicas.
+        Args:
+          filters: output channels.
+          strides: stride of the first convolution (and of the shortcut).
+          use_projection: use a 1x1 convolution + BN shortcut (:class:`ResNet`
+            gives one to the first block of every group, as the official code).
+          sk_ratio: > 0 selects the ResNet-D projection shortcut.
+          batch_norm_decay: BN momentum.
+          global_bn: synchronise BN statistics across replicas.
 
-    Example:
-      >>> block = BasicBlock(128, strides=2, use_projection=True)
-      >>> tuple(block(keras.ops.ones((2, 8, 8, 64))).shape)
-      (2, 4, 4, 128)
+        Example:
+          >>> block = BasicBlock(128, strides=2, use_projection=True)
+          >>> tuple(block(keras.ops.ones((2, 8, 8, 64))).shape)
+          (2, 4, 4, 128)
     """
 
     expansion = 1
@@ -439,25 +421,22 @@ class BasicBlock(_ResidualBlockBase):
 class BottleneckBlock(_ResidualBlockBase):
     """Post-activation bottleneck block (1x1, 3x3, 1x1; stride on the 3x3).
 
-    Output channels are ``4 * filters``. The stride is on the 3x3 convolution
-    ("ResNet v1.5", as in the SimCLR code, arXiv:2002.05709). The last BN's gamma
-    starts at zero, so at initialisation the block returns ``relu(shortcut(x))``.
-    With ``sk_ratio > 0`` the 3x3 convolution (and its BN/ReLU) is replaced by a
-    :class:`SelectiveKernelConv2D` and a projection shortcut is ResNet-D style,
-    as in SimCLRv2 (arXiv:2006.10029).
+        Outputs ``4 * filters`` channels; the last BN's gamma starts at zero. With
+        ``sk_ratio > 0`` the 3x3 convolution is a :class:`SelectiveKernelConv2D`
+        and a projection shortcut is ResNet-D style, as in SimCLRv2.
 
-    Args:
-      filters: bottleneck width; the block outputs ``4 * filters`` channels.
-      strides: stride of the 3x3 (or selective-kernel) convolution.
-      use_projection: use a 1x1 convolution + BN shortcut.
-      sk_ratio: > 0 enables selective kernels with this squeeze ratio.
-      batch_norm_decay: BN momentum.
-      global_bn: synchronise BN statistics across replicas.
+        Args:
+          filters: bottleneck width; the block outputs ``4 * filters`` channels.
+          strides: stride of the 3x3 (or selective-kernel) convolution.
+          use_projection: use a 1x1 convolution + BN shortcut.
+          sk_ratio: > 0 enables selective kernels with this squeeze ratio.
+          batch_norm_decay: BN momentum.
+          global_bn: synchronise BN statistics across replicas.
 
-    Example:
-      >>> block = BottleneckBlock(64, strides=1, use_projection=True)
-      >>> tuple(block(keras.ops.ones((2, 8, 8, 64))).shape)
-      (2, 8, 8, 256)
+        Example:
+          >>> block = BottleneckBlock(64, strides=1, use_projection=True)
+          >>> tuple(block(keras.ops.ones((2, 8, 8, 64))).shape)
+          (2, 8, 8, 256)
     """
 
     expansion = 4
@@ -598,27 +577,23 @@ class BlockGroup(_ConfigMixin, keras.layers.Layer):
 class Stem(_ConfigMixin, keras.layers.Layer):
     """ResNet stem: convolution(s) + BN + ReLU (+ max-pool).
 
-    - ``cifar_stem=True``: 3x3 stride-1 convolution, BN, ReLU, no pooling (for
-      small images such as CIFAR's 32x32, SimCLR arXiv:2002.05709 Appendix B.9).
-    - ``cifar_stem=False, deep=False``: 7x7 stride-2 convolution, BN, ReLU, 3x3
-      stride-2 max-pool (He et al. 2015).
-    - ``cifar_stem=False, deep=True`` (used with selective kernels, as in
-      SimCLRv2's code, arXiv:2006.10029; ResNet-C of arXiv:1812.01187): three
-      3x3 convolutions with ``filters // 2``, ``filters // 2`` and ``filters``
-      channels (the first with stride 2), each followed by BN and ReLU, then the
-      max-pool.
+        ``cifar_stem``: one 3x3 stride-1 convolution, no pooling (SimCLR's CIFAR
+        setting, appendix B.9). Otherwise a 7x7 stride-2 convolution and a 3x3
+        stride-2 max-pool, or with ``deep`` three 3x3 convolutions before the pool
+        (ResNet-C, arXiv:1812.01187; SimCLRv2's code uses it with selective
+        kernels).
 
-    Args:
-      filters: output channels.
-      cifar_stem: use the CIFAR stem.
-      deep: use the 3-convolution stem (ignored with ``cifar_stem``).
-      batch_norm_decay: BN momentum.
-      global_bn: synchronise BN statistics across replicas.
+        Args:
+          filters: output channels.
+          cifar_stem: use the CIFAR stem.
+          deep: use the 3-convolution stem (ignored with ``cifar_stem``).
+          batch_norm_decay: BN momentum.
+          global_bn: synchronise BN statistics across replicas.
 
-    Example:
-      >>> stem = Stem(64)
-      >>> tuple(stem(keras.ops.ones((1, 224, 224, 3))).shape)
-      (1, 56, 56, 64)
+        Example:
+          >>> stem = Stem(64)
+          >>> tuple(stem(keras.ops.ones((1, 224, 224, 3))).shape)
+          (1, 56, 56, 64)
     """
 
     _config_keys = ("filters", "cifar_stem", "deep", "batch_norm_decay", "global_bn")
@@ -682,68 +657,39 @@ class Stem(_ConfigMixin, keras.layers.Layer):
 class ResNet(_ConfigMixin, keras.Model):
     """ResNet v1 encoder returning the pooled representation ``h`` (SimCLR v1/v2).
 
-    The encoder of SimCLR (Chen et al. 2020, "A Simple Framework for Contrastive
-    Learning of Visual Representations", arXiv:2002.05709) and SimCLRv2 (Chen et
-    al. 2020, "Big Self-Supervised Models are Strong Semi-Supervised Learners",
-    arXiv:2006.10029): a post-activation ResNet (He et al. 2015,
-    arXiv:1512.03385) with the stride of bottleneck blocks on the 3x3
-    convolution, a stem, four block groups and global average pooling. Input:
-    float images ``[B, H, W, 3]`` (channels last; SimCLR feeds values in
-    [0, 1] without further normalisation). Output: ``h`` of shape
-    ``[B, feature_dim]`` where ``feature_dim = int(round(512 * w))`` for depths
-    18/34 and ``4 * int(round(512 * w))`` for 50 and deeper.
+        The encoder of SimCLR (Chen et al. 2020, arXiv:2002.05709) and SimCLRv2
+        (arXiv:2006.10029): a stem, four block groups and global average pooling,
+        taking ``[B, H, W, 3]`` images in [0, 1] to ``h`` of ``feature_dim``
+        channels. Widths are ``round(base * width_multiplier)``, so fractional
+        widths give small CPU-sized models. The first block of every group has a
+        projection shortcut, also where shapes match (group 1 of ResNet-18/34): the
+        official layout, so released weights load (:mod:`simclr_tf.convert`).
+        ``sk_ratio > 0`` gives SimCLRv2's selective kernels, ResNet-D shortcuts and
+        deep stem (v2 uses 0.0625). :meth:`freeze` fixes a prefix for fine-tuning.
 
-    Channel counts are ``int(round(base * width_multiplier))`` for the bases
-    64/128/256/512, so fractional widths (0.25, 0.5) give small CPU-friendly
-    models. Every convolution is bias-free with He (variance-scaling) init;
-    every BN uses ``momentum=batch_norm_decay``, ``epsilon=1e-5``,
-    ``synchronized=global_bn``, and the last BN of each residual block starts
-    with gamma = 0 so every block is the identity on its shortcut at
-    initialisation. The first block of every block group has a projection
-    shortcut (1x1 convolution + BN), also in block group 1 of ResNet-18/34
-    where the shapes already match: this is the official SimCLR layout
-    (google-research/simclr ``tf2/resnet.py``), so that its released weights
-    load one to one (see :mod:`simclr_tf.convert`).
+        Args:
+          resnet_depth: one of 18, 34 (basic blocks), 50, 101, 152, 200
+            (bottleneck blocks).
+          width_multiplier: positive float channel multiplier (e.g. 0.25, 0.5, 1, 2, 4).
+          cifar_stem: use the 3x3 stride-1 stem without max-pool (the config turns
+            it on for ``image_size <= 32``).
+          sk_ratio: selective-kernel squeeze ratio; 0 disables selective kernels.
+          batch_norm_decay: BN momentum in [0, 1).
+          global_bn: synchronise BN statistics across replicas (global BN).
+          **kwargs: ``keras.Model`` arguments (``name`` defaults to ``"resnet"``,
+            ``dtype`` for a mixed-precision policy).
 
-    Stem: with ``cifar_stem=True`` a 3x3 stride-1 convolution and no max-pool
-    (SimCLR's CIFAR-10 setting); the config layer of this package
-    (``simclr_tf.config``) turns it on automatically when ``image_size <= 32``.
-    Otherwise the ImageNet stem: 7x7 stride-2 convolution and 3x3 stride-2
-    max-pool.
+        Attributes:
+          stem: the :class:`Stem` layer.
+          block_groups: list of the four :class:`BlockGroup` layers.
+          feature_dim: int, the size of ``h``.
 
-    Selective kernels (``sk_ratio > 0``, SimCLRv2): the 3x3 convolution of each
-    bottleneck block becomes a two-branch :class:`SelectiveKernelConv2D`
-    (attention squeeze ``max(int(filters * sk_ratio), 32)``), projection
-    shortcuts become ResNet-D style (average-pool then 1x1 convolution) and the
-    ImageNet stem becomes three 3x3 convolutions, as in SimCLRv2's code.
-    SimCLRv2 uses ``sk_ratio=0.0625``.
-
-    Fine-tuning: :meth:`freeze` marks the stem and the first block groups
-    non-trainable. Keras 3 runs a non-trainable BatchNormalization in inference
-    mode, so frozen BN statistics do not move during training.
-
-    Args:
-      resnet_depth: one of 18, 34 (basic blocks), 50, 101, 152, 200
-        (bottleneck blocks).
-      width_multiplier: positive float channel multiplier (e.g. 0.25, 0.5, 1, 2, 4).
-      cifar_stem: use the CIFAR stem (see above).
-      sk_ratio: selective-kernel squeeze ratio; 0 disables selective kernels.
-      batch_norm_decay: BN momentum in [0, 1).
-      global_bn: synchronise BN statistics across replicas (global BN).
-      **kwargs: ``keras.Model`` arguments (``name`` defaults to ``"resnet"``,
-        ``dtype`` for a mixed-precision policy).
-
-    Attributes:
-      stem: the :class:`Stem` layer.
-      block_groups: list of the four :class:`BlockGroup` layers.
-      feature_dim: int, the size of ``h``.
-
-    Example:
-      >>> encoder = ResNet(resnet_depth=18, width_multiplier=0.5, cifar_stem=True)
-      >>> h = encoder(keras.ops.zeros((4, 32, 32, 3)), training=False)
-      >>> tuple(h.shape), encoder.feature_dim
-      ((4, 256), 256)
-      >>> encoder.freeze(2)  # linear-eval style: only block groups 3 and 4 train
+        Example:
+          >>> encoder = ResNet(resnet_depth=18, width_multiplier=0.5, cifar_stem=True)
+          >>> h = encoder(keras.ops.zeros((4, 32, 32, 3)), training=False)
+          >>> tuple(h.shape), encoder.feature_dim
+          ((4, 256), 256)
+          >>> encoder.freeze(2)  # linear-eval style: only block groups 3 and 4 train
     """
 
     _config_keys = (
@@ -846,15 +792,14 @@ class ResNet(_ConfigMixin, keras.Model):
     def freeze(self, fine_tune_after_block):
         """Freezes the stem and the first block groups (for fine-tuning).
 
-        Args:
-          fine_tune_after_block: -1 freezes nothing (and unfreezes everything),
-            0 freezes the stem, k in 1..4 freezes the stem and block groups 1..k
-            (4 freezes the whole encoder, i.e. linear evaluation).
+                Args:
+                  fine_tune_after_block: -1 freezes nothing (and unfreezes everything),
+                    0 freezes the stem, k in 1..4 freezes the stem and block groups 1..k
+                    (4 freezes the whole encoder, i.e. linear evaluation).
 
-        Frozen parts get ``trainable = False``: their weights leave
-        ``trainable_weights`` and their BN layers run in inference mode even
-        when the model is called with ``training=True``. Parts after the frozen
-        prefix are made trainable again. Call it before ``compile``.
+                Frozen parts leave ``trainable_weights`` and their BN layers run in
+                inference mode even under ``training=True`` (Keras 3), so frozen
+                statistics do not move. Call it before ``compile``.
         """
         k = fine_tune_after_block
         if hasattr(k, "item") and getattr(k, "ndim", None) == 0:  # NumPy scalar
