@@ -23,42 +23,30 @@ def _is_int(value):
 class ProjectionHead(keras.layers.Layer):
     """Projection head ``g`` of SimCLR: ``z = g(h)``, plus the intermediate outputs.
 
-    SimCLR (Chen et al. 2020, arXiv:2002.05709) trains the contrastive loss on
-    ``z = g(h)`` with a small MLP ``g``; SimCLRv2 (Chen et al. 2020,
-    arXiv:2006.10029) uses a deeper (3-layer) head and fine-tunes from one of
-    its middle layers, so the head also returns every intermediate output.
+        SimCLR (Chen et al. 2020, arXiv:2002.05709) trains the contrastive loss on
+        ``z = g(h)``; SimCLRv2 (arXiv:2006.10029) uses a 3-layer head and
+        fine-tunes from a middle layer, hence the intermediate outputs.
+        ``"nonlinear"``: ``num_proj_layers`` bias-free dense layers with BN, ReLU
+        on all but the last, whose BN has no offset (as the official code);
+        ``"linear"``: one such last layer; ``"none"``: ``z = h``.
+        ``call(h)`` returns ``(z, hiddens)`` with ``hiddens[0] = h`` and
+        ``hiddens[-1] = z``.
 
-    Modes:
+        Args:
+          proj_head_mode: ``"nonlinear"``, ``"linear"`` or ``"none"``.
+          proj_out_dim: output width of the last layer (``"linear"``/``"nonlinear"``).
+          num_proj_layers: number of layers of the nonlinear head (SimCLR v1: 2,
+            v2: 3); must be >= 1 for ``"nonlinear"``, ignored otherwise.
+          batch_norm_decay: BN momentum in [0, 1).
+          global_bn: synchronise BN statistics across replicas.
+          **kwargs: ``keras.layers.Layer`` arguments (``name`` defaults to
+            ``"head_projection"``).
 
-    - ``"nonlinear"``: ``num_proj_layers`` layers. All but the last are
-      ``Dense(d, use_bias=False) -> BN -> ReLU`` with ``d`` the width of ``h``;
-      the last is ``Dense(proj_out_dim, use_bias=False) -> BN(center=False)``
-      without ReLU.
-    - ``"linear"``: ``Dense(proj_out_dim, use_bias=False) -> BN(center=False)``.
-    - ``"none"``: the identity, ``z = h``.
-
-    ``call(h, training=None)`` returns ``(z, hiddens)``: ``hiddens[0]`` is ``h``,
-    ``hiddens[i]`` the output of layer ``i`` and ``z = hiddens[-1]`` (for
-    ``"none"``, ``hiddens == [h]``). The last layer's BN has no offset (beta),
-    as in the SimCLR code; its dense layers have no bias. BN layers are named
-    ``batch_normalization_<i>`` so that weight-decay exclusion by variable path
-    matches them.
-
-    Args:
-      proj_head_mode: ``"nonlinear"``, ``"linear"`` or ``"none"``.
-      proj_out_dim: output width of the last layer (``"linear"``/``"nonlinear"``).
-      num_proj_layers: number of layers of the nonlinear head (SimCLR v1: 2,
-        v2: 3); must be >= 1 for ``"nonlinear"``, ignored otherwise.
-      batch_norm_decay: BN momentum in [0, 1).
-      global_bn: synchronise BN statistics across replicas.
-      **kwargs: ``keras.layers.Layer`` arguments (``name`` defaults to
-        ``"head_projection"``).
-
-    Example:
-      >>> head = ProjectionHead("nonlinear", proj_out_dim=128, num_proj_layers=3)
-      >>> z, hiddens = head(keras.ops.ones((8, 2048)), training=False)
-      >>> tuple(z.shape), [tuple(t.shape) for t in hiddens]
-      ((8, 128), [(8, 2048), (8, 2048), (8, 2048), (8, 128)])
+        Example:
+          >>> head = ProjectionHead("nonlinear", proj_out_dim=128, num_proj_layers=3)
+          >>> z, hiddens = head(keras.ops.ones((8, 2048)), training=False)
+          >>> tuple(z.shape), [tuple(t.shape) for t in hiddens]
+          ((8, 128), [(8, 2048), (8, 2048), (8, 2048), (8, 128)])
     """
 
     def __init__(
@@ -172,37 +160,28 @@ class ProjectionHead(keras.layers.Layer):
 class SupervisedHead(keras.layers.Layer):
     """Linear classifier ``logits = h W + b`` for linear evaluation and fine-tuning.
 
-    The linear probe / fine-tuning head of SimCLR (Chen et al. 2020,
-    arXiv:2002.05709) and SimCLRv2 (arXiv:2006.10029): one ``Dense`` layer with
-    a bias, kernel initialised from N(0, 0.01^2) and bias at zero. With
-    ``zero_init=True`` the kernel starts at zero too, so the initial logits are
-    exactly zero (the official code's ``zero_init_logits_layer`` flag had no
-    effect; this one does). The default layer name is ``"head_supervised"``,
-    which the optimizers' weight-decay exclusion list matches by variable path.
+        The probe / fine-tuning head of SimCLR (arXiv:2002.05709) and SimCLRv2
+        (arXiv:2006.10029); kernel from N(0, 0.01^2), bias zero. ``zero_init``
+        really zeroes the kernel (the official flag had no effect). With
+        ``input_batch_norm`` the features first pass a parameter-free BN: the
+        pretraining probe uses it because on raw h it diverged under the
+        pretraining optimizer's large learning rate (MAE's linear-probing choice,
+        He et al. 2021).
 
-    With ``input_batch_norm=True`` the features first pass a
-    BatchNormalization without scale or offset (no trainable weights). The
-    trainer turns this on for the linear probe trained during pretraining:
-    the probe shares the pretraining optimizer's large learning rate, and on
-    raw h (hundreds of O(1) features) plain SGD at that rate diverges; the
-    normalisation keeps the probe stable whatever the feature scale (the
-    linear-probing choice of MAE, He et al. 2021). Fine-tuning heads keep a
-    plain ``Dense``, as in the papers.
+        Args:
+          num_classes: number of classes (int >= 1).
+          zero_init: initialise kernel and bias to zero.
+          input_batch_norm: normalise the input features with a parameter-free BN.
+          batch_norm_decay: momentum of that BN's moving statistics.
+          global_bn: synchronise that BN across replicas.
+          **kwargs: ``keras.layers.Layer`` arguments (``name`` defaults to
+            ``"head_supervised"``, which weight-decay exclusion matches).
 
-    Args:
-      num_classes: number of classes (int >= 1).
-      zero_init: initialise kernel and bias to zero.
-      input_batch_norm: normalise the input features with a parameter-free BN.
-      batch_norm_decay: momentum of that BN's moving statistics.
-      global_bn: synchronise that BN across replicas.
-      **kwargs: ``keras.layers.Layer`` arguments (``name`` defaults to
-        ``"head_supervised"``).
-
-    Example:
-      >>> head = SupervisedHead(10, zero_init=True)
-      >>> logits = head(keras.ops.ones((4, 512)))
-      >>> tuple(logits.shape), float(keras.ops.max(keras.ops.abs(logits)))
-      ((4, 10), 0.0)
+        Example:
+          >>> head = SupervisedHead(10, zero_init=True)
+          >>> logits = head(keras.ops.ones((4, 512)))
+          >>> tuple(logits.shape), float(keras.ops.max(keras.ops.abs(logits)))
+          ((4, 10), 0.0)
     """
 
     def __init__(self, num_classes, zero_init=False, input_batch_norm=False,
