@@ -1,13 +1,10 @@
 """LARS, the optimizer of SimCLR's large batches.
 
-Layer-wise adaptive rate scaling (You, Gitman and Ginsburg, "Large Batch
-Training of Convolutional Networks", arXiv:1708.03888), as SimCLR uses it
-(Chen et al. 2020, arXiv:2002.05709, Sec. 2 "Training with large batch size").
-
-Exclusions (biases, batch-norm parameters, the supervised head) are matched as
-substrings of the Keras 3 variable *path* (``"encoder/block1/batch_normalization
-/gamma"``), never of ``variable.name``, which in Keras 3 is only the short
-``"gamma"`` and would silently let batch norm get weight decay.
+Layer-wise adaptive rate scaling (You, Gitman and Ginsburg, arXiv:1708.03888),
+as SimCLR uses it (Chen et al. 2020, arXiv:2002.05709, Sec. 2). Exclusions are
+matched on the Keras 3 variable *path* (``"encoder/.../batch_normalization/gamma"``),
+never on ``variable.name``, which is only ``"gamma"`` in Keras 3 and would
+silently give batch norm weight decay.
 """
 
 import numbers
@@ -22,8 +19,8 @@ DEFAULT_EXCLUDE = ("batch_normalization", "bias", "head_supervised")
 def variable_path(variable):
     """The full path of a variable: Keras 3 ``.path``, else ``.name``.
 
-    Plain ``tf.Variable``s have no ``.path``; their ``.name`` (which carries the
-    name scopes, e.g. ``"dense/kernel:0"``) is used instead.
+        Plain ``tf.Variable``s have no ``.path``; their ``.name`` carries the name
+        scopes instead.
     """
     path = getattr(variable, "path", None)
     if path is None:
@@ -68,61 +65,49 @@ def _as_float_lr(learning_rate):
 class LARS(keras.optimizers.Optimizer):
     """Layer-wise Adaptive Rate Scaling with classic momentum, as in SimCLR.
 
-    For every variable ``w`` with gradient ``g`` and learning rate ``lr``, one
-    step is (You et al. 2017, Algorithm 1, with the learning rate inside the
-    momentum buffer):
+        One step for a variable ``w`` with gradient ``g`` (You et al. 2017,
+        Algorithm 1, learning rate inside the momentum buffer)::
 
-    1. weight decay enters the gradient: ``g <- g + wd * w``
-       (skipped for variables matched by ``exclude_from_weight_decay``);
-    2. trust ratio ``t = eta * ||w|| / ||g||`` if both norms are > 0, else 1
-       (``t = 1`` for variables matched by ``exclude_from_layer_adaptation``);
-    3. momentum ``v <- m * v + lr * t * g``;
-    4. update ``w <- w - v`` (Nesterov: ``w <- w - (m * v + lr * t * g)``).
+            g <- g + wd * w                     # unless excluded from weight decay
+            t = eta * ||w|| / ||g||  (else 1)   # 1 if excluded from adaptation
+            v <- m * v + lr * t * g;  w <- w - v   (Nesterov: w - (m * v + lr * t * g))
 
-    Biases, batch-norm parameters and the supervised head are excluded by
-    default, so they follow plain momentum SGD without decay. Exclusions are
-    substrings of ``variable.path`` (full Keras 3 path), resolved once in
-    ``build`` (the distributed update only sees the per-device
-    ``tf.Variable``, not the Keras path).
+        Biases, BN parameters and the supervised head are excluded by default and
+        follow plain momentum SGD; exclusions are resolved from variable paths in
+        ``build``, since the distributed update only sees per-device variables.
+        Keras' decoupled weight decay is off, so decay is not applied twice.
+        Under ``MirroredStrategy``, build the optimizer in ``strategy.scope()``
+        before the first step traced in ``tf.function`` (Keras cannot create slots
+        lazily there), and divide each replica's loss by ``num_replicas_in_sync``.
 
-    Weight decay lives only in step 1: the decoupled decay of Keras' base
-    optimizer (``w -= lr * wd * w`` before the update) is disabled, so it is
-    not applied twice. ``weight_decay`` still reads back the coefficient.
+        Args:
+            learning_rate: float, ``LearningRateSchedule`` or callable.
+            momentum: momentum coefficient ``m`` in [0, 1].
+            weight_decay: L2 coefficient ``wd`` added to the gradient.
+            trust_coefficient: ``eta`` of the trust ratio (paper: 0.001).
+            exclude_from_weight_decay: substrings of variable paths that get no
+                weight decay. Default ``("batch_normalization", "bias",
+                "head_supervised")``.
+            exclude_from_layer_adaptation: substrings of variable paths whose
+                trust ratio is fixed at 1; None uses
+                ``exclude_from_weight_decay``.
+            nesterov: use Nesterov momentum.
+            name: optimizer name.
+            **kwargs: other ``keras.optimizers.Optimizer`` arguments
+                (``clipnorm``, ``global_clipnorm``, ``use_ema``, ...).
 
-    Args:
-        learning_rate: float, ``LearningRateSchedule`` or callable.
-        momentum: momentum coefficient ``m`` in [0, 1].
-        weight_decay: L2 coefficient ``wd`` added to the gradient.
-        trust_coefficient: ``eta`` of the trust ratio (paper: 0.001).
-        exclude_from_weight_decay: substrings of variable paths that get no
-            weight decay. Default ``("batch_normalization", "bias",
-            "head_supervised")``.
-        exclude_from_layer_adaptation: substrings of variable paths whose
-            trust ratio is fixed at 1; None uses
-            ``exclude_from_weight_decay``.
-        nesterov: use Nesterov momentum.
-        name: optimizer name.
-        **kwargs: other ``keras.optimizers.Optimizer`` arguments
-            (``clipnorm``, ``global_clipnorm``, ``use_ema``, ...).
+        Example::
 
-    Example::
+            schedule = WarmUpAndCosine(0.3, 50000, 512, 100, 10)
+            opt = LARS(schedule, momentum=0.9, weight_decay=1e-6)
+            with strategy.scope():
+                opt.build(model.trainable_variables)
+            opt.apply_gradients(zip(grads, model.trainable_variables))
 
-        schedule = WarmUpAndCosine(0.3, 50000, 512, 100, 10)
-        opt = LARS(schedule, momentum=0.9, weight_decay=1e-6)
-        with strategy.scope():
-            opt.build(model.trainable_variables)  # see the note below
-        opt.apply_gradients(zip(grads, model.trainable_variables))
-
-    Under ``MirroredStrategy`` build the optimizer in ``strategy.scope()``
-    before the first ``strategy.run`` step inside ``tf.function``: Keras 3.15
-    cannot create optimizer slots lazily there (true of every Keras
-    optimizer, not only LARS). Gradients are summed across replicas by
-    Keras, so divide each replica's loss by ``num_replicas_in_sync``.
-
-    References:
-        You, Gitman, Ginsburg. Large Batch Training of Convolutional Networks.
-        arXiv:1708.03888. Chen et al. A Simple Framework for Contrastive
-        Learning of Visual Representations. arXiv:2002.05709.
+        References:
+            You, Gitman, Ginsburg. Large Batch Training of Convolutional Networks.
+            arXiv:1708.03888. Chen et al. A Simple Framework for Contrastive
+            Learning of Visual Representations. arXiv:2002.05709.
     """
 
     def __init__(self,
