@@ -9,6 +9,7 @@ Counts source images (each yields two augmented views).
 import time
 
 from benchmarks import common
+from simclr_tf.config import Config
 from simclr_tf.data import pipeline
 
 SIZES = {  # image_size: (batch size, timed batches) of the full and the smoke run
@@ -22,15 +23,16 @@ def run(sizes=(32, 224), smoke=False, warmup_batches=2, log=print):
     for size in sizes:
         full, small = SIZES[size]
         batch, batches = small if smoke else full
-        ds, _ = pipeline.build_train_dataset("offline_shapes", "train", batch, size, seed=0)
+        cfg = Config(dataset="offline_shapes", train_split="train", image_size=size, seed=0)
+        ds, _ = pipeline.build_train_dataset(cfg.data, cfg.augment, batch)
         iterator = iter(ds)
         start = time.perf_counter()
         for _ in range(warmup_batches):
-            next(iterator)[0].numpy()
+            next(iterator)[1].numpy()
         first = time.perf_counter() - start
         start = time.perf_counter()
         for _ in range(batches):
-            next(iterator)[0].numpy()
+            next(iterator)[1].numpy()
         elapsed = time.perf_counter() - start
         row = {"image_size": size, "batch_size": batch, "batches": batches,
                "images_per_s": batch * batches / elapsed,

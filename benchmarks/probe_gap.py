@@ -31,7 +31,7 @@ import numpy as np
 
 from simclr_tf import config as config_lib
 from simclr_tf import linear_eval, tasks
-from simclr_tf.linear_eval.classifier import loss_grad_sums
+from simclr_tf.linear_eval.solver import cross_entropy_sums
 from simclr_tf.models import simclr_model  # noqa: F401  (registers the classes to load)
 from simclr_tf.runtime import run_dir as run_dir_lib
 
@@ -39,12 +39,11 @@ from simclr_tf.runtime import run_dir as run_dir_lib
 def augmented_features(encoder, cfg, batch=250, seed=5):
     """h of both augmented views of every training image, and their labels."""
     task = tasks.build_task("pretrain", cfg.loss)
-    ds, info = task.train_dataset(cfg.data, cfg.augment, batch, None,
-                                  data_dir=cfg.data_dir, seed=seed)
+    ds, info = task.build_inputs(cfg.replace(seed=seed).data, cfg.augment, batch)
     feats, labels = [], []
     for views, y in ds.take(info.num_examples // batch):
-        for k in (0, 1):
-            feats.append(encoder(views[..., 3 * k:3 * k + 3], training=False).numpy())
+        for k in ("view1", "view2"):
+            feats.append(encoder(views[k], training=False).numpy())
             labels.append(y.numpy())
     return np.concatenate(feats), np.concatenate(labels)
 
@@ -54,20 +53,19 @@ def sgd_probe(x, y, eval_x, eval_y, num_classes, steps, batch, learning_rate, se
     rng = np.random.default_rng(seed)
     x, eval_x = np.asarray(x, np.float32), np.asarray(eval_x, np.float32)
     mean, inv_std = x.mean(0), 1.0 / (x.std(0) + 1e-3)
-    # One classifier in linear_eval's [D, G=1, C] layout, so its cross-entropy
-    # gradient (loss_grad_sums, summed over rows) serves here too.
-    w = rng.normal(0.0, 0.01, (x.shape[1], 1, num_classes)).astype(np.float32)
-    b = np.zeros((1, num_classes), np.float32)
+    # linear_eval's cross-entropy gradient (summed over rows) serves here too.
+    w = rng.normal(0.0, 0.01, (x.shape[1], num_classes)).astype(np.float32)
+    b = np.zeros(num_classes, np.float32)
     vw, vb = np.zeros_like(w), np.zeros_like(b)
     for t in range(steps):
         lr = learning_rate * 0.5 * (1 + np.cos(np.pi * t / steps))
         rows = rng.integers(0, len(x), batch)
-        _, grad_w, grad_b = loss_grad_sums(x[rows], y[rows], mean, inv_std, w, b)
-        vw = 0.9 * vw + grad_w.numpy() / batch
-        vb = 0.9 * vb + grad_b.numpy() / batch
+        _, grad_w, grad_b = cross_entropy_sums(x[rows], y[rows], mean, inv_std, w, b)
+        vw = 0.9 * vw + (grad_w / batch).astype(np.float32)
+        vb = 0.9 * vb + (grad_b / batch).astype(np.float32)
         w -= lr * vw
         b -= lr * vb
-    logits = ((eval_x - mean) * inv_std) @ w[:, 0] + b[0]
+    logits = ((eval_x - mean) * inv_std) @ w + b
     return float((logits.argmax(1) == eval_y).mean())
 
 

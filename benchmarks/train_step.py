@@ -61,8 +61,8 @@ def model_flops_per_image(exp):
 def fixed_batch(exp):
     from simclr_tf.data import pipeline
     cfg = exp.cfg
-    ds, _ = pipeline.build_train_dataset(cfg.dataset, cfg.train_split,
-                                         cfg.train_batch_size, cfg.image_size, seed=0)
+    ds, _ = pipeline.build_train_dataset(cfg.replace(seed=0).data, cfg.augment,
+                                         cfg.train_batch_size)
     return next(iter(ds))
 
 
@@ -79,8 +79,8 @@ def make_train_steps(exp, jit_compile):
     """
     cfg, model = exp.cfg, exp.model
     metrics = steps_lib.train_metrics(exp.task.metric_names(model), cfg.nonfinite_policy)
-    step_fn = steps_lib.make_train_step(model, exp.task, exp.optimizer, metrics,
-                                        cfg.nonfinite_policy, exp.probe_optimizer)
+    step_fn = steps_lib.make_train_step(model, exp.task, exp.updates, metrics,
+                                        cfg.nonfinite_policy, exp.loss_scale, exp.weight_decay)
     return steps_lib.make_train_steps(step_fn, exp.strategy, exp.optimizer, jit_compile)
 
 
@@ -235,13 +235,15 @@ def _breakdown_one(exp, precision, steps, profile, log):
 
     @tf.function
     def forward():
-        loss, _ = task.compute_loss(model, batch, training=True)
+        loss, _ = steps_lib.compute_loss(model, task, batch, exp.weight_decay,
+                                         exp.updates[0][1])
         return loss
 
     @tf.function
     def forward_backward():
         with tf.GradientTape() as tape:
-            loss, _ = task.compute_loss(model, batch, training=True)
+            loss, _ = steps_lib.compute_loss(model, task, batch, exp.weight_decay,
+                                         exp.updates[0][1])
         return tape.gradient(loss, variables)
 
     grads = [tf.zeros_like(v) if g is None else g for g, v in zip(forward_backward(), variables)]

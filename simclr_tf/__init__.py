@@ -2,7 +2,7 @@
 
 The public API, importable from the package itself::
 
-    from simclr_tf import SimCLRModel, nt_xent_loss, LARS, WarmUpAndCosine
+    from simclr_tf import SimCLRModel, nt_xent_loss, NTXentLoss, LARS, WarmUpAndCosine
     from simclr_tf import Config, load_encoder, export_model
 
 Names are loaded on first use, so ``import simclr_tf`` is cheap and changes
@@ -33,11 +33,12 @@ _PUBLIC = {
     "RunError": "simclr_tf.errors",
     "NotSimCLRExportError": "simclr_tf.errors",
     "SimCLRModel": "simclr_tf.models.simclr_model",
-    "build_model": "simclr_tf.models.simclr_model",
+    "build_model": "simclr_tf.tasks",
     "ResNet": "simclr_tf.models.resnet",
     "ProjectionHead": "simclr_tf.models.heads",
     "SupervisedHead": "simclr_tf.models.heads",
     "nt_xent_loss": "simclr_tf.losses",
+    "NTXentLoss": "simclr_tf.losses",
     "distillation_loss": "simclr_tf.losses",
     "LARS": "simclr_tf.optimizers",
     "WarmUpAndCosine": "simclr_tf.optimizers",

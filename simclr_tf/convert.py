@@ -18,7 +18,7 @@ cannot load them; the converter rebuilds the model in simclr_tf:
    mode and layers, supervised-head classes
    (:func:`simclr_tf.official.layout.infer_architecture`).
 2. It builds the matching model with
-   :func:`simclr_tf.models.simclr_model.build_model` and copies every variable,
+   :func:`simclr_tf.tasks.build_model` and copies every variable,
    BatchNorm moving statistics included, with an explicit name mapping
    (:func:`simclr_tf.official.mapping.map_variables`). An official variable that has no place in the
    model, or a model weight that no official variable fills, is an error
@@ -57,7 +57,7 @@ from simclr_tf import config as config_lib  # noqa: E402
 from simclr_tf import files  # noqa: E402
 from simclr_tf.errors import ConversionError  # noqa: E402
 from simclr_tf.export import writer  # noqa: E402
-from simclr_tf.models.simclr_model import build_model  # noqa: E402
+from simclr_tf.tasks import build_model  # noqa: E402
 from simclr_tf.official import layout, mapping  # noqa: E402
 from simclr_tf.official.layout import Architecture, infer_architecture, load_official  # noqa: E402,F401
 from simclr_tf.official.mapping import copy_variables, map_variables, parity  # noqa: E402,F401
@@ -79,7 +79,7 @@ def build_config(arch, model_dir, image_size=None, ft_proj_selector=0):
         ft_proj_selector=int(ft_proj_selector), model_dir=model_dir, mode="export",
         num_classes=int(arch.num_classes),
         # The official supervised head is a plain Dense on hiddens[ft_proj_selector];
-        # build_model gives that head only outside pretrain mode (in pretrain it
+        # the finetune task builds that head (pretraining's probe
         # adds an input BatchNormalization the official probe does not have).
         train_mode="finetune" if arch.num_classes else "pretrain")
     try:

@@ -12,7 +12,12 @@ import numbers
 import keras
 import tensorflow as tf
 
-DEFAULT_EXCLUDE = ("batch_normalization", "bias", "head_supervised")
+#: Weights never decayed: BN parameters and biases (path substrings).
+NOT_DECAYED = ("batch_normalization", "bias")
+#: The supervised head's layer: LARS leaves its decay to the loss, as the official
+#: code (simclr_tf.optimizers.weight_decay_in_loss).
+SUPERVISED_HEAD = "head_supervised"
+DEFAULT_EXCLUDE = NOT_DECAYED + (SUPERVISED_HEAD,)
 
 
 

@@ -12,9 +12,10 @@ they transfer unchanged. Under a ``tf.distribute`` strategy the keys are the
 device.
 """
 
+import keras
 import tensorflow as tf
 
-__all__ = ["nt_xent_loss", "contrastive_metrics", "distillation_loss", "masked_cross_entropy",
+__all__ = ["nt_xent_loss", "NTXentLoss", "contrastive_metrics", "distillation_loss", "masked_cross_entropy",
            "LARGE_NUM"]
 
 # Value written into an anchor's own column of the logits. Finite (not -inf) so
@@ -104,6 +105,48 @@ def nt_xent_loss(z1, z2, temperature, hidden_norm=True):
     # Both directions summed, each a mean over the pairs: 2 x the anchor mean.
     loss = 2.0 * tf.reduce_mean(per_anchor)
     return loss, logits, labels
+
+
+@keras.saving.register_keras_serializable(package="simclr_tf")
+class NTXentLoss(keras.losses.Loss):
+    """NT-Xent as a Keras loss, for a user's own model: ``model.compile(loss=NTXentLoss())``.
+
+    ``y_pred`` is the projection z of both views stacked on the batch axis,
+    view 1 first (``[2B, D]``, what :class:`simclr_tf.SimCLRModel` returns as
+    ``proj_head_output`` for a dict of views); ``y_true`` is ignored (pass any
+    array of B or 2B rows). The value is :func:`nt_xent_loss`'s, computed
+    through it: the official scale, negatives from every replica. As for any
+    Keras loss, ``fit`` under a strategy divides it by the number of replicas
+    and sums the replicas' gradients.
+
+    Args:
+        temperature: the softmax temperature tau.
+        hidden_norm: L2-normalise z first (cosine similarity).
+
+    Example:
+
+    ```python
+    z = keras.layers.Dense(64)(keras.layers.GlobalAveragePooling2D()(images))
+    model.compile(optimizer="sgd", loss=NTXentLoss(temperature=0.2))
+    model.fit(both_views, np.zeros(len(both_views)))  # view-1 rows, then view-2 rows
+    ```
+
+    Reference: Chen et al. 2020, arXiv:2002.05709, Eq. 1.
+    """
+
+    def __init__(self, temperature=0.5, hidden_norm=True, name="nt_xent", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.temperature = float(temperature)
+        self.hidden_norm = bool(hidden_norm)
+
+    def call(self, y_true, y_pred):
+        z1, z2 = tf.split(y_pred, 2, axis=0)
+        loss, _, _ = nt_xent_loss(z1, z2, self.temperature, self.hidden_norm)
+        return loss
+
+    def get_config(self):
+        return {**super().get_config(), "temperature": self.temperature,
+                "hidden_norm": self.hidden_norm}
 
 
 def contrastive_metrics(logits, labels):

@@ -14,11 +14,35 @@ import math
 import keras
 import tensorflow as tf
 
+from simclr_tf.config.choices import LR_SCALINGS, OPTIMIZERS  # noqa: F401  (re-exported)
 from simclr_tf.lars import (  # noqa: F401  (public names of this module)
-    DEFAULT_EXCLUDE, LARS, _as_float_lr, is_excluded, variable_path)
+    DEFAULT_EXCLUDE, LARS, NOT_DECAYED, SUPERVISED_HEAD, _as_float_lr, is_excluded,
+    variable_path)
 
-OPTIMIZERS = ("lars", "momentum", "adam")
-LR_SCALINGS = ("linear", "sqrt")
+
+def weight_decay_in_loss(optimizer, weight_decay, variables):
+    """Where weight decay goes, the one rule: ``(term to add to the loss, whole penalty)``.
+
+    LARS decays inside its update (not BN, biases or the supervised head), so
+    the loss adds the supervised head's L2 only; any other optimizer gets the
+    whole L2 term ``weight_decay * sum(w^2) / 2`` over ``variables`` that are
+    neither BN parameters nor biases. The whole penalty is what runs report as
+    ``weight_decay``. Weights with an optimizer of their own (the probe's) are
+    not in ``variables``.
+
+    Args:
+        optimizer: the optimizer's name (``cfg.optimizer``).
+        weight_decay: the coefficient.
+        variables: the weights the run's optimizer updates.
+    """
+    if not weight_decay:
+        zero = tf.constant(0.0)
+        return zero, zero
+    penalty = weight_decay_l2(variables, weight_decay, exclude=NOT_DECAYED)
+    if optimizer != "lars":
+        return penalty, penalty
+    head = [v for v in variables if SUPERVISED_HEAD in variable_path(v)]
+    return weight_decay_l2(head, weight_decay, exclude=NOT_DECAYED), penalty
 
 
 def weight_decay_l2(variables, weight_decay, exclude=DEFAULT_EXCLUDE):
@@ -94,11 +118,6 @@ def step_counts(num_examples, batch_size, train_epochs, train_steps=None, warmup
 def steps_per_epoch(num_examples, batch_size):
     """Full batches in one epoch (see :func:`step_counts`)."""
     return step_counts(num_examples, batch_size, 0).steps_per_epoch
-
-
-def total_steps(num_examples, batch_size, train_epochs, train_steps=None):
-    """Optimisation steps of a run (see :func:`step_counts`)."""
-    return step_counts(num_examples, batch_size, train_epochs, train_steps).total_steps
 
 
 @keras.saving.register_keras_serializable(package="simclr_tf")
@@ -250,22 +269,18 @@ def build_optimizer(name, learning_rate, momentum=0.9, weight_decay=0.0):
 PROBE_MOMENTUM = 0.9
 
 
-def build_probe_optimizer(learning_rate, total_steps):
+def build_probe_optimizer(learning_rate, total_steps=None):
     """The optimizer of pretraining's linear probe when it has its own.
 
-    SGD with momentum 0.9 and ``learning_rate`` decayed by a cosine to 0 over
-    ``total_steps``, no warmup and no weight decay: the online classifier of
-    solo-learn and lightly. The probe reads ``stop_gradient(h)``, which moves
-    while the encoder learns; under the pretraining optimizer (LARS with a
-    learning rate of order 1 and its trust ratio, the official code's choice)
-    it trails the frozen-feature evaluation by many points at short lengths
-    (21.7% vs 28.7% on the demo), because that learning rate suits the
-    encoder, not a linear classifier.
-
-    Args:
-        learning_rate: the probe's initial learning rate (> 0).
-        total_steps: steps of the run (the cosine's length).
+    SGD with momentum 0.9, no weight decay, the learning rate decayed by a
+    cosine to 0 over ``total_steps`` (constant when None, e.g. under ``fit``):
+    the online classifier of solo-learn and lightly. The pretraining
+    optimizer's learning rate suits the encoder, not a linear classifier on a
+    moving h (BENCHMARKS.md, "The online probe").
     """
+    if total_steps is None:
+        return keras.optimizers.SGD(float(learning_rate), momentum=PROBE_MOMENTUM,
+                                    name="probe_sgd")
     schedule = keras.optimizers.schedules.CosineDecay(float(learning_rate),
                                                       max(int(total_steps), 1))
     return keras.optimizers.SGD(schedule, momentum=PROBE_MOMENTUM, name="probe_sgd")

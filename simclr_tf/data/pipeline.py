@@ -1,67 +1,28 @@
-"""``tf.data`` input pipelines for SimCLR pretraining, fine-tuning and evaluation.
+"""``tf.data`` input pipelines: pretraining views, fine-tuning and evaluation batches.
 
-Three builders, all returning ``(dataset, info)`` with ``info`` the
-:class:`~simclr_tf.data.datasets.DatasetInfo` of the split:
+Builders take the config sections whole (``cfg.data``, ``cfg.augment``) and a
+:class:`Shard` (this pipeline's part of the global batch and where the run
+resumes), and return ``(dataset, info)``:
 
-* :func:`build_train_dataset`: endless batches of ``(images, labels)`` where
-  ``images`` is float32 ``[B, S, S, 6]`` = two independently augmented SimCLR
-  views of each image concatenated on the channel axis (view 1 is
-  ``images[..., :3]``, view 2 ``images[..., 3:]``), labels int32 ``[B]``
-  (-1 for unlabelled splits). Augmentation: :func:`simclr_tf.data.augment.preprocess_for_train`
-  (Chen et al. 2020, arXiv:2002.05709, appendix A), or per-view lists of
-  augmentation names (:func:`simclr_tf.data.augment.augment_view`), optionally
-  after a shared stage drawn once per image for both views (the paper's
-  Figure 5 protocol: one random crop shared by both branches).
-* :func:`build_finetune_dataset`: endless batches of one view per image,
-  ``[B, S, S, 3]``, with random resized crop and flip only (no colour
-  distortion, no blur), as SimCLR fine-tunes (arXiv:2006.10029).
-* :func:`build_eval_dataset`: one pass in file order, deterministic
-  :func:`~simclr_tf.data.augment.preprocess_for_eval`, the last partial batch
-  kept.
+* :func:`build_train_dataset`: endless ``(views, labels)``, ``views`` a dict
+  of float32 ``[B, S, S, 3]`` in [0, 1]: ``view1``, ``view2`` (two augmented
+  views of each image) and, with ``clean_view``, ``clean`` (the image as
+  evaluation sees it); labels int32 ``[B]``, -1 where unknown;
+* :func:`build_finetune_dataset`: endless ``(images, labels)``, one crop+flip
+  view per image, as SimCLR fine-tunes (arXiv:2006.10029);
+* :func:`build_eval_dataset`: one pass in file order, the last partial batch kept.
 
-Reproducibility and resumption (training and fine-tuning)
----------------------------------------------------------
-The stream is a sequence of epochs ``start_epoch, start_epoch + 1, ...``. Epoch
-``e`` shuffles the (sharded) examples with a seed derived from ``(seed, e)``
-only (TF's global seed does not enter), keeps the first
-``steps_per_epoch(N, batch_size * num_shards) * batch_size`` of them, and
-augments example ``i`` (its index in the split) with the stateless seed
-derived from ``(seed, e, i)``. Hence:
-
-* the same arguments give bit-identical batches, run after run;
-* every epoch has exactly ``steps_per_epoch`` batches on every shard, so all
-  workers stay in step and a run restarted with ``start_epoch=e`` (e.g.
-  ``global_step // steps_per_epoch`` after restoring a checkpoint at an epoch
-  boundary) sees exactly the batches an uninterrupted run sees from epoch
-  ``e`` on;
-* a checkpoint inside an epoch resumes with ``start_epoch = step // steps``
-  and ``skip_batches = step % steps``: the skipped examples are dropped
-  before decoding and augmentation, so skipping costs almost nothing.
-
-Order of operations: records -> enumerate -> shard -> [decode -> cache] ->
-per-epoch shuffle -> take -> [decode] -> augment (parallel) -> batch
-(drop_remainder) -> prefetch. Shuffling happens on cheap records (file paths,
-encoded bytes) when ``cache=False``, and on decoded images when
-``cache=True`` (the cache holds decoded, un-augmented images).
-
-The shuffle buffer covers the whole shard when that is cheap: offline data,
-image folders without ``cache`` (records are file paths), and splits whose
-images have one known size and total at most 512 MiB of pixels (CIFAR-10/100,
-STL-10 train). Otherwise (ImageNet, STL-10 unlabelled) it defaults to
-``max(10 * batch_size, 10_000)`` examples, on top of the example order TFDS
-fixed when it prepared the data; ``shuffle_buffer`` overrides it.
-
-Example:
-    >>> from simclr_tf import optimizers
-    >>> from simclr_tf.data import pipeline
-    >>> ds, info = pipeline.build_train_dataset(
-    ...     "offline_shapes", "train", batch_size=256, image_size=32, seed=0)
-    >>> images, labels = next(iter(ds))
-    >>> images.shape, labels.shape
-    (TensorShape([256, 32, 32, 6]), TensorShape([256]))
-    >>> optimizers.steps_per_epoch(info.num_examples, 256)
-    39
+Reproducibility: epoch ``e`` shuffles with a seed from ``(seed, e)`` only and
+augments example ``i`` with the stateless key ``(seed, e, i)``, and every
+epoch has exactly ``steps_per_epoch`` batches on every shard. So the same
+arguments give the same batches, and a run resumed at step ``t`` (``start_epoch
+= t // steps``, ``skip_batches = t % steps``; skipped examples are dropped
+before decoding) sees the batches an uninterrupted run sees. The shuffle
+buffer covers the whole shard when its records are cheap (paths, small
+images), else ``max(10 * batch_size, 10_000)`` examples.
 """
+
+import dataclasses
 
 import tensorflow as tf
 
@@ -117,16 +78,17 @@ def _default_shuffle_buffer(source, shard_n, batch_size, decoded):
     return min(shard_n, max(10 * batch_size, _LARGE_IMAGE_SHUFFLE_MIN))
 
 
-def _build_stream(name, split, batch_size, view_fn, *, data_dir, seed, start_epoch, cache,
-                  num_shards, shard_index, shuffle_buffer, skip_batches=0,
-                  label_subset=None, keep_unlabeled=False):
-    """Shared body of the endless, epoch-structured training streams.
+def _build_stream(data, shard, view_fn, *, shuffle_buffer, label_subset, keep_unlabeled):
+    """The endless, epoch-structured training stream of ``data.train_split``.
 
     ``view_fn(image, key)`` maps a decoded uint8 image and the example's
-    stateless key ``[2]`` to the float32 training input. ``label_subset``
-    (a :class:`simclr_tf.data.subsets.LabelSubset`) keeps only its examples,
-    or with ``keep_unlabeled`` relabels the others -1.
+    stateless key ``[2]`` to the training input.
     """
+    if isinstance(shard, int):
+        shard = Shard(shard)
+    name, split, seed, data_dir = data.dataset, data.train_split, data.seed, data.data_dir
+    batch_size, num_shards, shard_index = shard.batch_size, shard.num_shards, shard.shard_index
+    start_epoch, skip_batches = shard.start_epoch, shard.skip_batches
     _check_shards(num_shards, shard_index)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
@@ -154,7 +116,7 @@ def _build_stream(name, split, batch_size, view_fn, *, data_dir, seed, start_epo
     if num_shards > 1:
         records = records.shard(num_shards, shard_index)
     decode = source.decode
-    if cache:
+    if data.cache_dataset:
         records = records.map(lambda i, r: (i, decode(r)),
                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).cache()
         decoded = True
@@ -193,96 +155,56 @@ def _build_stream(name, split, batch_size, view_fn, *, data_dir, seed, start_epo
     return ds.with_options(_options(num_shards)), info
 
 
-def build_train_dataset(
-    name,
-    split,
-    batch_size,
-    image_size,
-    *,
-    data_dir=None,
-    seed=0,
-    start_epoch=0,
-    skip_batches=0,
-    color_jitter_strength=None,
-    use_blur=None,
-    color_jitter_impl="v2",
-    cache=False,
-    num_shards=1,
-    shard_index=0,
-    shuffle_buffer=None,
-    label_subset=None,
-    view1_augmentations=None,
-    view2_augmentations=None,
-    shared_augmentations=None,
-    clean_view=False,
-):
-    """Endless SimCLR pretraining batches of two augmented views per image.
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """One input pipeline's place in a run.
 
     Args:
-        name: dataset name (see :func:`simclr_tf.data.datasets.load`).
-        split: split string, e.g. ``"train"`` or ``"train[:10%]"``.
-        batch_size: examples per batch emitted by this dataset (per input
-            pipeline; the caller splits the global batch over workers).
-        image_size: side of the square views.
-        data_dir: TFDS data dir or image-folder root.
-        seed: data seed; with ``start_epoch`` it fixes the whole stream.
-        start_epoch: first epoch of the stream (to resume a run).
-        skip_batches: batches of the first epoch to skip (to resume inside an
-            epoch); the stream then continues exactly as an uninterrupted one.
-        color_jitter_strength: colour distortion strength ``s``; None uses
-            :func:`simclr_tf.data.augment.preset` (0.5 at <= 32 px, else 1.0).
-        use_blur: Gaussian blur on/off; None uses the preset (off at <= 32 px).
-        color_jitter_impl: ``"v2"`` or ``"v1"`` (see ``augment.color_jitter``).
-        cache: cache the decoded images in memory (before augmentation).
-        num_shards: number of input pipelines (workers) sharing the split.
-        shard_index: this pipeline's shard, in ``[0, num_shards)``.
-        shuffle_buffer: override the shuffle buffer size (see module doc).
-        label_subset: a :class:`simclr_tf.data.subsets.LabelSubset`: examples
-            outside it keep their images but get label -1 (the linear probe
-            then learns from the subset's labels only). None: all labels.
-        view1_augmentations, view2_augmentations: ordered augmentation names
-            of each view (see :func:`simclr_tf.data.augment.augment_view`;
-            ``()`` = resize only); None: the SimCLR pipeline (crop, flip,
-            color, and blur when ``use_blur``).
-        shared_augmentations: ordered names applied once per image before
-            the views, with one random draw shared by both views (its own
-            sub-seed of the example's key); the view pipelines then start
-            from its ``image_size`` output. None or ``()``: none, the views
-            start from the decoded image (the stream is then bit-identical to
-            one built without this argument). The paper's Figure 5 protocol
-            is ``shared_augmentations=("crop",)``, ``view2_augmentations=()``.
-        clean_view: also emit each image as evaluation sees it
-            (:func:`simclr_tf.data.augment.preprocess_for_eval`), as channels
-            6:9, for the linear probe's ``probe_view=clean``. It draws no
-            random numbers, so the two views stay bit-identical.
+        batch_size: examples per batch of this pipeline (its share of the
+            global batch).
+        num_shards, shard_index: the pipelines sharing the split, and this one.
+        start_epoch, skip_batches: where the stream starts (to resume a run).
+    """
+
+    batch_size: int
+    num_shards: int = 1
+    shard_index: int = 0
+    start_epoch: int = 0
+    skip_batches: int = 0
+
+
+def build_train_dataset(data, augment_cfg, shard, *, label_subset=None, clean_view=False,
+                        shuffle_buffer=None):
+    """Endless SimCLR pretraining batches: two augmented views per image.
+
+    Args:
+        data: a ``simclr_tf.config.DataConfig`` (``cfg.data``): dataset,
+            ``train_split``, ``image_size``, ``data_dir``, ``seed``, ``cache_dataset``.
+        augment_cfg: a ``simclr_tf.config.AugmentConfig`` (``cfg.augment``): the
+            op names of each view (:func:`simclr_tf.data.augment.augment_view`),
+            the ``shared`` ops drawn once per image before both views (the
+            paper's Figure 5 protocol), the colour settings.
+        shard: a :class:`Shard` (or an int batch size: one pipeline from epoch 0).
+        label_subset: a :class:`simclr_tf.data.subsets.LabelSubset`: other
+            examples keep their images with label -1. None: all labels.
+        clean_view: also emit ``clean``, each image through
+            :func:`simclr_tf.data.augment.preprocess_for_eval` (no random
+            draws, so the two views are unchanged by it).
+        shuffle_buffer: overrides the shuffle buffer size.
 
     Returns:
-        ``(ds, info)``: ``ds`` yields ``(images float32 [batch_size, S, S, 6]
-        in [0, 1], labels int32 [batch_size])``, forever (``[..., 9]`` with
-        ``clean_view``); each epoch has
-        ``steps_per_epoch(info.num_examples, batch_size * num_shards)``
-        batches.
-
-    Raises:
-        ValueError: when ``batch_size * num_shards`` exceeds the number of
-            examples, or on bad shard arguments / dataset names.
+        ``(ds, info)``; ``ds`` yields ``({"view1", "view2"[, "clean"]}, labels)``
+        forever, ``steps_per_epoch(info.num_examples, batch_size * num_shards)``
+        batches an epoch.
 
     Example:
-        >>> ds, info = build_train_dataset("offline_shapes", "train", 128, 32)
-        >>> images, labels = next(iter(ds))
-        >>> view1, view2 = images[..., :3], images[..., 3:]
+        >>> cfg = simclr_tf.Config(image_size=32)
+        >>> ds, info = build_train_dataset(cfg.data, cfg.augment, 128)
+        >>> views, labels = next(iter(ds))
+        >>> views["view1"].shape
+        TensorShape([128, 32, 32, 3])
     """
-    defaults = augment.preset(image_size)
-    if color_jitter_strength is None:
-        color_jitter_strength = defaults["color_jitter_strength"]
-    if use_blur is None:
-        use_blur = defaults["use_blur"]
-    image_size = int(image_size)
-
-    default = augment.default_augmentations(use_blur)
-    views = [default if v is None else augment.parse_augmentations(v)
-             for v in (view1_augmentations, view2_augmentations)]
-
+    image_size = int(data.image_size)
     # One traced function per distinct pipeline (tracing the augmentation is
     # the slow part of building the pipeline): a single one for symmetric views.
     def make_view_fn(names):
@@ -290,15 +212,13 @@ def build_train_dataset(
         def one_view(image, key):
             return augment.augment_view(
                 image, key, image_size, names,
-                color_jitter_strength=color_jitter_strength,
-                color_jitter_impl=color_jitter_impl,
-            )
+                color_jitter_strength=augment_cfg.color_jitter_strength,
+                color_jitter_impl=augment_cfg.color_jitter_impl)
         return one_view
 
-    view_fns = {names: make_view_fn(names) for names in views}
-    first, second = view_fns[views[0]], view_fns[views[1]]
-    shared = augment.parse_augmentations(shared_augmentations or ())
-    shared_fn = make_view_fn(shared) if shared else None
+    view_fns = {names: make_view_fn(names) for names in (augment_cfg.view1, augment_cfg.view2)}
+    first, second = view_fns[augment_cfg.view1], view_fns[augment_cfg.view2]
+    shared_fn = make_view_fn(augment_cfg.shared) if augment_cfg.shared else None
 
     def two_views(image, key):
         k1, k2 = tf.unstack(tf.random.experimental.stateless_split(key, 2))
@@ -306,70 +226,34 @@ def build_train_dataset(
         if shared_fn is not None:  # one draw for the image, before both views
             shared_image = shared_fn(image, tf.random.experimental.stateless_fold_in(
                 key, _SHARED_SEED_SLOT))
-        views = [first(shared_image, k1), second(shared_image, k2)]
+        views = {"view1": first(shared_image, k1), "view2": second(shared_image, k2)}
         if clean_view:
-            views.append(augment.preprocess_for_eval(image, image_size))
-        return tf.concat(views, axis=-1)
+            views["clean"] = augment.preprocess_for_eval(image, image_size)
+        return views
 
-    return _build_stream(
-        name, split, batch_size, two_views, data_dir=data_dir, seed=seed,
-        start_epoch=start_epoch, skip_batches=skip_batches, cache=cache, num_shards=num_shards,
-        shard_index=shard_index, shuffle_buffer=shuffle_buffer, label_subset=label_subset,
-        keep_unlabeled=True)
+    return _build_stream(data, shard, two_views, shuffle_buffer=shuffle_buffer,
+                         label_subset=label_subset, keep_unlabeled=True)
 
 
-def build_finetune_dataset(
-    name,
-    split,
-    batch_size,
-    image_size,
-    *,
-    data_dir=None,
-    seed=0,
-    start_epoch=0,
-    skip_batches=0,
-    cache=False,
-    num_shards=1,
-    shard_index=0,
-    shuffle_buffer=None,
-    label_subset=None,
-    keep_unlabeled=False,
-):
-    """Endless supervised fine-tuning batches: one crop+flip view per image.
+def build_finetune_dataset(data, shard, *, label_subset=None, keep_unlabeled=False,
+                           shuffle_buffer=None):
+    """Endless fine-tuning batches ``(images [B, S, S, 3], labels)``: one crop+flip view per image.
 
-    SimCLR fine-tunes (and trains supervised baselines) with random resized
-    crop and horizontal flip only, without colour distortion or blur
-    (arXiv:2002.05709 appendix B.6, arXiv:2006.10029). Shuffling, seeding,
-    resumption and sharding work as in :func:`build_train_dataset`.
-
-    Args:
-        name, split, batch_size, image_size, data_dir, seed, start_epoch,
-        skip_batches, cache, num_shards, shard_index, shuffle_buffer: as in
-            :func:`build_train_dataset`.
-        label_subset: a :class:`simclr_tf.data.subsets.LabelSubset` (the
-            labelled examples of a semi-supervised run) or None (all).
-        keep_unlabeled: False (fine-tuning) streams only the subset; True
-            (distillation) streams every example, with label -1 outside it.
-
-    Returns:
-        ``(ds, info)``: ``ds`` yields ``(images float32 [batch_size, S, S, 3]
-        in [0, 1], labels int32 [batch_size])`` forever.
-
-    Example:
-        >>> ds, info = build_finetune_dataset("offline_shapes", "train", 64, 32)
+    SimCLR fine-tunes with random resized crop and flip only, no colour
+    distortion or blur (arXiv:2002.05709 appendix B.6). ``data``, ``shard``
+    and ``shuffle_buffer`` as in :func:`build_train_dataset`; ``label_subset``
+    keeps only its examples, or with ``keep_unlabeled`` (distillation) all of
+    them, labelled -1 outside it.
     """
-    image_size = int(image_size)
+    image_size = int(data.image_size)
 
     def one_view(image, key):
         return augment.preprocess_for_train(
             image, key, image_size, use_blur=False, crop=True, flip=True,
             color_distort=False)
 
-    return _build_stream(
-        name, split, batch_size, one_view, data_dir=data_dir, seed=seed,
-        start_epoch=start_epoch, skip_batches=skip_batches, cache=cache, num_shards=num_shards,
-        shard_index=shard_index, shuffle_buffer=shuffle_buffer, label_subset=label_subset,
-        keep_unlabeled=keep_unlabeled)
+    return _build_stream(data, shard, one_view, shuffle_buffer=shuffle_buffer,
+                         label_subset=label_subset, keep_unlabeled=keep_unlabeled)
 
 
 def build_eval_dataset(

@@ -13,16 +13,16 @@ def grid(views, scale=1):
     """uint8 [rows * (S*scale + GAP), 2 * S*scale + GAP, 3] of ``views``' pairs.
 
     Args:
-        views: float [N, S, S, 6] in [0, 1], two views on the channel axis (a
-            pretraining batch); row i shows view 1 | view 2 of image i. A
-            third (clean) view in channels 6:9 (``probe_view=clean``) is not shown.
+        views: a pretraining batch's views, ``{"view1", "view2"}`` float
+            [N, S, S, 3] in [0, 1]; row i shows view 1 | view 2 of image i
+            (a ``clean`` view is not shown).
         scale: integer upscaling (nearest neighbour), so 32 px views can be seen.
     """
-    views = tf.convert_to_tensor(views, tf.float32)
-    size = int(views.shape[1]) * int(scale)
-    first, second = views[..., :3], views[..., 3:6]
+    first = tf.convert_to_tensor(views["view1"], tf.float32)
+    second = tf.convert_to_tensor(views["view2"], tf.float32)
+    size = int(first.shape[1]) * int(scale)
     resize = lambda x: tf.image.resize(x, [size, size], method="nearest")  # noqa: E731
-    white = tf.ones([tf.shape(views)[0], size, GAP, 3])
+    white = tf.ones([tf.shape(first)[0], size, GAP, 3])
     rows = tf.concat([resize(first), white, resize(second)], axis=2)
     rows = tf.pad(rows, [[0, 0], [0, GAP], [0, 0], [0, 0]], constant_values=1.0)
     picture = tf.reshape(rows, [-1, 2 * size + GAP, 3])[:-GAP]
@@ -32,6 +32,5 @@ def grid(views, scale=1):
 
 def pairs_dataset(task, cfg, num_pairs):
     """The first ``num_pairs`` images of ``task``'s training stream of ``cfg``, as one batch."""
-    ds, _ = task.train_dataset(cfg.data, cfg.augment, num_pairs, None, data_dir=cfg.data_dir,
-                               seed=cfg.seed)
+    ds, _ = task.build_inputs(cfg.data, cfg.augment, num_pairs)
     return ds

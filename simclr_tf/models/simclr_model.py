@@ -1,15 +1,12 @@
-"""The SimCLR Keras model: encoder + projection head + supervised head.
-
-Only the network and its forward pass live here. The training objectives
-(contrastive pretraining, fine-tuning, distillation) are
-:mod:`simclr_tf.tasks`, and the training step with its non-finite policy is
-:mod:`simclr_tf.runtime.steps`.
-"""
+"""The SimCLR network and its one forward pass (what the objectives read)."""
 
 import keras
 import tensorflow as tf
 
 from simclr_tf.models import heads, resnet
+
+#: The named views of a pretraining batch (``clean`` only with ``probe_view=clean``).
+VIEWS = ("view1", "view2", "clean")
 
 _SERIALIZE = keras.saving.serialize_keras_object
 _DESERIALIZE = keras.saving.deserialize_keras_object
@@ -19,15 +16,18 @@ _DESERIALIZE = keras.saving.deserialize_keras_object
 class SimCLRModel(keras.Model):
     """SimCLR's network: encoder f, projection head g and a supervised head.
 
-    ``call(images)`` maps images ``[B, H, W, 3]`` in [0, 1] to a dict of
-    named outputs: ``final_avg_pool`` (the representation h = f(x)),
-    ``proj_head_output`` (z = g(h)), ``proj_head_hidden_<i>`` for each
-    projection layer i >= 1 and, with a supervised head, ``logits_sup``. The
-    supervised head reads projection layer ``ft_proj_selector`` (0 = h); in
-    pretraining it is the linear probe and reads ``stop_gradient(h)``, so it
-    never changes the encoder. A pretraining batch ``[B, H, W, 6]`` (two
-    views on the channel axis) gives the outputs of its 2B views, view 1
-    first, so BN statistics cover both views as in the paper.
+    ``call(inputs)`` takes either images ``[B, H, W, 3]`` in [0, 1] or a dict
+    of named views of the same B images: ``view1``, ``view2`` and optionally
+    ``clean`` (a pretraining batch). It returns a dict: ``final_avg_pool``
+    (the representation h = f(x)), ``proj_head_output`` (z = g(h)),
+    ``proj_head_hidden_<i>`` for each projection layer i >= 1 and, with a
+    supervised head, ``logits_sup``. For views, h and z have 2B rows (view 1
+    first): both views go through the encoder as one batch, so BN statistics
+    cover both, as in the paper. The supervised head reads projection layer
+    ``ft_proj_selector`` (0 = h); as pretraining's linear probe (``probe``)
+    it reads ``stop_gradient(h)`` instead, so it never changes the encoder,
+    and with a ``clean`` view it classifies that view (B rows) through the
+    encoder in inference mode, as the frozen-feature evaluation sees it.
 
     ``fine_tune_after_block`` freezes the stem and block groups up to that
     index (-1: nothing); frozen layers run in inference mode, so their BN
@@ -43,20 +43,24 @@ class SimCLRModel(keras.Model):
             outside pretraining.
         fine_tune_after_block: -1 trains the whole encoder; 0..4 freezes the
             stem and block groups up to that index.
-        probe: True when the supervised head is the pretraining probe (it
-            then reads ``stop_gradient(h)``).
+        probe: True when the supervised head is pretraining's linear probe
+            (it then reads ``stop_gradient(h)``, or of the clean view).
 
     Example:
 
     ```python
     from simclr_tf import SimCLRModel
     from simclr_tf.models import heads, resnet
+
+#: The named views of a pretraining batch (``clean`` only with ``probe_view=clean``).
+VIEWS = ("view1", "view2", "clean")
     model = SimCLRModel(
         resnet.ResNet(18, width_multiplier=0.25, cifar_stem=True),
         heads.ProjectionHead("nonlinear", proj_out_dim=64, num_proj_layers=2),
         heads.SupervisedHead(10))
     outputs = model(images)            # images [B, 32, 32, 3] in [0, 1]
     h = outputs["final_avg_pool"]
+    outputs = model({"view1": x1, "view2": x2})  # a pretraining batch: 2B rows
     ```
 
     Train it with a task (:mod:`simclr_tf.tasks`) and the loop of
@@ -80,23 +84,31 @@ class SimCLRModel(keras.Model):
         if fine_tune_after_block >= 0:
             self.encoder.freeze(fine_tune_after_block)
 
-    def call(self, images, training=False):
-        images = views_to_batch(images)
+    def call(self, inputs, training=False):
+        clean = None
+        if isinstance(inputs, dict):
+            unknown = set(inputs) - set(VIEWS)
+            if unknown or not {"view1", "view2"} <= set(inputs):
+                raise ValueError(f"SimCLRModel takes images or a dict of views {VIEWS} "
+                                 f"(view1 and view2 required), got keys {sorted(inputs)}.")
+            clean = inputs.get("clean")
+            images = tf.concat([inputs["view1"], inputs["view2"]], axis=0)
+        else:
+            images = inputs
         h = self.encoder(images, training=training)
         z, hiddens = self.projection_head(h, training=training)
         outputs = {"final_avg_pool": h, "proj_head_output": z}
         for i, hidden in enumerate(hiddens[1:], start=1):
             outputs[f"proj_head_hidden_{i}"] = hidden
         if self.supervised_head is not None:
-            outputs["logits_sup"] = self.supervised_head(
-                self.supervised_features(h, hiddens), training=training)
+            if not self.probe:
+                features = hiddens[self.ft_proj_selector]
+            elif clean is None:
+                features = tf.stop_gradient(h)
+            else:  # after the training pass, so it reads this step's BN statistics
+                features = tf.stop_gradient(self.encoder(clean, training=False))
+            outputs["logits_sup"] = self.supervised_head(features, training=training)
         return outputs
-
-    def supervised_features(self, h, hiddens):
-        """What the supervised head reads: stop_gradient(h) as a probe, else a projection layer."""
-        if self.probe:
-            return tf.stop_gradient(h)
-        return hiddens[self.ft_proj_selector]
 
     def get_config(self):
         return {
@@ -132,32 +144,20 @@ class SimCLRModel(keras.Model):
         return cls(**config)
 
 
-def views_to_batch(images):
-    """[B, H, W, 6] (two views on channels) -> [2B, H, W, 3]; else unchanged."""
-    if images.shape[-1] == 6:
-        return tf.concat(tf.split(images, 2, axis=-1), axis=0)
-    return images
+def build_model(cfg, num_classes, *, probe=False, fine_tune_after_block=-1):
+    """The SimCLRModel of ``cfg.model`` (a ``simclr_tf.config.ModelConfig``).
 
+    Which head and which frozen blocks is the objective's choice: use
+    ``simclr_tf.tasks.build_model(cfg, num_classes)`` for a run's model.
+    ``num_classes`` of 0 builds no supervised head (unlabelled data). As the
+    ``probe`` the supervised head reads ``stop_gradient(h)`` through a
+    BatchNorm without scale and offset.
 
-def build_model(cfg, num_classes):
-    """Builds the SimCLRModel of a config: a ``simclr_tf.Config`` or its ``cfg.model`` section.
-
-    ``num_classes`` of 0 builds no supervised head (unlabelled data). In
-    pretraining the supervised head is the linear probe: it reads
-    ``stop_gradient(h)`` through a BatchNorm without scale and offset.
-
-    ``precision == "bfloat16"`` gives the encoder the Keras policy
-    ``mixed_bfloat16`` (bfloat16 compute, float32 variables; Keras' BN computes
-    its statistics in float32) and keeps the heads in float32, so z, the
-    logits and the losses are float32. No global policy is set.
-    ``precision == "float16"`` does the same with ``mixed_float16``; the
-    training step then scales the loss (:mod:`simclr_tf.loss_scale`).
+    With ``precision`` bfloat16 or float16 the encoder computes under the
+    Keras policy ``mixed_<precision>`` (float32 variables and BN statistics)
+    and the heads stay float32, so z, the logits and the losses are float32;
+    no global policy is set.
     """
-    cfg = getattr(cfg, "model", cfg)  # a whole Config: its model section
-    probe = cfg.train_mode == "pretrain"
-    if not probe and num_classes <= 0:
-        raise ValueError(f"train_mode={cfg.train_mode!r} needs a supervised_head (the "
-                         "dataset, or the teacher, must have labels).")
     encoder_dtype = head_dtype = None
     if cfg.precision in ("bfloat16", "float16"):
         encoder_dtype, head_dtype = f"mixed_{cfg.precision}", "float32"
@@ -178,7 +178,5 @@ def build_model(cfg, num_classes):
             name="head_supervised", dtype=head_dtype)
     return SimCLRModel(
         encoder, projection_head, supervised_head,
-        ft_proj_selector=cfg.ft_proj_selector,
-        fine_tune_after_block=(cfg.fine_tune_after_block
-                               if cfg.train_mode == "finetune" else -1),
+        ft_proj_selector=cfg.ft_proj_selector, fine_tune_after_block=fine_tune_after_block,
         probe=probe, name="simclr")

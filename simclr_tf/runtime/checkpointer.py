@@ -12,8 +12,10 @@ from simclr_tf.errors import RunError, short_tf_error
 # network stays within ~10): such weights are never checkpointed, because the
 # next step would turn them non-finite.
 MAX_WEIGHT = 1e6
-# Checkpoint keys of the linear probe's own optimizer and the float16 loss scale.
-_PROBE_OPTIMIZER = "probe_optimizer"
+# Checkpoint keys of the optimizers a task adds for weights of their own (the
+# first one is pretraining's probe, and keeps the key 0.2 wrote) and of the
+# float16 loss scale.
+_OWN_OPTIMIZER_KEYS = ("probe_optimizer",)
 _LOSS_SCALE = "loss_scale"
 # What --checkpoint loads into a new run: the backbone, not the heads.
 _PRETRAINED_PARTS = ("encoder", "projection_head")
@@ -62,8 +64,8 @@ class Checkpointer:
 
     A checkpoint holds the model (every weight, BN moving statistics included,
     also under ``weights/<variable path>``), the optimizer (its slots and
-    step counter) and, when the linear probe has its own, the probe's
-    optimizer and, in float16, the loss scale. :meth:`resume` restores the
+    step counter), the optimizers a task adds for weights of their own (the
+    probe's) and, in float16, the loss scale. :meth:`resume` restores the
     newest *readable* checkpoint, falling back to older ones with a warning
     when the newest is corrupt or truncated; it is the one implementation of
     that fallback, used by training, ``--mode=eval`` and ``--mode=export``.
@@ -78,26 +80,29 @@ class Checkpointer:
         run_dir: a :class:`simclr_tf.runtime.run_dir.RunDir`.
         keep_max: checkpoints kept.
         task_id: None on the chief; the worker's task id otherwise.
-        probe_optimizer: the linear probe's own optimizer (built), or None.
+        own_optimizers: the task's optimizers beyond the run's (built), at most one.
         loss_scale: the float16 :class:`~simclr_tf.loss_scale.DynamicLossScale`, or None.
     """
 
     def __init__(self, model, optimizer, run_dir, keep_max=5, task_id=None,
-                 probe_optimizer=None, loss_scale=None):
+                 own_optimizers=(), loss_scale=None):
         self._required = {"model": model, "weights": weights_by_path(model)}
         if optimizer is not None:
             self._required["optimizer"] = optimizer
-        # Parts a checkpoint of another setting may lack: the probe's own
-        # optimizer (a run whose probe shared the pretraining optimizer: 0.2,
-        # or probe_learning_rate=0) and the float16 loss scale (a run resumed
+        # Parts a checkpoint of another setting may lack: an own optimizer (a
+        # run whose probe shared the pretraining optimizer: early 0.2, or
+        # probe_learning_rate=0) and the float16 loss scale (a run resumed
         # with another precision). See _read.
-        self._optional = {key: part for key, part in (
-            (_PROBE_OPTIMIZER, probe_optimizer), (_LOSS_SCALE, loss_scale))
-            if part is not None}
+        if len(own_optimizers) > len(_OWN_OPTIMIZER_KEYS):
+            raise ValueError(f"At most {len(_OWN_OPTIMIZER_KEYS)} own optimizer(s) can be "
+                             f"checkpointed, got {len(own_optimizers)}.")
+        self._own_keys = _OWN_OPTIMIZER_KEYS[:len(own_optimizers)]
+        self._optional = dict(zip(self._own_keys, own_optimizers))
+        if loss_scale is not None:
+            self._optional[_LOSS_SCALE] = loss_scale
         self.checkpoint = tf.train.Checkpoint(**self._required, **self._optional)
         self.model = model
         self.optimizer = optimizer
-        self.probe_optimizer = probe_optimizer
         self.directory = run_dir.checkpoints
         self.run_dir = run_dir
         self.task_id = task_id
@@ -162,10 +167,10 @@ class Checkpointer:
     def _read(self, path):
         """Restores ``path``; every object of this run must be in it but the optional parts.
 
-        A checkpoint without the probe optimizer (written while the probe
-        shared the pretraining optimizer) restores everything else; the probe
+        A checkpoint without an own optimizer (the probe's, written while the
+        probe shared the run's optimizer) restores everything else; that
         optimizer then starts with zero momentum at the checkpoint's step, so
-        its cosine continues where the run is. One without the loss scale
+        its schedule continues where the run is. One without the loss scale
         (written in float32 or bfloat16) leaves it at its initial value.
         """
         missing = [key for key in self._optional if not _has_key(path, key)]
@@ -175,8 +180,9 @@ class Checkpointer:
         present = {k: v for k, v in self._optional.items() if k not in missing}
         tf.train.Checkpoint(**self._required, **present).read(
             path).assert_existing_objects_matched()
-        if _PROBE_OPTIMIZER in missing:
-            self.probe_optimizer.iterations.assign(self.optimizer.iterations)
+        for key in missing:
+            if key in self._own_keys:
+                self._optional[key].iterations.assign(self.optimizer.iterations)
         logging.info("%s holds no %s (written with other settings): %s at its initial "
                      "state from step %d.", path, " or ".join(missing),
                      "they start" if len(missing) > 1 else "it starts", self.step)

@@ -1,6 +1,7 @@
 """Everything a run is made of, built once from its config (the setup of a run)."""
 
 import dataclasses
+import functools
 from typing import Any, Optional
 
 import keras
@@ -10,10 +11,10 @@ from absl import logging
 from simclr_tf import distribute, optimizers, tasks
 from simclr_tf.config import ConfigError
 from simclr_tf.data import datasets, pipeline, subsets
+from simclr_tf.data.pipeline import Shard
 from simclr_tf.errors import short_tf_error
 from simclr_tf.export import Teacher
 from simclr_tf.loss_scale import DynamicLossScale
-from simclr_tf.models.simclr_model import build_model
 from simclr_tf.runtime.checkpointer import Checkpointer
 from simclr_tf.runtime.run_dir import RunDir
 
@@ -35,11 +36,10 @@ class Experiment:
         steps: the run's :class:`~simclr_tf.optimizers.StepCounts`.
         model: the :class:`~simclr_tf.models.simclr_model.SimCLRModel`.
         task: the :class:`~simclr_tf.tasks.Task` of ``train_mode``.
-        schedule, optimizer: the learning-rate schedule and optimizer.
+        schedule: the run's learning-rate schedule.
+        updates: ``[(optimizer, variables)]`` of the task; the first is the run's.
         checkpointer: the :class:`~simclr_tf.runtime.checkpointer.Checkpointer`.
         jit_compile: whether the per-replica step is XLA-compiled.
-        probe_optimizer: the linear probe's own optimizer (pretraining with
-            ``probe_learning_rate > 0``), or None.
         loss_scale: the :class:`~simclr_tf.loss_scale.DynamicLossScale` of
             ``precision=float16``, or None.
     """
@@ -56,16 +56,25 @@ class Experiment:
     model: Any
     task: tasks.Task
     schedule: Any
-    optimizer: Any
+    updates: list
     checkpointer: Checkpointer
     jit_compile: bool
-    probe_optimizer: Optional[Any] = None
     loss_scale: Optional[DynamicLossScale] = None
 
     @property
+    def optimizer(self):
+        """The run's optimizer (its iterations are the global step)."""
+        return self.updates[0][0]
+
+    @property
     def step(self):
-        """The global step: the optimizer's iteration count."""
-        return int(self.optimizer.iterations.numpy())
+        return self.checkpointer.step
+
+    @property
+    def weight_decay(self):
+        """The loss's weight-decay term (:func:`simclr_tf.optimizers.weight_decay_in_loss`)."""
+        return functools.partial(optimizers.weight_decay_in_loss, self.cfg.optimizer,
+                                 self.cfg.weight_decay)
 
     @property
     def multi_worker(self):
@@ -77,24 +86,22 @@ class Experiment:
         epoch, skip = divmod(start_step, self.steps.steps_per_epoch)
 
         def make(batch, num_shards, shard_index, skip_batches):
-            return self.task.train_dataset(
-                cfg.data, cfg.augment, batch, self.label_subset, data_dir=cfg.data_dir,
-                seed=cfg.seed, start_epoch=epoch, skip_batches=skip_batches,
-                cache=cfg.cache_dataset, num_shards=num_shards, shard_index=shard_index)
+            shard = Shard(batch, num_shards, shard_index, epoch, skip_batches)
+            return self.task.build_inputs(cfg.data, cfg.augment, shard, self.label_subset)
 
         return distribute.distribute_dataset(self.strategy, make, cfg.train_batch_size,
                                              skip_steps=skip)
 
     def eval_dataset(self):
-        cfg = self.cfg
+        data = self.cfg.data
 
         def make(batch, num_shards, shard_index, _):
             return pipeline.build_eval_dataset(
-                cfg.dataset, cfg.eval_split, batch, cfg.image_size,
-                data_dir=cfg.data_dir, cache=cfg.cache_dataset,
+                data.dataset, data.eval_split, batch, data.image_size,
+                data_dir=data.data_dir, cache=data.cache_dataset,
                 num_shards=num_shards, shard_index=shard_index)
 
-        return distribute.distribute_dataset(self.strategy, make, cfg.eval_batch_size)
+        return distribute.distribute_dataset(self.strategy, make, data.eval_batch_size)
 
 
 def _check_batches_split(cfg, num_replicas):
@@ -167,14 +174,11 @@ def _num_classes(cfg, split_classes):
     return cfg.num_classes
 
 
-def build_optimizer(cfg, num_examples):
-    """``(schedule, optimizer)`` of ``cfg`` for a split of ``num_examples`` (not built)."""
-    schedule = optimizers.WarmUpAndCosine(
+def build_schedule(cfg, num_examples):
+    """The run's learning-rate schedule for a split of ``num_examples``."""
+    return optimizers.WarmUpAndCosine(
         cfg.learning_rate, num_examples, cfg.train_batch_size, cfg.train_epochs,
         cfg.warmup_epochs, cfg.learning_rate_scaling, train_steps=cfg.train_steps or None)
-    return schedule, optimizers.build_optimizer(cfg.optimizer, schedule,
-                                                momentum=cfg.momentum,
-                                                weight_decay=cfg.weight_decay)
 
 
 def build(cfg, strategy=None):
@@ -214,19 +218,12 @@ def build(cfg, strategy=None):
                                    cfg.train_epochs, cfg.train_steps, cfg.warmup_epochs)
 
     task = tasks.build_task(cfg.train_mode, cfg.loss, teacher)
-    probe_optimizer = loss_scale = None
+    loss_scale = None
     with strategy.scope():
-        model = build_model(cfg.model, num_classes)
-        schedule, optimizer = build_optimizer(cfg, train_info.num_examples)
+        model = task.build_model(cfg.model, num_classes)
+        schedule = build_schedule(cfg, train_info.num_examples)
         model(tf.zeros([1, cfg.image_size, cfg.image_size, 3]))
-        # Built over every weight, the probe's included: checkpoints keep one
-        # layout whichever optimizer trains the probe.
-        optimizer.build(model.trainable_variables)
-        probe = task.probe_variables(model)
-        if probe:
-            probe_optimizer = optimizers.build_probe_optimizer(cfg.probe_learning_rate,
-                                                               steps.total_steps)
-            probe_optimizer.build(probe)
+        updates = task.build_optimizers(model, cfg.optim, schedule, steps.total_steps)
         if cfg.precision == "float16":
             loss_scale = DynamicLossScale()
     run_dir = RunDir(cfg.model_dir)
@@ -235,9 +232,9 @@ def build(cfg, strategy=None):
         cfg=cfg, strategy=strategy, is_chief=is_chief, run_dir=run_dir,
         train_info=train_info, num_classes=num_classes, label_subset=label_subset,
         num_labeled_examples=num_labelled, steps=steps, model=model, task=task,
-        schedule=schedule, optimizer=optimizer,
-        checkpointer=Checkpointer(model, optimizer, run_dir, cfg.keep_checkpoint_max,
-                                  task_id, probe_optimizer=probe_optimizer,
+        schedule=schedule, updates=updates,
+        checkpointer=Checkpointer(model, updates[0][0], run_dir, cfg.keep_checkpoint_max,
+                                  task_id, own_optimizers=[o for o, _ in updates[1:]],
                                   loss_scale=loss_scale),
         jit_compile=distribute.resolve_jit_compile(cfg.jit_compile, strategy),
-        probe_optimizer=probe_optimizer, loss_scale=loss_scale)
+        loss_scale=loss_scale)

@@ -79,8 +79,8 @@ def _train(exp, sigterm):
     nonfinite_step = None
     if policy == "stop" and not distribute.is_tpu(exp.strategy):
         nonfinite_step = tf.Variable(0, dtype=tf.int64, trainable=False)
-    step_fn = steps_lib.make_train_step(model, exp.task, exp.optimizer, metrics, policy,
-                                        exp.probe_optimizer, exp.loss_scale)
+    step_fn = steps_lib.make_train_step(model, exp.task, exp.updates, metrics, policy,
+                                        exp.loss_scale, exp.weight_decay)
     train_steps = steps_lib.make_train_steps(step_fn, exp.strategy, exp.optimizer,
                                              exp.jit_compile, nonfinite_step)
     iterator = iter(exp.train_dataset(start))

@@ -47,7 +47,7 @@ class TrainReport:
                 tf.summary.scalar(name, value)
             if self.views is not None:
                 views = next(self.views)[0]
-                scale = max(1, 96 // int(views.shape[1]))
+                scale = max(1, 96 // int(views["view1"].shape[1]))
                 tf.summary.image("augmented_views", view_grid.grid(views, scale)[None])
         if self.train_log is not None:
             self.train_log.write(step, logs)

@@ -8,8 +8,7 @@ step metrics; the non-finite policy lives here, not in the model.
 import keras
 import tensorflow as tf
 
-
-NONFINITE_POLICIES = ("stop", "skip")
+from simclr_tf.config import NONFINITE_POLICIES
 
 
 def step_policy(nonfinite_policy, loss_scale=None):
@@ -37,31 +36,54 @@ def _bn_state(model):
             if v.name in ("moving_mean", "moving_variance")]
 
 
-def make_train_step(model, task, optimizer, metrics, nonfinite_policy="stop",
-                    probe_optimizer=None, loss_scale=None):
+def no_weight_decay(variables):
+    zero = tf.constant(0.0)
+    return zero, zero
+
+
+def compute_loss(model, task, batch, weight_decay=no_weight_decay, variables=None,
+                 training=True):
+    """``(loss, metrics)`` of ``task`` on ``batch``: the one forward pass of a step.
+
+    ``model(inputs)`` once, then the task's objective on its outputs, plus the
+    weight-decay term ``weight_decay(variables)`` returns (see
+    :func:`simclr_tf.optimizers.weight_decay_in_loss`); the whole penalty is
+    reported as ``weight_decay``.
+    """
+    inputs, labels = batch
+    batch = (inputs, tf.cast(labels, tf.int32))
+    objective, results = task.compute_loss(model(inputs, training=training), batch)
+    term, penalty = weight_decay(model.trainable_variables if variables is None else variables)
+    results["weight_decay"] = penalty
+    results["loss"] = total = objective + term
+    return total, results
+
+
+def make_train_step(model, task, updates, metrics, nonfinite_policy="stop", loss_scale=None,
+                    weight_decay=no_weight_decay):
     """Returns ``train_step(batch) -> {metric: value}`` for ``strategy.run``.
 
-    Each replica computes ``task.compute_loss`` (the mean over its examples),
-    divides it by the number of replicas (the optimizer sums the replicas'
+    Each replica computes :func:`compute_loss` (the mean over its examples),
+    divides it by the number of replicas (the optimizers sum the replicas'
     gradients, so the update follows the global-batch mean) and applies the
-    gradients; weights without a gradient (the probe when it is off,
-    projection layers above ``ft_proj_selector``) are left out.
+    gradients; weights without a gradient are left out.
 
-    ``probe_optimizer``: when given, it updates ``task.probe_variables(model)``
-    (the linear probe) and ``optimizer`` the rest; the task must name such
-    weights (ValueError otherwise, and for weights without an optimizer).
+    ``updates``: ``[(optimizer, variables)]`` (``task.build_optimizers``):
+    each optimizer applies the gradients of its variables; ``weight_decay``
+    (a function of the first optimizer's variables, e.g.
+    ``functools.partial(optimizers.weight_decay_in_loss, "lars", 1e-6)``)
+    gives the loss's decay term.
 
     ``loss_scale``: a :class:`simclr_tf.loss_scale.DynamicLossScale` for
-    float16 training: the loss is scaled before the gradients and the
-    gradients unscaled after; an overflowing step is skipped as with
+    float16: the loss is scaled before the gradients and the gradients
+    unscaled after; an overflowing step is skipped as with
     ``nonfinite_policy="skip"`` (which it implies: ``metrics`` must come from
     ``train_metrics(names, "skip")``) and lowers the scale.
 
     ``nonfinite_policy``: ``"stop"`` applies every update (the loop checks
     the loss and stops); ``"skip"``: a step whose loss or gradients are
-    non-finite on any replica changes no weight (nor optimizer slot or BN
-    statistic), only ``optimizer.iterations`` advances, and the
-    ``skipped_steps`` metric counts it.
+    non-finite on any replica changes no weight, optimizer slot or BN
+    statistic, only the step counters advance, and ``skipped_steps`` counts it.
     """
     if nonfinite_policy not in NONFINITE_POLICIES:
         raise ValueError(f"nonfinite_policy must be 'stop' or 'skip', got "
@@ -70,13 +92,13 @@ def make_train_step(model, task, optimizer, metrics, nonfinite_policy="stop",
     if skip and "skipped_steps" not in metrics:
         raise ValueError("Skipping steps (nonfinite_policy='skip' or a loss_scale) needs "
                          "the skipped_steps metric: train_metrics(names, 'skip').")
-    updates = _Updates(optimizer, probe_optimizer, task.probe_variables(model))
+    updates = _Updates(updates)
 
     def train_step(batch):
         num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
         bn_state = [tf.identity(v) for v in _bn_state(model)] if skip else None
         with tf.GradientTape() as tape:
-            loss, results = task.compute_loss(model, batch, training=True)
+            loss, results = compute_loss(model, task, batch, weight_decay, updates.decayed)
             scaled_loss = loss / num_replicas
             if loss_scale is not None:
                 scaled_loss = loss_scale.scale_loss(scaled_loss)
@@ -99,41 +121,34 @@ def make_train_step(model, task, optimizer, metrics, nonfinite_policy="stop",
 
 
 class _Updates:
-    """Applies a step's gradients: the probe's with its own optimizer, if any."""
+    """A step's optimizers, each applying the gradients of its own variables."""
 
-    def __init__(self, optimizer, probe_optimizer, probe_variables):
-        if (probe_optimizer is None) != (not probe_variables):
-            raise ValueError(
-                "probe_optimizer and the task's probe_variables go together: got "
-                f"{'no' if probe_optimizer is None else 'an'} optimizer for "
-                f"{len(probe_variables)} probe weights. Pass probe_optimizer="
-                "simclr_tf.optimizers.build_probe_optimizer(lr, total_steps) for a task "
-                "whose probe has its own learning rate, or build the task with "
-                "probe_learning_rate=0.")
-        self.optimizer = optimizer
-        self.probe_optimizer = probe_optimizer
-        self._probe_ids = {id(v) for v in probe_variables}
-        self._probe_variables = probe_variables
+    def __init__(self, updates):
+        self.updates = list(updates)
+        self._owner = [{id(v) for v in variables} for _, variables in self.updates]
+
+    @property
+    def decayed(self):
+        """The first (the run's) optimizer's variables, which weight decay covers."""
+        return self.updates[0][1]
 
     def apply(self, pairs):
-        if self.probe_optimizer is None:
-            self.optimizer.apply_gradients(pairs)
+        if len(self.updates) == 1:
+            self.updates[0][0].apply_gradients(pairs)
             return
-        self.optimizer.apply_gradients([p for p in pairs if id(p[1]) not in self._probe_ids])
-        self.probe_optimizer.apply_gradients([p for p in pairs if id(p[1]) in self._probe_ids])
+        for (optimizer, _), ids in zip(self.updates, self._owner):
+            optimizer.apply_gradients([p for p in pairs if id(p[1]) in ids])
 
     def build(self, variables):
         """Builds the optimizers (no variable may be created inside ``tf.cond``)."""
-        if not self.optimizer.built:
-            self.optimizer.build(variables)
-        if self.probe_optimizer is not None and not self.probe_optimizer.built:
-            self.probe_optimizer.build(self._probe_variables)
+        for i, (optimizer, own) in enumerate(self.updates):
+            if not optimizer.built:
+                optimizer.build(variables if i == 0 else own)
 
     def skip(self):
         """A skipped step: only the step counters advance."""
-        for opt in (self.optimizer, self.probe_optimizer):
-            if opt is not None:
-                opt.iterations.assign_add(1)
+        for optimizer, _ in self.updates:
+            optimizer.iterations.assign_add(1)
 
 
 def _apply_or_skip(model, updates, metrics, loss, pairs, results, bn_state, num_replicas,

@@ -1,11 +1,10 @@
-"""Training objectives: one :class:`Task` per ``train_mode``.
+"""Training objectives: one :class:`Task` per ``train_mode``, each in a file of its own.
 
-A task builds its input stream and computes the loss and metrics of one
-replica's batch; the model (:class:`simclr_tf.SimCLRModel`) is only the
-network, and the loop (:mod:`simclr_tf.runtime`) only runs steps.
-
-Add an objective by subclassing :class:`Task` in a module of its own and
-naming it in :data:`TASKS` (see CONTRIBUTING.md).
+A task owns what makes its objective: the model it trains, its optimizers,
+its input stream and its loss. The model (:class:`simclr_tf.SimCLRModel`) is
+only the network, and the runtime (:mod:`simclr_tf.runtime`) only runs steps.
+Add an objective with a module here and a line in :data:`TASKS`
+(CONTRIBUTING.md, "Where each change goes").
 """
 
 from simclr_tf.tasks.base import Task
@@ -27,4 +26,15 @@ def build_task(train_mode, loss_cfg, teacher=None):
     return TASKS[train_mode](loss_cfg)
 
 
-__all__ = ["Task", "PretrainTask", "FinetuneTask", "DistillTask", "TASKS", "build_task"]
+def build_model(cfg, num_classes):
+    """The network a run of ``cfg`` trains (its ``train_mode`` decides the head).
+
+    ``cfg``: a ``simclr_tf.Config`` or its ``cfg.model`` section; ``num_classes``
+    0 builds no supervised head.
+    """
+    model_cfg = getattr(cfg, "model", cfg)
+    return TASKS[model_cfg.train_mode].build_model(model_cfg, num_classes)
+
+
+__all__ = ["Task", "PretrainTask", "FinetuneTask", "DistillTask", "TASKS", "build_task",
+           "build_model"]

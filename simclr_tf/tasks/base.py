@@ -1,33 +1,22 @@
-"""What every training objective shares: metrics, weight decay, the loss's total."""
-
-import tensorflow as tf
+"""What every objective has: a model, optimizers, an input stream and a loss."""
 
 from simclr_tf import optimizers
-
-_NOT_DECAYED = ("batch_normalization", "bias")
-_HEAD = "head_supervised"
+from simclr_tf.models import simclr_model
 
 
 class Task:
-    """One training objective: its input stream and the loss of one replica's batch.
+    """One training objective, everything that makes it that objective.
 
-    A task is stateless: it holds its settings (a ``simclr_tf.config.LossConfig``,
-    ``cfg.loss``) and computes, for a model and a batch, the loss to minimise
-    and the metrics to report. The training step
-    (:func:`simclr_tf.runtime.steps.make_train_step`) takes the gradients,
-    applies the non-finite policy and averages the metrics.
+    A task is stateless: it holds its loss settings (``cfg.loss``) and builds,
+    for a run, the model (:meth:`build_model`), the optimizers and the
+    weights each one updates (:meth:`build_optimizers`) and the input stream
+    (:meth:`build_inputs`); for a batch it computes the objective from the
+    model's outputs (:meth:`compute_loss`). The generic training step
+    (:mod:`simclr_tf.runtime.steps`) runs ``model(inputs)``, adds weight decay
+    (:func:`simclr_tf.optimizers.weight_decay_in_loss`) and applies the gradients.
 
-    Subclasses set ``name`` and implement :meth:`objective`,
-    :meth:`objective_metrics` and :meth:`train_dataset`.
-
-    Weight decay, as the official code: LARS applies it in its update
-    (excluding BN, biases and the supervised head, by variable path), and the
-    task adds the supervised head's part as the L2 term
-    ``weight_decay * sum(w^2) / 2`` over its kernel; with any other optimizer
-    the task adds that term over every weight that is neither a BN parameter
-    nor a bias. The whole term is reported as the ``weight_decay`` metric.
-    Weights in :meth:`probe_variables` (a probe with its own optimizer) are
-    never decayed.
+    Subclasses set ``name`` and implement :meth:`compute_loss`,
+    :meth:`objective_metrics` and :meth:`build_inputs`.
 
     Args:
         loss_cfg: a ``simclr_tf.config.LossConfig``.
@@ -37,60 +26,60 @@ class Task:
 
     def __init__(self, loss_cfg):
         self.cfg = loss_cfg
-        self.decay_in_loss = loss_cfg.optimizer != "lars"
 
-    def probe_variables(self, model):
-        """Weights trained by their own optimizer (the probe's), not the run's.
+    @classmethod
+    def build_model(cls, model_cfg, num_classes):
+        """The network of this objective: a :class:`~simclr_tf.SimCLRModel` of ``cfg.model``."""
+        return simclr_model.build_model(model_cfg, num_classes)
 
-        Empty unless the task has a probe with its own learning rate
-        (:class:`~simclr_tf.tasks.pretrain.PretrainTask`); those weights get
-        no weight decay.
+    def own_optimizers(self, model, total_steps=None):
+        """``[(optimizer, variables)]`` for weights that do not follow the run's
+        optimizer (they get no weight decay); built. None by default.
+
+        ``total_steps``: the run's length, or None when it is unknown (``fit``).
         """
         return []
 
+    def build_optimizers(self, model, optim_cfg, schedule, total_steps):
+        """``[(optimizer, variables it updates)]``, built; the first is the run's.
+
+        The run's optimizer (``cfg.optim`` with ``schedule``) is built over every
+        trainable weight, so checkpoints keep one layout whichever optimizer
+        trains a weight, and updates those no :meth:`own_optimizers` entry takes.
+        """
+        optimizer = optimizers.build_optimizer(
+            optim_cfg.optimizer, schedule, momentum=optim_cfg.momentum,
+            weight_decay=optim_cfg.weight_decay)
+        optimizer.build(model.trainable_variables)
+        own = self.own_optimizers(model, total_steps)
+        return [(optimizer, others(model, own))] + own
+
+    def build_inputs(self, data_cfg, augment_cfg, shard, label_subset=None):
+        """``(tf.data.Dataset, info)`` of this objective's ``(inputs, labels)`` batches.
+
+        ``shard``: a :class:`simclr_tf.data.pipeline.Shard`.
+        """
+        raise NotImplementedError
+
     def objective_metrics(self, model):
-        """Names of the metrics :meth:`objective` returns for ``model``."""
+        """Names of the metrics :meth:`compute_loss` returns for ``model``."""
         raise NotImplementedError
 
     def metric_names(self, model):
         """Every metric of a training step, in reporting order."""
         return ("loss",) + tuple(self.objective_metrics(model)) + ("weight_decay",)
 
-    def objective(self, model, images, labels, training):
-        """Returns (objective on this replica, dict of metric values)."""
-        raise NotImplementedError
+    def compute_loss(self, outputs, batch):
+        """``(objective on this replica, {metric: value})``.
 
-    def train_dataset(self, data_cfg, augment_cfg, batch_size, label_subset, **stream):
-        """``(tf.data.Dataset, info)`` of this objective's training batches.
-
-        ``stream``: the keyword arguments of the pipeline builders that place
-        this input pipeline in the run (seed, start_epoch, skip_batches,
-        num_shards, shard_index, data_dir, cache).
+        ``outputs``: the model's outputs on ``batch[0]``; ``batch``:
+        ``(inputs, labels int32)``. The objective is the mean over this
+        replica's examples (the step divides by the number of replicas).
         """
         raise NotImplementedError
 
-    def compute_loss(self, model, batch, training=True):
-        """Returns (total loss on this replica, dict of metric values).
 
-        The total is the objective plus, for optimizers other than LARS, the
-        L2 weight-decay term. It is the mean over this replica's examples:
-        the training step divides it by the number of replicas before taking
-        gradients, which the optimizer then sums over replicas.
-        """
-        images, labels = batch
-        total, results = self.objective(model, images, tf.cast(labels, tf.int32), training)
-        penalty = tf.constant(0.0)
-        if self.cfg.weight_decay > 0:
-            own = {id(v) for v in self.probe_variables(model)}
-            variables = [v for v in model.trainable_variables if id(v) not in own]
-            penalty = optimizers.weight_decay_l2(variables, self.cfg.weight_decay,
-                                                 exclude=_NOT_DECAYED)
-            if self.decay_in_loss:
-                total = total + penalty
-            else:  # LARS leaves the supervised head to the loss
-                head = [v for v in variables if _HEAD in optimizers.variable_path(v)]
-                total = total + optimizers.weight_decay_l2(head, self.cfg.weight_decay,
-                                                           exclude=_NOT_DECAYED)
-        results["weight_decay"] = penalty
-        results["loss"] = total
-        return total, results
+def others(model, updates):
+    """``model``'s trainable weights that no ``(optimizer, variables)`` of ``updates`` takes."""
+    taken = {id(v) for _, variables in updates for v in variables}
+    return [v for v in model.trainable_variables if id(v) not in taken]

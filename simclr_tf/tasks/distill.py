@@ -4,10 +4,12 @@ import tensorflow as tf
 
 from simclr_tf import losses
 from simclr_tf.data import pipeline
-from simclr_tf.tasks.finetune import FinetuneTask
+from simclr_tf.models import simclr_model
+from simclr_tf.tasks.base import Task
+from simclr_tf.tasks.finetune import _require_head
 
 
-class DistillTask(FinetuneTask):
+class DistillTask(Task):
     """A student learns a frozen teacher's soft labels (SimCLR v2, Eq. 2).
 
     Batches are ``(images [B, H, W, 3], labels)`` like fine-tuning, but from
@@ -37,13 +39,24 @@ class DistillTask(FinetuneTask):
         super().__init__(loss_cfg)
         self.teacher = teacher
 
+    @classmethod
+    def build_model(cls, model_cfg, num_classes):
+        _require_head(cls.name, num_classes)
+        return simclr_model.build_model(model_cfg, num_classes)  # a fresh student
+
+    def build_inputs(self, data_cfg, augment_cfg, shard, label_subset=None):
+        # Every image, one crop+flip view as fine-tuning; labels only in the subset.
+        return pipeline.build_finetune_dataset(data_cfg, shard, label_subset=label_subset,
+                                               keep_unlabeled=True)
+
     def objective_metrics(self, model):
         names = ("distill_loss", "distill_acc")
         return names + (("sup_loss", "sup_acc") if self.cfg.distill_label_weight > 0 else ())
 
-    def objective(self, model, images, labels, training):
+    def compute_loss(self, outputs, batch):
+        images, labels = batch
         teacher_logits = self.teacher(images)
-        logits = tf.cast(model(images, training=training)["logits_sup"], tf.float32)
+        logits = tf.cast(outputs["logits_sup"], tf.float32)
         distill = losses.distillation_loss(teacher_logits, logits,
                                            self.cfg.distill_temperature)
         agree = tf.equal(tf.argmax(logits, -1), tf.argmax(teacher_logits, -1))
@@ -55,10 +68,3 @@ class DistillTask(FinetuneTask):
             results.update(sup_loss=sup_loss, sup_acc=sup_acc)
             total = total + self.cfg.distill_label_weight * sup_loss
         return total, results
-
-    def train_dataset(self, data_cfg, augment_cfg, batch_size, label_subset, **stream):
-        # Every image (one crop+flip view, as fine-tuning); labels only inside
-        # the labelled subset.
-        return pipeline.build_finetune_dataset(
-            data_cfg.dataset, data_cfg.train_split, batch_size, data_cfg.image_size,
-            label_subset=label_subset, keep_unlabeled=True, **stream)
