@@ -15,6 +15,11 @@ class SubsetError(ConfigError):
     """An invalid label subset (``label_fraction`` / ``label_subset_file``)."""
 
 
+class StudyError(ValueError):
+    """A study (``python -m simclr_tf.study``) that cannot run: a bad study name, cell,
+    seed list or protocol, or no results to summarise; the message says why."""
+
+
 class RunError(RuntimeError):
     """A run that cannot go on; the message says why and what to do."""
 

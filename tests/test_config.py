@@ -73,6 +73,9 @@ def test_paper_recipes():
     ({"view2_augmentations": ["crop", "spin"]}, "'spin' in 'view2_augmentations'"),
     ({"shared_augmentations": "crop,spin"}, "'spin' in 'shared_augmentations': allowed"),
     ({"augmentations": "crop,color", "use_blur": True}, "'use_blur'"),
+    ({"batch_norm_decay": 1.0}, "'batch_norm_decay': it must be >= 0.0 and < 1.0"),
+    ({"batch_norm_decay": -0.1}, "'batch_norm_decay': it must be >= 0.0 and < 1.0"),
+    ({"color_jitter_impl": "v3"}, "'color_jitter_impl': allowed values are v1, v2"),
 ])
 def test_invalid_values_name_the_key(values, fragment):
     with pytest.raises(config_lib.ConfigError) as err:
@@ -158,3 +161,97 @@ def test_shipped_configs_are_found_by_name_from_any_directory(tmp_path, monkeypa
     # A file in the working directory wins over a shipped name.
     (tmp_path / "smoke").write_text("train_steps: 9\n")
     assert config_lib.resolve("smoke").train_steps == 9
+
+
+# --------------------------------------------------------------------------
+# The config owns the names and the checks; the TensorFlow modules import them.
+
+
+def test_registries_have_exactly_the_config_names():
+    from simclr_tf import optimizers
+    from simclr_tf.data import augment
+    from simclr_tf.models import heads, resnet
+    from simclr_tf.runtime import steps
+
+    # The registry's order matters too: a name's position is its seed slot.
+    assert tuple(augment.OPS) == config_lib.AUGMENTATIONS
+    assert tuple(sorted(resnet.BLOCK_CONFIGS)) == config_lib.RESNET_DEPTHS
+    assert heads.PROJ_HEAD_MODES is config_lib.PROJ_HEAD_MODES
+    assert optimizers.OPTIMIZERS is config_lib.OPTIMIZERS
+    assert optimizers.LR_SCALINGS is config_lib.LR_SCALINGS
+    assert steps.NONFINITE_POLICIES is config_lib.NONFINITE_POLICIES
+    assert augment.preset is config_lib.preset
+    assert augment.parse_augmentations is config_lib.parse_augmentations
+    for depth in config_lib.RESNET_DEPTHS:  # every allowed depth builds
+        resnet.ResNet(depth, 0.0625, cifar_stem=True)
+
+
+def _message(call):
+    with pytest.raises(config_lib.ConfigError) as err:
+        call()
+    return str(err.value)
+
+
+@pytest.mark.parametrize("decay", [1.0, 1.5, -0.1, float("nan")])
+def test_batch_norm_decay_has_one_check(decay):
+    """The layers taking it from users and the config refuse the same values, alike."""
+    from simclr_tf.models import heads, resnet
+
+    expected = _message(lambda: config_lib.Config(batch_norm_decay=decay).validate())
+    assert _message(lambda: config_lib.check_batch_norm_decay(decay)) == expected
+    assert _message(lambda: resnet.ResNet(18, batch_norm_decay=decay)) == expected
+    assert _message(lambda: heads.ProjectionHead(batch_norm_decay=decay)) == expected
+
+
+def test_color_jitter_impl_has_one_check():
+    import numpy as np
+
+    from simclr_tf.data import augment
+
+    expected = _message(lambda: config_lib.Config(color_jitter_impl="v3").validate())
+    image, seed = np.zeros((8, 8, 3), np.float32), [1, 2]
+    for op in (lambda: augment.color_jitter(image, seed, impl="v3"),
+               lambda: augment.random_color_distortion(image, seed, impl="v3"),
+               lambda: augment.preprocess_for_train(image, seed, 8, color_jitter_impl="v3")):
+        assert _message(op) == expected
+
+
+def test_range_checks_and_their_words():
+    assert config_lib.check_range("k", 0.5, minimum=0.0, maximum=1.0, exclusive_max=True) == 0.5
+    assert config_lib.check_range("k", 0.0, minimum=0.0) == 0.0
+    with pytest.raises(config_lib.ConfigError, match="'k': it must be > 0.0"):
+        config_lib.check_range("k", 0.0, minimum=0.0, exclusive_min=True)
+    with pytest.raises(config_lib.ConfigError, match="'k': it must be <= 2"):
+        config_lib.check_range("k", 3, maximum=2)
+    with pytest.raises(config_lib.ConfigError, match="'k' must be finite"):
+        config_lib.check_range("k", float("inf"), minimum=0.0)
+    table = config_lib.flag_table()
+    assert "| `--batch_norm_decay` | `0.9` | >= 0.0 and < 1.0 |" in table
+    assert "| `--temperature` | `0.2` | > 0.0 |" in table
+
+
+def test_the_flat_config_has_no_runtime_section():
+    cfg = config_lib.Config()
+    assert not hasattr(cfg, "runtime")
+    assert "cfg.runtime" not in config_lib.__doc__
+
+
+def test_help_says_what_and_why_and_points_at_measurements():
+    """Numbers measured on one machine go stale: help strings point at BENCHMARKS.md."""
+    import re
+
+    measured = re.compile(r"\d(\.\d+)?x\b|\d(\.\d+)? ?[GMT]B\b|\bs/step\b|img/s|"
+                          r"\b(a|one) (half|third|quarter|fifth|sixth) (more|less|faster|slower)\b", re.I)
+    for name, field in config_lib.FIELDS.items():
+        assert not measured.search(field.metadata["help"]), (name, field.metadata["help"])
+    for name in ("precision", "probe_view", "feature_linear_eval", "jit_compile"):
+        assert "BENCHMARKS.md" in config_lib.FIELDS[name].metadata["help"], name
+    assert os.path.isfile(os.path.join(REPO, "BENCHMARKS.md"))
+
+
+def test_study_error_lives_with_the_other_errors():
+    from simclr_tf import errors
+    from simclr_tf.experiments import study
+
+    assert study.StudyError is errors.StudyError
+    assert issubclass(errors.StudyError, ValueError)

@@ -10,8 +10,7 @@ import tensorflow as tf
 from multidevice import run_with_devices
 from simclr_tf import optimizers
 from simclr_tf.optimizers import (DEFAULT_EXCLUDE, LARS, WarmUpAndCosine,
-                                  build_optimizer, is_excluded, total_steps,
-                                  weight_decay_l2)
+                                  build_optimizer, is_excluded, weight_decay_l2)
 
 
 # --------------------------------------------------------------------------
@@ -321,14 +320,6 @@ def test_schedule_config_round_trip():
 # Helpers
 
 
-def test_total_steps():
-    # An epoch is N // B full batches; a run is epochs of them.
-    assert total_steps(50000, 512, 100) == 100 * (50000 // 512) == 9700
-    assert total_steps(50000, 512, 100, train_steps=7) == 7
-    assert total_steps(50000, 512, 100, train_steps=0) == 9700
-    assert total_steps(10, 4, 3) == 6
-
-
 @pytest.mark.parametrize("n,b,epochs,warmup,steps", [
     (1000, 256, 10, 1.5, 0), (50000, 512, 100, 10, 0), (10, 4, 3, 0.4, 0),
     (1000, 100, 10, 2, 37)])
@@ -336,8 +327,7 @@ def test_step_counts_have_one_definition(n, b, epochs, warmup, steps):
     """steps per epoch, total steps and the schedule's steps are the same numbers."""
     counts = optimizers.step_counts(n, b, epochs, steps, warmup)
     assert counts.steps_per_epoch == optimizers.steps_per_epoch(n, b) == n // b
-    assert counts.total_steps == total_steps(n, b, epochs, steps) == (
-        steps or epochs * (n // b))
+    assert counts.total_steps == (steps or epochs * (n // b))
     assert counts.warmup_steps == round(warmup * (n // b))
     schedule = WarmUpAndCosine(0.3, n, b, epochs, warmup, train_steps=steps)
     assert (schedule.total_steps, schedule.warmup_steps) == (

@@ -11,6 +11,9 @@ PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
                        "simclr_tf")
 # Imports allowed inside functions: slow, optional dependencies.
 LAZY_OK = {"tensorflow_datasets", "matplotlib", "matplotlib.pyplot"}
+# ... and, per module, package modules that load TensorFlow where it must stay unloaded
+# (see test_config_imports_without_tensorflow).
+LAZY_OK_IN = {"simclr_tf.config.schema": {"simclr_tf.files"}}
 
 
 def _modules():
@@ -65,7 +68,8 @@ def test_no_import_circle_and_no_import_inside_a_function():
         # A module's own package __init__ runs first anyway: not an edge.
         graph[module] = {m for m in top if m != module and m != "simclr_tf"
                          and not (module.startswith(m + ".") and m == package)}
-        lazy[module] = sorted(n for n in nested if n not in LAZY_OK)
+        lazy[module] = sorted(n for n in nested
+                              if n not in LAZY_OK | LAZY_OK_IN.get(module, set()))
     assert {m: n for m, n in lazy.items() if n} == {}
     # Depth-first search for a cycle.
     state = {}
@@ -113,3 +117,19 @@ def test_unknown_public_name_is_an_attribute_error():
 
     with pytest.raises(AttributeError, match="no attribute 'Sessionn'"):
         simclr_tf.Sessionn  # noqa: B018
+
+
+def test_config_imports_without_tensorflow():
+    """The config (schema, sections, flag table) is plain Python: tools that only build
+    or check settings must not pay for, or depend on, TensorFlow and Keras."""
+    code = ("import sys\n"
+            "import simclr_tf.config as c\n"
+            "cfg = c.from_dict({'image_size': 96, 'resnet_depth': '50'}).validate()\n"
+            "assert cfg.augment.view1 == ('crop', 'flip', 'color', 'blur'), cfg.augment\n"
+            "c.flag_table()\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'keras'}))\n")
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(PACKAGE))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"

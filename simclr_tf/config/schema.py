@@ -1,41 +1,42 @@
 """The schema of a run's settings: :class:`Config`, one field per flag and YAML key."""
 
 import dataclasses
-import math
 import os
 from typing import Optional
 
-from simclr_tf import files
+from simclr_tf.config.choices import (  # noqa: F401  (the config's names)
+    AUGMENTATIONS, BATCH_NORM_DECAY_RANGE, COLOR_JITTER_IMPLS, LR_SCALINGS, NO_AUGMENTATION,
+    NONFINITE_POLICIES, OPTIMIZERS, PROJ_HEAD_MODES, RESNET_DEPTHS, check_choice,
+    check_range, default_augmentations, is_small_image, parse_augmentations, preset)
 from simclr_tf.config.sections import (AugmentConfig, DataConfig, LossConfig, ModelConfig,
                                        OptimConfig, section)
-from simclr_tf.data import augment
 from simclr_tf.errors import ConfigError
-from simclr_tf.models.heads import PROJ_HEAD_MODES
-from simclr_tf.models.resnet import BLOCK_CONFIGS
-from simclr_tf.optimizers import LR_SCALINGS, OPTIMIZERS
 
 DATASET_SHORTCUTS = ("offline_shapes", "image_folder")
 MODES = ("train", "eval", "train_then_eval", "export")
 TRAIN_MODES = ("pretrain", "finetune", "distill")
-RESNET_DEPTHS = tuple(BLOCK_CONFIGS)
-COLOR_JITTER_IMPLS = augment.COLOR_JITTER_IMPLS
-NONFINITE_POLICIES = ("stop", "skip")
 PRECISIONS = ("float32", "bfloat16", "float16")
 JIT_COMPILE = ("auto", "true", "false")
 PROBE_VIEWS = ("augmented", "clean")
-AUGMENTATIONS = augment.AUGMENTATIONS  # the registry's names (simclr_tf.data.augment.OPS)
-NO_AUGMENTATION = augment.NO_AUGMENTATION
 AUGMENTATION_KEYS = ("augmentations", "view1_augmentations", "view2_augmentations",
                      "shared_augmentations")
-parse_augmentations = augment.parse_augmentations
-default_augmentations = augment.default_augmentations
+RANGE_KEYS = ("minimum", "maximum", "exclusive_min", "exclusive_max")
 
 
-def _field(default, help, choices=None, minimum=None, exclusive_min=False):
+def files():
+    """:mod:`simclr_tf.files`, imported when a file is touched: it imports TensorFlow
+    (``tf.io.gfile``) at module level, which ``import simclr_tf.config`` must not."""
+    import simclr_tf.files  # the one lazy import of the config (tests/test_package.py)
+    return simclr_tf.files
+
+
+def _field(default, help, choices=None, minimum=None, exclusive_min=False, maximum=None,
+           exclusive_max=False):
     return dataclasses.field(
         default=default,
         metadata={"help": help, "choices": choices, "minimum": minimum,
-                  "exclusive_min": exclusive_min})
+                  "exclusive_min": exclusive_min, "maximum": maximum,
+                  "exclusive_max": exclusive_max})
 
 
 @dataclasses.dataclass
@@ -121,7 +122,7 @@ class Config:
     sk_ratio: float = _field(0.0, "Selective-kernel ratio (SimCLR v2 uses 0.0625; "
                              "0 disables).", minimum=0.0)
     batch_norm_decay: float = _field(0.9, "BatchNorm moving-average decay.",
-                                     minimum=0.0)
+                                     **BATCH_NORM_DECAY_RANGE)
     global_bn: bool = _field(True, "Synchronise BN statistics across replicas.")
     proj_head_mode: str = _field("nonlinear", "Projection head.", PROJ_HEAD_MODES)
     proj_out_dim: int = _field(128, "Projection output dimension.", minimum=1)
@@ -141,8 +142,8 @@ class Config:
         "augmented", "What pretraining's linear probe learns from: augmented (the "
         "two training views, as the official code) or clean (a third view of each "
         "image, preprocessed as for evaluation, through the encoder in inference mode, "
-        "so that the probe tracks the frozen-feature evaluation; one more forward "
-        "pass of the batch per step, about a sixth more compute).", PROBE_VIEWS)
+        "so that the probe tracks the frozen-feature evaluation). clean costs one more "
+        "forward pass of the batch per step (see BENCHMARKS.md).", PROBE_VIEWS)
     fine_tune_after_block: int = _field(
         -1, "Finetune: -1 trains everything, 0 freezes the stem, k in 1..4 "
         "also freezes block groups 1..k (4 = linear evaluation).", minimum=-1)
@@ -193,7 +194,7 @@ class Config:
         "refitted on all) and report its eval_split accuracy: the paper's frozen-feature "
         "protocol (simclr_tf/linear_eval/). Costs a forward pass over both splits and "
         "the fits; features above 1 GiB a split go to a temporary file in TMPDIR "
-        "(ImageNet: 10.5 GB; README: Frozen-feature linear evaluation).")
+        "(time and disk it takes: see BENCHMARKS.md).")
 
     # Checkpoints and outputs.
     model_dir: str = _field("runs/default", "Where checkpoints, TensorBoard logs, "
@@ -233,14 +234,14 @@ class Config:
         "float32", "bfloat16: the encoder computes in bfloat16 (Keras policy "
         "mixed_bfloat16); variables, BN statistics, heads, loss and optimizer stay "
         "float32. Pays on TPUs, recent GPUs (A100, L4, H100) and CPUs with AMX or "
-        "AVX512-BF16 (1.36x on the step, same demo accuracy over two seeds); slower on "
-        "other CPUs. float16: the same with mixed_float16 plus dynamic loss scaling "
+        "AVX512-BF16; slower on other CPUs (speed and accuracy measured: see "
+        "BENCHMARKS.md). float16: the same with mixed_float16 plus dynamic loss scaling "
         "(overflowing steps are skipped and counted in skipped_steps, the scale is "
         "logged as loss_scale): for GPUs without bfloat16 (Colab's T4, V100). See "
         "README, 'Precision'.", PRECISIONS)
     jit_compile: str = _field(
         "auto", "XLA-compile the training step. auto: on for one GPU, off on CPU "
-        "(measured slower) and with several GPU replicas; a TPU compiles the step "
+        "(slower there: see BENCHMARKS.md) and with several GPU replicas; a TPU compiles the step "
         "with XLA anyway.", JIT_COMPILE)
 
     def validate(self):
@@ -250,20 +251,10 @@ class Config:
             meta = f.metadata
             if value is None:
                 continue
-            if meta["choices"] is not None and value not in meta["choices"]:
-                raise ConfigError(
-                    f"Invalid value {value!r} for '{f.name}': allowed values are "
-                    f"{', '.join(map(str, meta['choices']))}.")
-            minimum = meta["minimum"]
-            if minimum is not None:
-                if isinstance(value, float) and not math.isfinite(value):
-                    raise ConfigError(f"'{f.name}' must be finite, got {value!r}.")
-                too_small = value <= minimum if meta["exclusive_min"] else value < minimum
-                if too_small:
-                    relation = ">" if meta["exclusive_min"] else ">="
-                    raise ConfigError(
-                        f"Invalid value {value!r} for '{f.name}': it must be "
-                        f"{relation} {minimum}.")
+            if meta["choices"] is not None:
+                check_choice(f.name, value, meta["choices"])
+            if meta["minimum"] is not None or meta["maximum"] is not None:
+                check_range(f.name, value, **{k: meta[k] for k in RANGE_KEYS})
         if self.train_epochs == 0 and self.train_steps == 0 and self.mode in (
                 "train", "train_then_eval"):
             raise ConfigError("Both 'train_epochs' and 'train_steps' are 0: set one "
@@ -290,8 +281,6 @@ class Config:
         if self.fine_tune_after_block > 4:
             raise ConfigError("Invalid value for 'fine_tune_after_block': allowed "
                               "values are -1 (train all), 0 (stem frozen) .. 4.")
-        if self.batch_norm_decay >= 1.0:
-            raise ConfigError("'batch_norm_decay' must be < 1.")
         self._validate_semi_supervised()
         for key in AUGMENTATION_KEYS:
             if getattr(self, key) is not None:
@@ -312,7 +301,7 @@ class Config:
             if self.label_fraction < 1.0:
                 raise ConfigError("Set either 'label_fraction' < 1 or "
                                   "'label_subset_file', not both.")
-            if not files.is_remote(self.label_subset_file) and not os.path.isfile(
+            if not files().is_remote(self.label_subset_file) and not os.path.isfile(
                     self.label_subset_file):
                 raise ConfigError(f"Invalid value {self.label_subset_file!r} for "
                                   "'label_subset_file': the file does not exist.")
@@ -329,19 +318,19 @@ class Config:
     @property
     def cifar_stem(self):
         """The CIFAR stem (3x3 conv, no max-pool) for small images."""
-        return augment.is_small_image(self.image_size)
+        return is_small_image(self.image_size)
 
     @property
     def resolved_color_jitter_strength(self):
         if self.color_jitter_strength is not None:
             return self.color_jitter_strength
-        return augment.preset(self.image_size)["color_jitter_strength"]
+        return preset(self.image_size)["color_jitter_strength"]
 
     @property
     def resolved_use_blur(self):
         if self.use_blur is not None:
             return self.use_blur
-        return augment.preset(self.image_size)["use_blur"]
+        return preset(self.image_size)["use_blur"]
 
     @property
     def resolved_augmentations(self):
@@ -380,10 +369,6 @@ class Config:
     @property
     def optim(self):
         return section(OptimConfig, self)
-
-    @property
-    def runtime(self):
-        return self
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -8,8 +8,9 @@ from importlib import resources
 
 import yaml
 
-from simclr_tf import files
-from simclr_tf.config.schema import AUGMENTATION_KEYS, FIELDS, NO_AUGMENTATION, Config
+from simclr_tf.config.choices import describe_range
+from simclr_tf.config.schema import (AUGMENTATION_KEYS, FIELDS, NO_AUGMENTATION, RANGE_KEYS,
+                                     Config, files)
 from simclr_tf.errors import ConfigError
 
 SHIPPED = "simclr_tf.configs"  # the package data holding the top-level configs/
@@ -93,7 +94,7 @@ def find_config(name_or_path):
     config installed with the package from any directory; an existing path
     wins over a shipped name.
     """
-    if files.exists(name_or_path) or files.is_remote(name_or_path) or (
+    if files().exists(name_or_path) or files().is_remote(name_or_path) or (
             os.sep in name_or_path):
         return name_or_path
     name = name_or_path[:-len(".yaml")] if name_or_path.endswith(".yaml") else name_or_path
@@ -104,12 +105,12 @@ def find_config(name_or_path):
 def load_yaml(path):
     """Reads a YAML experiment file (a path or a shipped config's name) into a dict."""
     path = find_config(path)
-    if not files.exists(path):
-        hint = "" if files.is_remote(path) else (
+    if not files().exists(path):
+        hint = "" if files().is_remote(path) else (
             " Pass --config=PATH.yaml with an existing file, or the name of a shipped "
             f"config: {', '.join(shipped_configs())}.")
         raise ConfigError(f"Config file not found: {path!r}.{hint}")
-    text = files.read_text(path)
+    text = files().read_text(path)
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -133,7 +134,7 @@ def resolve(config_path=None, overrides=None):
 
 def save_yaml(cfg, path):
     """Writes the resolved config atomically (see simclr_tf.files.atomic_write)."""
-    files.atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    files().atomic_write(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def flag_table():
@@ -142,8 +143,8 @@ def flag_table():
     for f in dataclasses.fields(Config):
         meta = f.metadata
         allowed = ", ".join(map(str, meta["choices"])) if meta["choices"] else ""
-        if meta["minimum"] is not None:
-            allowed = (">" if meta["exclusive_min"] else ">=") + f" {meta['minimum']}"
+        if meta["minimum"] is not None or meta["maximum"] is not None:
+            allowed = describe_range(**{k: meta[k] for k in RANGE_KEYS})
         rows.append(f"| `--{f.name}` | `{f.default}` | {allowed} | {meta['help']} |")
     rows.append("| `--config` | | path or name | YAML file of the keys above, or the name "
                 "of a shipped config (`smoke`, `default`, `cifar10_resnet18`, ...); flags "

@@ -42,7 +42,9 @@ from typing import NamedTuple
 
 import tensorflow as tf
 
-from simclr_tf.errors import ConfigError
+from simclr_tf.config.choices import (  # noqa: F401  (the names the config owns)
+    AUGMENTATIONS, COLOR_JITTER_IMPLS, NO_AUGMENTATION, check_choice,
+    default_augmentations, is_small_image, parse_augmentations, preset)
 
 __all__ = [
     "CROP_PROPORTION",
@@ -73,13 +75,8 @@ __all__ = [
     "augment_view",
 ]
 
-#: Largest side of the CIFAR setting (see :func:`is_small_image`).
-SMALL_IMAGE_MAX = 32
-
 #: Fraction of the shorter side kept by the evaluation centre crop.
 CROP_PROPORTION = 0.875
-
-COLOR_JITTER_IMPLS = ("v1", "v2")
 
 # Every function here is plain TensorFlow: Python `if`s only test Python values
 # (flags, dtypes, static shapes) and data-dependent choices use tf.cond /
@@ -149,46 +146,6 @@ def _resize(image, image_size):
     """Bicubic resize to [image_size, image_size] and clip to [0, 1]."""
     image = tf.image.resize(image, [image_size, image_size], method="bicubic")
     return tf.reshape(_clip(image), [image_size, image_size, 3])
-
-
-# ---------------------------------------------------------------------------
-# Presets
-# ---------------------------------------------------------------------------
-
-
-def is_small_image(image_size):
-    """The CIFAR setting: images of at most 32 px.
-
-    The one place that decides it: such runs use the CIFAR stem (3x3 conv,
-    no max-pool; :mod:`simclr_tf.models.resnet`), the CIFAR augmentation
-    preset (:func:`preset`) and no evaluation centre crop
-    (:func:`preprocess_for_eval`).
-    """
-    return int(image_size) <= SMALL_IMAGE_MAX
-
-
-def preset(image_size):
-    """Default colour-jitter strength and blur switch for an image size.
-
-    Following SimCLR (arXiv:2002.05709, appendix A and B.9), small images
-    (``image_size <= 32``, the CIFAR setting) use colour strength 0.5 and no
-    blur; larger images (the ImageNet setting) use strength 1.0 and blur.
-
-    Args:
-      image_size: int, side of the (square) training images.
-
-    Returns:
-      dict with keys ``color_jitter_strength`` (float) and ``use_blur`` (bool),
-      suitable as keyword arguments of :func:`preprocess_for_train`.
-
-    Example:
-
-    >>> preset(32)
-    {'color_jitter_strength': 0.5, 'use_blur': False}
-    """
-    if is_small_image(image_size):
-        return {"color_jitter_strength": 0.5, "use_blur": False}
-    return {"color_jitter_strength": 1.0, "use_blur": True}
 
 
 # ---------------------------------------------------------------------------
@@ -423,8 +380,7 @@ def color_jitter(image, seed, strength=1.0, impl="v2", random_order=True):
         Returns:
           float32 [H, W, 3] image in [0, 1].
     """
-    if impl not in COLOR_JITTER_IMPLS:
-        raise ValueError(f"color_jitter_impl must be one of {COLOR_JITTER_IMPLS}, got {impl!r}")
+    check_choice("color_jitter_impl", impl, COLOR_JITTER_IMPLS)
     image = _to_float_image(image)
     b = c = s = 0.8 * float(strength)
     h = 0.2 * float(strength)
@@ -489,8 +445,7 @@ def random_color_distortion(
     Returns:
       float32 [H, W, 3] image in [0, 1].
     """
-    if impl not in COLOR_JITTER_IMPLS:
-        raise ValueError(f"color_jitter_impl must be one of {COLOR_JITTER_IMPLS}, got {impl!r}")
+    check_choice("color_jitter_impl", impl, COLOR_JITTER_IMPLS)
     image = _to_float_image(image)
     jitter_apply_seed, gray_seed, jitter_seed = _split(seed, 3)
     image = tf.cond(
@@ -562,24 +517,16 @@ def _blur_matrix(n, kernel, radius, padding):
 
 
 @_no_autograph
-def gaussian_blur(image, sigma, kernel_size=None, padding="REFLECT", method="matmul"):
+def gaussian_blur(image, sigma, kernel_size=None, padding="REFLECT"):
     """Separable Gaussian blur of an [H, W, C] image.
 
     The 1-D kernel is ``exp(-x^2 / (2 sigma^2))`` for integer
     ``x in [-r, r]``, normalised to sum 1. The image is padded by ``r`` on each
     side with ``padding`` (``"REFLECT"``: ``d c b | a b c d``, or
     ``"SYMMETRIC"``: ``c b a | a b c d``) and filtered along the height, then
-    along the width, so the output has the input's shape.
-
-    Two implementations give the same result (up to float rounding):
-
-    * ``method="matmul"`` (default): each 1-D pass is a product with an
-      ``[n, n]`` banded matrix that folds in the padding. On CPU this is about
-      10x faster than the depthwise convolution for 224 px images and a
-      23-tap kernel; matmuls are also what TPUs do best.
-    * ``method="depthwise"``: ``tf.pad`` then two depthwise 1-D convolutions
-      (``tf.nn.depthwise_conv2d`` with ``[k, 1]`` and ``[1, k]`` filters).
-      With ``"REFLECT"`` it needs ``r`` smaller than both sides.
+    along the width, so the output has the input's shape. Each 1-D pass is a
+    product with an ``[n, n]`` banded matrix that folds in the padding (any
+    radius works, even one larger than the image).
 
     Args:
       image: float [H, W, C] image.
@@ -588,15 +535,12 @@ def gaussian_blur(image, sigma, kernel_size=None, padding="REFLECT", method="mat
         up to the next odd one); by default :func:`blur_kernel_size` of the
         shorter image side.
       padding: ``"REFLECT"`` (default) or ``"SYMMETRIC"``.
-      method: ``"matmul"`` (default) or ``"depthwise"``.
 
     Returns:
       float32 [H, W, C] blurred image.
     """
     if padding not in ("REFLECT", "SYMMETRIC"):
         raise ValueError(f"padding must be 'REFLECT' or 'SYMMETRIC', got {padding!r}")
-    if method not in ("matmul", "depthwise"):
-        raise ValueError(f"method must be 'matmul' or 'depthwise', got {method!r}")
     image = tf.convert_to_tensor(image)
     if image.dtype != tf.float32:
         image = tf.cast(image, tf.float32)
@@ -610,23 +554,10 @@ def gaussian_blur(image, sigma, kernel_size=None, padding="REFLECT", method="mat
     radius = kernel_size // 2
     kernel = _gaussian_kernel_1d(sigma, radius)
 
-    if method == "matmul":
-        m_h = _blur_matrix(shape[0], kernel, radius, padding)
-        m_w = _blur_matrix(shape[1], kernel, radius, padding)
-        out = tf.einsum("ij,jwc->iwc", m_h, image)
-        out = tf.einsum("vw,hwc->hvc", m_w, out)
-    else:
-        channels = shape[2]
-        k_vert = tf.tile(tf.reshape(kernel, [-1, 1, 1, 1]), tf.stack([1, 1, channels, 1]))
-        k_horiz = tf.tile(tf.reshape(kernel, [1, -1, 1, 1]), tf.stack([1, 1, channels, 1]))
-        padded = tf.pad(
-            image[tf.newaxis],
-            tf.stack([[0, 0], [radius, radius], [radius, radius], [0, 0]]),
-            mode=padding,
-        )
-        out = tf.nn.depthwise_conv2d(padded, k_vert, strides=[1, 1, 1, 1], padding="VALID")
-        out = tf.nn.depthwise_conv2d(out, k_horiz, strides=[1, 1, 1, 1], padding="VALID")
-        out = out[0]
+    m_h = _blur_matrix(shape[0], kernel, radius, padding)
+    m_w = _blur_matrix(shape[1], kernel, radius, padding)
+    out = tf.einsum("ij,jwc->iwc", m_h, image)
+    out = tf.einsum("vw,hwc->hvc", m_w, out)
     out.set_shape(static_shape)
     return out
 
@@ -797,10 +728,10 @@ def _jitter_only(image, seed, p):
                    lambda: image)
 
 
-#: Every augmentation a view pipeline can name: ``name -> op(image, seed, params)``.
-#: The one list of names: config validation, the flags' help and
-#: :func:`augment_view` read it. A name's position is its seed slot in
-#: :func:`augment_view`: append new names, never reorder.
+#: The op of every augmentation name: ``name -> op(image, seed, params)``. The
+#: names and their order (the seed slots of :func:`augment_view`) are the
+#: config's :data:`simclr_tf.config.choices.AUGMENTATIONS`; the keys here are
+#: exactly those, in that order (tests/test_config.py).
 OPS = {
     "crop": lambda x, s, p: random_resized_crop(x, s, p.image_size),
     "flip": lambda x, s, p: random_flip(x, s),
@@ -814,32 +745,6 @@ OPS = {
     "noise": lambda x, s, p: gaussian_noise(x, s, p.noise_std),
     "rotate": lambda x, s, p: random_rotate90(x, s),
 }
-AUGMENTATIONS = tuple(OPS)
-NO_AUGMENTATION = "none"
-
-
-def default_augmentations(use_blur):
-    """The SimCLR view pipeline as names: crop, flip, color (+ blur)."""
-    return ("crop", "flip", "color") + (("blur",) if use_blur else ())
-
-
-def parse_augmentations(value, key="augmentations"):
-    """A comma-separated string (or list) of augmentation names -> tuple.
-
-    ``"none"`` and ``""`` give ``()``. Raises ConfigError naming ``key`` and
-    the allowed names for an unknown name.
-    """
-    if isinstance(value, str):
-        value = value.split(",")
-    names = tuple(str(n).strip() for n in value)
-    names = tuple(n for n in names if n and n != NO_AUGMENTATION)
-    for name in names:
-        if name not in OPS:
-            raise ConfigError(
-                f"Invalid augmentation {name!r} in '{key}': allowed names are "
-                f"{', '.join(AUGMENTATIONS)} (or '{NO_AUGMENTATION}' for none), "
-                "comma-separated.")
-    return names
 
 
 @_no_autograph
@@ -947,10 +852,7 @@ def preprocess_for_train(
     >>> view.shape
     TensorShape([32, 32, 3])
     """
-    if color_jitter_impl not in COLOR_JITTER_IMPLS:
-        raise ValueError(
-            f"color_jitter_impl must be one of {COLOR_JITTER_IMPLS}, got {color_jitter_impl!r}"
-        )
+    check_choice("color_jitter_impl", color_jitter_impl, COLOR_JITTER_IMPLS)
     if augmentations is None:
         augmentations = (("crop",) if crop else ()) + (("flip",) if flip else ()) + (
             ("color",) if color_distort else ()) + (("blur",) if use_blur else ())

@@ -53,6 +53,7 @@ from absl import flags
 from simclr_tf import config as config_lib
 from simclr_tf import files, linear_eval, runtime
 from simclr_tf.config import flags as config_flags
+from simclr_tf.errors import StudyError
 from simclr_tf.experiments import grids as study_grids
 from simclr_tf.experiments import plots as study_plots
 from simclr_tf.experiments import summary as study_summary
@@ -98,10 +99,6 @@ _FORBIDDEN = ("model_dir", "mode", "train_mode")
 _TIME_FILE = "study_time.json"
 _CELL_FILE = "study_cell.json"  # which study the cell belongs to (read by the child)
 _Z_EVAL_FILE = "projection_eval.json"
-
-
-class StudyError(ValueError):
-    """A study that cannot run; the message says why."""
 
 
 def _read_json(path, default=None):

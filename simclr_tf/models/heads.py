@@ -9,9 +9,10 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from simclr_tf.config.choices import PROJ_HEAD_MODES, check_batch_norm_decay
+
 __all__ = ["PROJ_HEAD_MODES", "ProjectionHead", "SupervisedHead"]
 
-PROJ_HEAD_MODES = ("nonlinear", "linear", "none")
 _BATCH_NORM_EPSILON = 1e-5
 
 
@@ -76,8 +77,7 @@ class ProjectionHead(keras.layers.Layer):
                 f"(SimCLR v1 uses 2, v2 uses 3), got {num_proj_layers!r}; "
                 "use proj_head_mode='none' for no projection."
             )
-        if not 0.0 <= float(batch_norm_decay) < 1.0:
-            raise ValueError(f"batch_norm_decay must be in [0, 1), got {batch_norm_decay!r}.")
+        check_batch_norm_decay(batch_norm_decay)
         self.proj_head_mode = proj_head_mode
         self.proj_out_dim = int(proj_out_dim)
         self.num_proj_layers = int(num_proj_layers)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from simclr_tf.config.choices import RESNET_DEPTHS, check_batch_norm_decay
+
 __all__ = [
     "BATCH_NORM_EPSILON",
     "BLOCK_CONFIGS",
@@ -27,7 +29,8 @@ __all__ = [
 
 BATCH_NORM_EPSILON = 1e-5
 
-# depth -> (block type, number of blocks in each of the 4 block groups)
+# depth -> (block type, number of blocks in each of the 4 block groups); the depths are
+# the config's RESNET_DEPTHS (tests/test_config.py).
 BLOCK_CONFIGS = {
     18: ("basic", (2, 2, 2, 2)),
     34: ("basic", (3, 4, 6, 3)),
@@ -64,13 +67,6 @@ def _scaled(base, width_multiplier):
     return max(1, int(round(base * width_multiplier)))
 
 
-def _check_bn_args(batch_norm_decay):
-    if not 0.0 <= float(batch_norm_decay) < 1.0:
-        raise ValueError(
-            f"batch_norm_decay must be in [0, 1), got {batch_norm_decay!r}."
-        )
-
-
 def _shape_after(layer, shape):
     return tuple(layer.compute_output_shape(tuple(shape)))
 
@@ -102,7 +98,7 @@ class _ConfigMixin:
     _config_keys = ()
 
     def _set_bn_args(self, batch_norm_decay, global_bn):
-        _check_bn_args(batch_norm_decay)
+        check_batch_norm_decay(batch_norm_decay)
         self.batch_norm_decay = float(batch_norm_decay)
         self.global_bn = bool(global_bn)
 
@@ -713,9 +709,9 @@ class ResNet(_ConfigMixin, keras.Model):
             depth = int(resnet_depth)
         except (TypeError, ValueError):
             depth = None
-        if depth not in BLOCK_CONFIGS or isinstance(resnet_depth, bool):
+        if depth not in RESNET_DEPTHS or isinstance(resnet_depth, bool):
             raise ValueError(
-                f"resnet_depth must be one of {sorted(BLOCK_CONFIGS)}, got {resnet_depth!r}."
+                f"resnet_depth must be one of {list(RESNET_DEPTHS)}, got {resnet_depth!r}."
             )
         if not float(width_multiplier) > 0:
             raise ValueError(f"width_multiplier must be > 0, got {width_multiplier!r}.")
