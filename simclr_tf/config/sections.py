@@ -74,8 +74,6 @@ class LossConfig:
     probe_view: str
     distill_temperature: float
     distill_label_weight: float
-    weight_decay: float
-    optimizer: str
 
 
 @dataclasses.dataclass(frozen=True)

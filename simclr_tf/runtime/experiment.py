@@ -73,8 +73,9 @@ class Experiment:
     @property
     def weight_decay(self):
         """The loss's weight-decay term (:func:`simclr_tf.optimizers.weight_decay_in_loss`)."""
-        return functools.partial(optimizers.weight_decay_in_loss, self.cfg.optimizer,
-                                 self.cfg.weight_decay)
+        optim = self.cfg.optim
+        return functools.partial(optimizers.weight_decay_in_loss, optim.optimizer,
+                                 optim.weight_decay)
 
     @property
     def multi_worker(self):
@@ -121,12 +122,12 @@ def _check_batch_fits(cfg, num_examples, subset_note):
             f"examples{subset_note}. Use a batch size <= {num_examples}.")
 
 
-def _select_labels(cfg, train_info, num_classes):
+def _select_labels(cfg, task_cls, train_info, num_classes):
     """(label subset or None, train_info, labelled count, note for errors).
 
-    finetune trains on the subset only (its size sets the epoch length);
-    pretrain (probe) and distill (label loss) see every image but only the
-    subset's labels; feature_linear_eval fits on the subset.
+    A task that streams the labelled subset only (``task_cls.labelled_only``)
+    has the subset's size as its epoch; the others see every image but only
+    the subset's labels; feature_linear_eval fits on the subset.
     """
     label_subset = subsets.select(cfg.dataset, cfg.train_split, cfg.data_dir,
                                   cfg.label_fraction, cfg.label_subset_file, cfg.seed)
@@ -137,13 +138,11 @@ def _select_labels(cfg, train_info, num_classes):
                      label_subset.num_selected, label_subset.num_examples,
                      label_subset.description)
         labelled = label_subset.num_labelled
-        if cfg.train_mode == "finetune":
+        if task_cls.labelled_only:
             train_info = dataclasses.replace(train_info,
                                              num_examples=label_subset.num_selected)
             note = f" in the labelled subset ({label_subset.description})"
-    if cfg.train_mode == "distill" and cfg.distill_label_weight == 0:
-        labelled = 0
-    return label_subset, train_info, int(labelled), note
+    return label_subset, train_info, int(task_cls.labels_used(cfg.loss, labelled)), note
 
 
 def _load_teacher(cfg, strategy, num_classes):
@@ -198,10 +197,11 @@ def build(cfg, strategy=None):
 
     _, train_info = datasets.load(cfg.dataset, cfg.train_split, cfg.data_dir)
     num_classes = _num_classes(cfg, train_info.num_classes)
-    label_subset, train_info, num_labelled, note = _select_labels(cfg, train_info,
+    task_cls = tasks.TASKS[cfg.train_mode]
+    label_subset, train_info, num_labelled, note = _select_labels(cfg, task_cls, train_info,
                                                                   num_classes)
     teacher = None
-    if cfg.train_mode == "distill":
+    if task_cls.needs_teacher:
         teacher = _load_teacher(cfg, strategy, num_classes)
         num_classes = teacher.num_classes
     if num_classes == 1:
@@ -209,15 +209,12 @@ def build(cfg, strategy=None):
             "The %r split of %r has a single class: pretraining works, but the "
             "linear probe and the eval accuracy are trivially 1.0.",
             cfg.train_split, cfg.dataset)
-    if cfg.probe_view == "clean" and not num_classes:
-        raise ConfigError(
-            f"probe_view=clean but the {cfg.train_split!r} split of {cfg.dataset!r} has "
-            "no labels, so there is no probe to feed: drop probe_view.")
     _check_batch_fits(cfg, train_info.num_examples, note)
     steps = optimizers.step_counts(train_info.num_examples, cfg.train_batch_size,
                                    cfg.train_epochs, cfg.train_steps, cfg.warmup_epochs)
 
     task = tasks.build_task(cfg.train_mode, cfg.loss, teacher)
+    task.check_data(num_classes, f"the {cfg.train_split!r} split of {cfg.dataset!r}")
     loss_scale = None
     with strategy.scope():
         model = task.build_model(cfg.model, num_classes)

@@ -85,7 +85,7 @@ def _train(exp, sigterm):
                                              exp.jit_compile, nonfinite_step)
     iterator = iter(exp.train_dataset(start))
     views = (iter(view_grid.pairs_dataset(exp.task, cfg, num_pairs=4))
-             if exp.is_chief and cfg.train_mode == "pretrain" else None)
+             if exp.is_chief and exp.task.learns_representation else None)
     report = TrainReport(exp.run_dir, total, start, metrics, exp.is_chief, views)
     # 3. Chunks of steps up to each log or checkpoint point.
     save_every = cfg.checkpoint_steps or cfg.checkpoint_epochs * exp.steps.steps_per_epoch
@@ -190,7 +190,7 @@ def _monitor_features(exp, knn=None, linear=None):
     """
     cfg = exp.cfg
     if linear is None:
-        linear = cfg.train_mode == "pretrain" and cfg.feature_linear_eval
+        linear = exp.task.learns_representation and cfg.feature_linear_eval
     if knn is None:
         knn = cfg.knn_eval
     if not (linear or knn):

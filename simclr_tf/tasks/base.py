@@ -23,6 +23,13 @@ class Task:
     """
 
     name = None
+    #: Trains on the labelled subset only (its size is the epoch), not every image.
+    labelled_only = False
+    #: Needs a teacher (``build_task(..., teacher=)``).
+    needs_teacher = False
+    #: Learns a representation from views: the run shows its view pairs and
+    #: ends with the frozen-feature evaluation.
+    learns_representation = False
 
     def __init__(self, loss_cfg):
         self.cfg = loss_cfg
@@ -31,6 +38,15 @@ class Task:
     def build_model(cls, model_cfg, num_classes):
         """The network of this objective: a :class:`~simclr_tf.SimCLRModel` of ``cfg.model``."""
         return simclr_model.build_model(model_cfg, num_classes)
+
+    @classmethod
+    def labels_used(cls, loss_cfg, labelled):
+        """How many of the ``labelled`` examples' labels the objective uses."""
+        return labelled
+
+    def check_data(self, num_classes, where):
+        """Raises ConfigError when the training data (``num_classes`` classes,
+        0 without labels; ``where`` names it) cannot serve this objective."""
 
     def own_optimizers(self, model, total_steps=None):
         """``[(optimizer, variables)]`` for weights that do not follow the run's

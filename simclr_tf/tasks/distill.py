@@ -34,6 +34,11 @@ class DistillTask(Task):
     """
 
     name = "distill"
+    needs_teacher = True
+
+    @classmethod
+    def labels_used(cls, loss_cfg, labelled):
+        return labelled if loss_cfg.distill_label_weight > 0 else 0
 
     def __init__(self, loss_cfg, teacher):
         super().__init__(loss_cfg)

@@ -21,6 +21,7 @@ class FinetuneTask(Task):
     """
 
     name = "finetune"
+    labelled_only = True
 
     @classmethod
     def build_model(cls, model_cfg, num_classes):

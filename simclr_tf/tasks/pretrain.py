@@ -4,6 +4,7 @@ import tensorflow as tf
 
 from simclr_tf import losses, optimizers
 from simclr_tf.data import pipeline
+from simclr_tf.errors import ConfigError
 from simclr_tf.models import simclr_model
 from simclr_tf.tasks.base import Task
 
@@ -39,10 +40,16 @@ class PretrainTask(Task):
     """
 
     name = "pretrain"
+    learns_representation = True
 
     @classmethod
     def build_model(cls, model_cfg, num_classes):
         return simclr_model.build_model(model_cfg, num_classes, probe=True)
+
+    def check_data(self, num_classes, where):
+        if self.cfg.probe_view == "clean" and not num_classes:
+            raise ConfigError(f"probe_view=clean but {where} has no labels, so there is no "
+                              "probe to feed: drop probe_view.")
 
     def _probe(self, model):
         return model.supervised_head is not None and self.cfg.lineareval_while_pretraining
