@@ -19,12 +19,39 @@ B = 32
 S = 32
 
 
+def _numpy(x):
+    """A batch's inputs as numpy: a dict of views stays a dict."""
+    if isinstance(x, dict):
+        return {k: v.numpy() for k, v in x.items()}
+    return x.numpy()
+
+
 def _take(ds, n):
     xs, ys = [], []
     for x, y in ds.take(n):
-        xs.append(x.numpy())
+        xs.append(_numpy(x))
         ys.append(y.numpy())
     return xs, ys
+
+
+def _assert_views_equal(a, b):
+    """Two batches of views: the same views, bit for bit."""
+    assert sorted(a) == sorted(b)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def _cfg(**settings):
+    """A Config of NAME, SPLIT and S unless ``settings`` say otherwise."""
+    settings = {"dataset": NAME, "train_split": SPLIT, "image_size": S, **settings}
+    return config_lib.Config(**settings)
+
+
+def _train(shard=B, *, label_subset=None, clean_view=False, shuffle_buffer=None, **settings):
+    """build_train_dataset of ``_cfg(**settings)``'s data and augment sections."""
+    cfg = _cfg(**settings)
+    return pipeline.build_train_dataset(cfg.data, cfg.augment, shard, label_subset=label_subset,
+                                        clean_view=clean_view, shuffle_buffer=shuffle_buffer)
 
 
 def _raw_view(image, key):
@@ -33,15 +60,10 @@ def _raw_view(image, key):
     return tf.cast(image, tf.float32)
 
 
-def _raw_stream(batch_size=B, **kw):
-    kw.setdefault("data_dir", None)
-    kw.setdefault("seed", 0)
-    kw.setdefault("start_epoch", 0)
-    kw.setdefault("cache", False)
-    kw.setdefault("num_shards", 1)
-    kw.setdefault("shard_index", 0)
-    kw.setdefault("shuffle_buffer", None)
-    return pipeline._build_stream(NAME, SPLIT, batch_size, _raw_view, **kw)
+def _raw_stream(batch_size=B, num_shards=1, shard_index=0, start_epoch=0):
+    shard = pipeline.Shard(batch_size, num_shards, shard_index, start_epoch)
+    return pipeline._build_stream(_cfg(seed=0).data, shard, _raw_view, shuffle_buffer=None,
+                                  label_subset=None, keep_unlabeled=False)
 
 
 def _example_ids(images):
@@ -60,17 +82,18 @@ def test_steps_per_epoch():
 
 
 def test_train_batches_shapes_ranges_and_views():
-    ds, info = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=0)
+    ds, info = _train(seed=0)
     assert info.num_examples == N and info.num_classes == 10
-    assert ds.element_spec[0].shape.as_list() == [B, S, S, 6]
-    assert ds.element_spec[0].dtype == tf.float32
+    assert {name: (spec.shape.as_list(), spec.dtype) for name, spec in
+            ds.element_spec[0].items()} == {"view1": ([B, S, S, 3], tf.float32),
+                                            "view2": ([B, S, S, 3], tf.float32)}
     assert ds.element_spec[1].shape.as_list() == [B]
     assert ds.element_spec[1].dtype == tf.int32
     assert ds.cardinality() == tf.data.INFINITE_CARDINALITY
     (x,), (y,) = _take(ds, 1)
-    assert x.min() >= 0.0 and x.max() <= 1.0
+    view1, view2 = x["view1"], x["view2"]
+    assert min(view1.min(), view2.min()) >= 0.0 and max(view1.max(), view2.max()) <= 1.0
     assert ((y >= 0) & (y < 10)).all()
-    view1, view2 = x[..., :3], x[..., 3:]
     per_example_diff = np.abs(view1 - view2).mean(axis=(1, 2, 3))
     assert (per_example_diff > 1e-3).all()
 
@@ -93,14 +116,14 @@ def test_train_labels_follow_their_images(tmp_path, monkeypatch):
             value = 40 * c + 20 + int(rng.integers(-8, 9))
             Image.fromarray(np.full((20 + i, 24, 3), value, np.uint8)).save(
                 root / "train" / f"c{c}" / f"{i}.png")
-    ds, info = pipeline.build_train_dataset(
-        "image_folder", "train", 16, S, data_dir=str(root), seed=0,
+    ds, info = _train(
+        16, dataset="image_folder", train_split="train", data_dir=str(root), seed=0,
         view1_augmentations=("crop", "flip"), view2_augmentations=("crop", "flip"))
     assert info.num_examples == 65 and info.num_classes == 5
     seen = set()
     xs, ys = _take(ds, 8)
     for x, y in zip(xs, ys):
-        for view in (x[..., :3], x[..., 3:]):
+        for view in (x["view1"], x["view2"]):
             value = view.mean(axis=(1, 2, 3)) * 255.0
             np.testing.assert_array_equal(np.round((value - 20) / 40).astype(int), y)
         seen.update(y.tolist())
@@ -108,50 +131,50 @@ def test_train_labels_follow_their_images(tmp_path, monkeypatch):
 
 
 def test_train_same_seed_same_stream_and_different_seed_differs():
-    a, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=7)
-    b, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=7)
-    c, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=8)
+    a, _ = _train(seed=7)
+    b, _ = _train(seed=7)
+    c, _ = _train(seed=8)
     xa, ya = _take(a, 2)
     xb, yb = _take(b, 2)
     xc, yc = _take(c, 2)
     for i in range(2):
-        np.testing.assert_array_equal(xa[i], xb[i])
+        _assert_views_equal(xa[i], xb[i])
         np.testing.assert_array_equal(ya[i], yb[i])
     assert not np.array_equal(ya[0], yc[0])
-    assert np.abs(xa[0] - xc[0]).mean() > 1e-2
+    # The mean over both views (they have the same size).
+    assert np.mean([np.abs(xa[0][v] - xc[0][v]).mean() for v in ("view1", "view2")]) > 1e-2
 
 
 def test_global_tf_seed_does_not_change_the_stream():
-    a, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=1)
+    a, _ = _train(seed=1)
     (xa,), (ya,) = _take(a, 1)
     tf.random.set_seed(1234)
     try:
-        b, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=1)
+        b, _ = _train(seed=1)
         (xb,), (yb,) = _take(b, 1)
     finally:
         tf.random.set_seed(None)
     np.testing.assert_array_equal(ya, yb)
-    np.testing.assert_array_equal(xa, xb)
+    _assert_views_equal(xa, xb)
 
 
 def test_resume_from_epoch_matches_uninterrupted_stream():
     steps = optimizers.steps_per_epoch(N, B)
     assert steps == 4
-    full, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=3)
+    full, _ = _train(seed=3)
     xs, ys = _take(full, 2 * steps)
-    resumed, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=3, start_epoch=1)
+    resumed, _ = _train(pipeline.Shard(B, start_epoch=1), seed=3)
     (xr, xr2), (yr, yr2) = _take(resumed, 2)
     np.testing.assert_array_equal(yr, ys[steps])
-    np.testing.assert_array_equal(xr, xs[steps])
+    _assert_views_equal(xr, xs[steps])
     np.testing.assert_array_equal(yr2, ys[steps + 1])
-    np.testing.assert_array_equal(xr2, xs[steps + 1])
+    _assert_views_equal(xr2, xs[steps + 1])
     # Resuming inside an epoch: skip the batches already seen.
-    mid, _ = pipeline.build_train_dataset(
-        NAME, SPLIT, B, S, seed=3, start_epoch=1, skip_batches=2)
+    mid, _ = _train(pipeline.Shard(B, start_epoch=1, skip_batches=2), seed=3)
     (xm, xm2), (ym, ym2) = _take(mid, 2)
     np.testing.assert_array_equal(ym, ys[steps + 2])
-    np.testing.assert_array_equal(xm, xs[steps + 2])
-    np.testing.assert_array_equal(xm2, xs[steps + 3])
+    _assert_views_equal(xm, xs[steps + 2])
+    _assert_views_equal(xm2, xs[steps + 3])
     # Epochs are reshuffled: epoch 1 does not repeat epoch 0's order.
     assert not np.array_equal(np.concatenate(ys[:steps]), np.concatenate(ys[steps:]))
 
@@ -164,14 +187,14 @@ def test_epochs_are_permutations_and_cache_gives_same_stream():
     assert sorted(epoch0) == list(range(N))  # each example exactly once per epoch
     assert sorted(epoch1) == list(range(N))
     assert epoch0 != epoch1 and epoch0 != list(range(N))
-    # cache=True caches decoded images before shuffling; the stream is unchanged.
-    cached, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=0, cache=True)
-    plain, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=0, cache=False)
+    # cache_dataset caches decoded images before shuffling; the stream is unchanged.
+    cached, _ = _train(seed=0, cache_dataset=True)
+    plain, _ = _train(seed=0, cache_dataset=False)
     (xc, xc2), (yc, yc2) = _take(cached, 2)
     (xp, xp2), (yp, yp2) = _take(plain, 2)
     np.testing.assert_array_equal(yc, yp)
-    np.testing.assert_array_equal(xc, xp)
-    np.testing.assert_array_equal(xc2, xp2)
+    _assert_views_equal(xc, xp)
+    _assert_views_equal(xc2, xp2)
 
 
 def test_epoch_drops_the_tail_so_epochs_stay_aligned():
@@ -232,14 +255,14 @@ def test_eval_sharding_partitions_the_split():
 
 
 def test_finetune_dataset():
-    ds, info = pipeline.build_finetune_dataset(NAME, SPLIT, B, S, seed=0)
+    ds, info = pipeline.build_finetune_dataset(_cfg(seed=0).data, B)
     assert ds.element_spec[0].shape.as_list() == [B, S, S, 3]
     (x,), (y,) = _take(ds, 1)
     assert x.min() >= 0.0 and x.max() <= 1.0 and y.dtype == np.int32
     # Crop + flip only: no view is turned gray, unlike 20% of SimCLR views.
     spread = (x.max(axis=-1) - x.min(axis=-1)).max(axis=(1, 2))
     assert (spread > 0.05).all()
-    again, _ = pipeline.build_finetune_dataset(NAME, SPLIT, B, S, seed=0)
+    again, _ = pipeline.build_finetune_dataset(_cfg(seed=0).data, B)
     (x2,), (y2,) = _take(again, 1)
     np.testing.assert_array_equal(x, x2)
     np.testing.assert_array_equal(y, y2)
@@ -247,24 +270,26 @@ def test_finetune_dataset():
 
 def test_batch_larger_than_dataset_raises():
     with pytest.raises(ValueError) as e:
-        pipeline.build_train_dataset(NAME, "test[:50]", 64, S)
+        _train(64, train_split="test[:50]")
     assert "64" in str(e.value) and "50" in str(e.value) and "batch size" in str(e.value)
     with pytest.raises(ValueError, match="num_shards"):
-        pipeline.build_train_dataset(NAME, "test[:50]", 32, S, num_shards=2)
+        _train(pipeline.Shard(32, num_shards=2), train_split="test[:50]")
     with pytest.raises(ValueError):
-        pipeline.build_train_dataset(NAME, SPLIT, B, S, num_shards=2, shard_index=2)
+        _train(pipeline.Shard(B, num_shards=2, shard_index=2))
 
 
 def test_tfds_mock_through_pipelines(tmp_path):
     with tfds.testing.mock_data(num_examples=20):
-        train, info = pipeline.build_train_dataset(
-            "cifar10", "train", 8, 24, data_dir=str(tmp_path), seed=0)
+        train, info = _train(8, dataset="cifar10", train_split="train", image_size=24,
+                             data_dir=str(tmp_path), seed=0)
         assert info.num_examples == 20 and info.num_classes == 10
         (x, x2), (y, _) = _take(train, 2)
         ev, _ = pipeline.build_eval_dataset("cifar10", "test", 8, 24, data_dir=str(tmp_path))
         eval_batches = _take(ev, 10)
-    assert x.shape == (8, 24, 24, 6) and x.dtype == np.float32 and y.dtype == np.int32
-    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert sorted(x) == ["view1", "view2"] and y.dtype == np.int32
+    for view in x.values():
+        assert view.shape == (8, 24, 24, 3) and view.dtype == np.float32
+        assert 0.0 <= view.min() and view.max() <= 1.0
     assert [len(b) for b in eval_batches[1]] == [8, 8, 4]
     assert eval_batches[0][0].shape == (8, 24, 24, 3)
 
@@ -282,11 +307,12 @@ def test_image_folder_through_pipelines(tmp_path, monkeypatch):
             pil.fromarray(img).save(root / "train" / cls / f"{i}.png")
     (root / "train" / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff junk")
     for cache in (False, True):
-        ds, info = pipeline.build_train_dataset(
-            "image_folder", "train", 4, 16, data_dir=str(root), cache=cache)
+        ds, info = _train(4, dataset="image_folder", train_split="train", image_size=16,
+                          data_dir=str(root), cache_dataset=cache)
         assert info.num_examples == 10 and info.skipped == 1
         (x, _), (y, _) = _take(ds, 2)
-        assert x.shape == (4, 16, 16, 6)
+        assert {name: view.shape for name, view in x.items()} == {
+            "view1": (4, 16, 16, 3), "view2": (4, 16, 16, 3)}
     ev, _ = pipeline.build_eval_dataset("image_folder", "train", 4, 16, data_dir=str(root))
     labels = np.concatenate([y.numpy() for _, y in ev])
     np.testing.assert_array_equal(labels, [0] * 5 + [1] * 5)
@@ -295,24 +321,21 @@ def test_image_folder_through_pipelines(tmp_path, monkeypatch):
 def test_asymmetric_views_from_augmentation_lists():
     """view2 = "none" is the plain image (the paper's Figure 5 identity branch);
     the default lists reproduce the default pipeline bit for bit."""
-    ds, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=5,
-                                         view1_augmentations="sobel",
-                                         view2_augmentations=())
+    ds, _ = _train(seed=5, view1_augmentations="sobel", view2_augmentations=())
     (x,), _ = _take(ds, 1)
-    view1, view2 = x[..., :3], x[..., 3:]
+    view1, view2 = x["view1"], x["view2"]
     ids = _example_ids(np.round(view2 * 255.0))  # every view 2 is a raw image
     images, _ = offline.generate("train")
     np.testing.assert_allclose(view2, images[ids] / 255.0, atol=1e-6)
     np.testing.assert_allclose(view1[0], augment.sobel_filter(view2[0]).numpy(), atol=1e-5)
-    a, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=5)
-    b, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=5,
-                                        view1_augmentations=("crop", "flip", "color"),
-                                        view2_augmentations="crop,flip,color")
-    np.testing.assert_array_equal(_take(a, 1)[0][0], _take(b, 1)[0][0])
+    a, _ = _train(seed=5)
+    b, _ = _train(seed=5, view1_augmentations=("crop", "flip", "color"),
+                  view2_augmentations="crop,flip,color")
+    _assert_views_equal(_take(a, 1)[0][0], _take(b, 1)[0][0])
 
 
-def _first_batch(seed=3, **views):
-    ds, _ = pipeline.build_train_dataset(NAME, SPLIT, B, S, seed=seed, **views)
+def _first_batch(seed=3, clean_view=False, **views):
+    ds, _ = _train(seed=seed, clean_view=clean_view, **views)
     (x,), _ = _take(ds, 1)
     return x
 
@@ -330,18 +353,18 @@ def test_shared_crop_is_one_draw_for_both_views():
     plain = _first_batch(view1_augmentations=(), view2_augmentations=())
     x = _first_batch(shared_augmentations="crop", view1_augmentations=(),
                      view2_augmentations=())
-    np.testing.assert_array_equal(x[..., :3], x[..., 3:])
+    np.testing.assert_array_equal(x["view1"], x["view2"])
     # Same order as the plain stream (the order never depends on augmentation),
     # but a crop: not the resized original.
-    diff = np.abs(x[..., :3] - plain[..., :3]).mean(axis=(1, 2, 3))
+    diff = np.abs(x["view1"] - plain["view1"]).mean(axis=(1, 2, 3))
     assert (diff > 1e-3).mean() > 0.9, diff
-    ids = _example_ids(np.round(plain[..., :3] * 255.0))
+    ids = _example_ids(np.round(plain["view1"] * 255.0))
     images, _ = offline.generate("train")
     for row, (i, key) in enumerate(zip(ids[:4], _example_keys(3, ids[:4]))):
         shared_key = tf.random.experimental.stateless_fold_in(
             key, pipeline._SHARED_SEED_SLOT)
         crop = augment.augment_view(images[i], shared_key, S, ("crop",)).numpy()
-        np.testing.assert_allclose(x[row, ..., :3], crop, atol=1e-6)
+        np.testing.assert_allclose(x["view1"][row], crop, atol=1e-6)
 
 
 def test_view_augmentations_apply_on_top_of_the_shared_crop():
@@ -352,10 +375,10 @@ def test_view_augmentations_apply_on_top_of_the_shared_crop():
                         view2_augmentations=())
     x = _first_batch(shared_augmentations=("crop",), view1_augmentations="color",
                      view2_augmentations="none")
-    view1, view2 = x[..., :3], x[..., 3:]
-    np.testing.assert_array_equal(view2, crop[..., 3:])
+    view1, view2 = x["view1"], x["view2"]
+    np.testing.assert_array_equal(view2, crop["view2"])
     assert (np.abs(view1 - view2).mean(axis=(1, 2, 3)) > 1e-3).mean() > 0.5
-    ids = _example_ids(np.round(plain[..., :3] * 255.0))
+    ids = _example_ids(np.round(plain["view1"] * 255.0))
     for row, key in enumerate(_example_keys(3, ids[:6])):
         k1 = tf.random.experimental.stateless_split(key, 2)[0]
         coloured = augment.augment_view(view2[row], k1, S, ("color",),
@@ -363,10 +386,10 @@ def test_view_augmentations_apply_on_top_of_the_shared_crop():
         np.testing.assert_allclose(view1[row], coloured.numpy(), atol=1e-5)
     sobel = _first_batch(shared_augmentations="crop", view1_augmentations="sobel",
                          view2_augmentations=())
-    np.testing.assert_array_equal(sobel[..., 3:], crop[..., 3:])
+    np.testing.assert_array_equal(sobel["view2"], crop["view2"])
     for row in range(4):
-        np.testing.assert_allclose(sobel[row, ..., :3],
-                                   augment.sobel_filter(crop[row, ..., 3:]).numpy(),
+        np.testing.assert_allclose(sobel["view1"][row],
+                                   augment.sobel_filter(crop["view2"][row]).numpy(),
                                    atol=1e-5)
 
 
@@ -375,15 +398,14 @@ def test_default_stream_is_unchanged_without_shared_augmentations():
     views of preprocess_for_train for each example's two keys."""
     default = _first_batch()
     for unset in ("none", (), ""):
-        np.testing.assert_array_equal(_first_batch(shared_augmentations=unset), default)
+        _assert_views_equal(_first_batch(shared_augmentations=unset), default)
     ids = _example_ids(np.round(_first_batch(view1_augmentations=(),
-                                             view2_augmentations=())[..., :3] * 255.0))
+                                             view2_augmentations=())["view1"] * 255.0))
     images, _ = offline.generate("train")
     for row, (i, key) in enumerate(zip(ids[:3], _example_keys(3, ids[:3]))):
         for view, k in enumerate(tf.unstack(tf.random.experimental.stateless_split(key, 2))):
             expected = augment.preprocess_for_train(images[i], k, S, **augment.preset(S))
-            np.testing.assert_array_equal(default[row, ..., 3 * view:3 * view + 3],
-                                          expected.numpy())
+            np.testing.assert_array_equal(default[f"view{view + 1}"][row], expected.numpy())
 
 
 def test_config_shared_augmentations_reach_the_pretraining_stream():
@@ -391,41 +413,44 @@ def test_config_shared_augmentations_reach_the_pretraining_stream():
     cfg = config_lib.Config(train_split=SPLIT, seed=3, shared_augmentations="crop",
                             view1_augmentations="none", view2_augmentations="none")
     task = tasks.build_task("pretrain", cfg.loss)
-    ds, _ = task.train_dataset(cfg.data, cfg.augment, B, None, seed=cfg.seed)
+    ds, _ = task.build_inputs(cfg.data, cfg.augment, B)
     (x,), _ = _take(ds, 1)
-    np.testing.assert_array_equal(x, _first_batch(shared_augmentations="crop",
-                                                  view1_augmentations=(),
-                                                  view2_augmentations=()))
+    _assert_views_equal(x, _first_batch(shared_augmentations="crop", view1_augmentations=(),
+                                        view2_augmentations=()))
 
 
 def test_clean_view_is_each_example_eval_image_beside_unchanged_views():
-    """clean_view=True appends the example's evaluation image
-    (preprocess_for_eval) as channels 6:9; the two views stay bit-identical."""
+    """clean_view=True adds the example's evaluation image (preprocess_for_eval)
+    as the view "clean"; the two views stay bit-identical."""
     default = _first_batch()
     with_clean = _first_batch(clean_view=True)
-    assert with_clean.shape == default.shape[:-1] + (9,)
-    np.testing.assert_array_equal(with_clean[..., :6], default)
+    assert sorted(with_clean) == ["clean", "view1", "view2"]
+    assert with_clean["clean"].shape == default["view1"].shape
+    _assert_views_equal({v: with_clean[v] for v in ("view1", "view2")}, default)
     # Which example each row is, read from the resize-only views of the same stream.
     ids = _example_ids(np.round(_first_batch(view1_augmentations=(), view2_augmentations=(),
-                                             clean_view=True)[..., :3] * 255.0))
+                                             clean_view=True)["view1"] * 255.0))
     images, _ = offline.generate("train")
     for row, i in enumerate(ids):
-        np.testing.assert_array_equal(with_clean[row, ..., 6:],
+        np.testing.assert_array_equal(with_clean["clean"][row],
                                       augment.preprocess_for_eval(images[i], S).numpy())
 
 
 def test_probe_view_clean_reaches_the_pretraining_stream():
     cfg = config_lib.Config(train_split=SPLIT, seed=3, probe_view="clean")
     task = tasks.build_task("pretrain", cfg.loss)
-    ds, _ = task.train_dataset(cfg.data, cfg.augment, B, None, seed=cfg.seed)
+    ds, _ = task.build_inputs(cfg.data, cfg.augment, B)
     (x,), _ = _take(ds, 1)
-    np.testing.assert_array_equal(x, _first_batch(clean_view=True))
+    _assert_views_equal(x, _first_batch(clean_view=True))
 
 
 def test_view_grid_shows_the_two_views_of_a_batch_with_a_clean_view():
     from simclr_tf.data import view_grid
 
-    batch = _first_batch(clean_view=True)[:3]
-    np.testing.assert_array_equal(view_grid.grid(batch, 2), view_grid.grid(batch[..., :6], 2))
-    assert not np.array_equal(view_grid.grid(batch[..., 3:], 2),
-                              view_grid.grid(batch[..., :6], 2))
+    batch = {name: view[:3] for name, view in _first_batch(clean_view=True).items()}
+    pair = {"view1": batch["view1"], "view2": batch["view2"]}
+    np.testing.assert_array_equal(view_grid.grid(batch, 2), view_grid.grid(pair, 2))
+    # The clean view is not shown: view 2 | clean would be another picture.
+    assert not np.array_equal(
+        view_grid.grid({"view1": batch["view2"], "view2": batch["clean"]}, 2),
+        view_grid.grid(pair, 2))
