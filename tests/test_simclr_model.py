@@ -15,17 +15,27 @@ TINY = dict(resnet_depth=18, width_multiplier=0.25, image_size=16, proj_out_dim=
 
 
 def _model(num_classes=5, **overrides):
-    """A TaskModel: the network of the config with the task of its train_mode."""
+    """A TaskModel: the network of the config with the task of its train_mode
+    and the config's weight decay."""
     cfg = config_lib.Config(**{**TINY, **overrides})
-    return TaskModel(simclr_model.build_model(cfg.model, num_classes),
-                     tasks.build_task(cfg.train_mode, cfg.loss))
+    return TaskModel(tasks.build_model(cfg, num_classes),
+                     tasks.build_task(cfg.train_mode, cfg.loss),
+                     weight_decay=(cfg.optimizer, cfg.weight_decay))
 
 
 def _batch(n=8, size=16, seed=0, views=2, num_classes=5):
+    """``(images, labels)`` with views=1, else ``({"view1", "view2"}, labels)``."""
     rng = np.random.default_rng(seed)
     images = rng.uniform(size=(n, size, size, 3 * views)).astype("float32")
     labels = rng.integers(0, num_classes, size=n).astype("int32")
+    if views == 2:
+        return _views(images), tf.constant(labels)
     return tf.constant(images), tf.constant(labels)
+
+
+def _views(images):
+    """Two views of [B, H, W, 6] (channels 0:3 and 3:6) as a pretraining batch's dict."""
+    return {"view1": tf.constant(images[..., :3]), "view2": tf.constant(images[..., 3:])}
 
 
 def test_call_outputs_and_shapes():
@@ -36,6 +46,27 @@ def test_call_outputs_and_shapes():
     assert out["final_avg_pool"].shape == (2, model.network.encoder.feature_dim)
     assert out["proj_head_output"].shape == (2, 16)
     assert out["logits_sup"].shape == (2, 5)
+
+
+def test_call_on_views_gives_both_views_and_the_clean_views_probe():
+    model = _model().network
+    views, _ = _batch(n=4)
+    clean = tf.random.uniform([4, 16, 16, 3], seed=2)
+    out = model(views)
+    both = model(tf.concat([views["view1"], views["view2"]], 0))
+    # Inference-mode BN: the 2B rows are those of the stacked views, view 1 first.
+    for key in both:
+        assert out[key].shape[0] == 8, key
+        np.testing.assert_allclose(out[key].numpy(), both[key].numpy(), rtol=1e-5, atol=1e-6)
+    with_clean = model({**views, "clean": clean})
+    np.testing.assert_allclose(with_clean["proj_head_output"].numpy(),
+                               out["proj_head_output"].numpy(), rtol=1e-5, atol=1e-6)
+    assert with_clean["logits_sup"].shape == (4, 5)  # the probe classifies the clean view
+    np.testing.assert_allclose(with_clean["logits_sup"].numpy(),
+                               model(clean)["logits_sup"].numpy(), rtol=1e-5, atol=1e-6)
+    for bad in ({"view1": clean}, {**views, "view3": clean}):
+        with pytest.raises(ValueError, match="view1 and view2 required"):
+            model(bad)
 
 
 def test_probe_does_not_change_the_encoder_update():
@@ -90,11 +121,12 @@ def test_fit_traces_the_train_step_once():
             return super().train_step(data)
 
     cfg = config_lib.Config(**TINY)
-    model = Counting(simclr_model.build_model(cfg.model, 5), tasks.build_task("pretrain", cfg.loss))
+    model = Counting(tasks.build_model(cfg, 5), tasks.build_task("pretrain", cfg.loss))
     model.compile(optimizer=optimizers.LARS(0.5, weight_decay=1e-4))
     model(tf.zeros([1, 16, 16, 3]))
     model.fit(tf.data.Dataset.from_tensors(_batch()).repeat(), steps_per_epoch=2, verbose=0)
-    assert model.probe_optimizer is not None and model.probe_optimizer.built
+    (probe_optimizer, probe), = model._own  # the task's own optimizer: the probe's
+    assert probe_optimizer.built and probe == model.network.supervised_head.trainable_variables
     assert int(model.optimizer.iterations) == 2 and len(traces) == 1
 
 
@@ -174,8 +206,8 @@ def test_unlabelled_examples_are_masked_from_the_probe():
     _, all_labelled = model.compute_loss((images, labels), training=False)
     masked = tf.concat([labels[:4], -tf.ones([4], tf.int32)], 0)
     _, half = model.compute_loss((images, masked), training=False)
-    _, first_half = model.compute_loss((images[:4], labels[:4]),
-                                               training=False)
+    _, first_half = model.compute_loss(({k: v[:4] for k, v in images.items()}, labels[:4]),
+                                       training=False)
     # Eval-mode BN makes each example independent of the others.
     np.testing.assert_allclose(float(half["sup_loss"]), float(first_half["sup_loss"]),
                                rtol=1e-5)
@@ -198,7 +230,6 @@ def test_get_config_round_trip_gives_identical_outputs():
 _TWO_REPLICA_STEP = """
 import json, numpy as np, tensorflow as tf
 from simclr_tf import config as config_lib, optimizers, tasks
-from simclr_tf.models import simclr_model
 from simclr_tf.runtime import TaskModel
 cfg = config_lib.Config(resnet_depth=18, width_multiplier=0.25, image_size=16,
                         proj_out_dim=16, temperature=0.5, global_bn=True)
@@ -209,13 +240,14 @@ labels = rng.integers(0, 5, size=8).astype("int32")
 def one_step(strategy):
     tf.keras.utils.set_random_seed(4)
     with strategy.scope():
-        model = TaskModel(simclr_model.build_model(cfg.model, 5),
-                          tasks.build_task("pretrain", cfg.loss))
+        model = TaskModel(tasks.build_model(cfg, 5), tasks.build_task("pretrain", cfg.loss),
+                          weight_decay=(cfg.optimizer, cfg.weight_decay))
         model.compile(optimizer=optimizers.LARS(0.5, weight_decay=1e-4))
         model(tf.zeros([1, 16, 16, 3]))
         model.optimizer.build(model.trainable_variables)
     start = [v.numpy().copy() for v in model.trainable_variables]
-    ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+    views = {"view1": images[..., :3], "view2": images[..., 3:]}
+    ds = tf.data.Dataset.from_tensor_slices((views, labels)).batch(8)
     dist = strategy.experimental_distribute_dataset(ds)
     @tf.function
     def step(batch):
@@ -260,7 +292,6 @@ def test_one_device_and_two_replicas_take_the_same_step():
 _MIRRORED_FIT = """
 import json, numpy as np, tensorflow as tf
 from simclr_tf import config as config_lib, optimizers, tasks
-from simclr_tf.models import simclr_model
 from simclr_tf.runtime import TaskModel
 cfg = config_lib.Config(resnet_depth=18, width_multiplier=0.25, image_size=16,
                         proj_out_dim=16, temperature=0.5, global_bn=True)
@@ -271,10 +302,11 @@ rng = np.random.default_rng(0)
 images = rng.uniform(size=(16, 16, 16, 6)).astype("float32")
 labels = rng.integers(0, 5, size=16).astype("int32")
 with strategy.scope():
-    model = TaskModel(simclr_model.build_model(cfg.model, 5),
-                      tasks.build_task("pretrain", cfg.loss))
+    model = TaskModel(tasks.build_model(cfg, 5), tasks.build_task("pretrain", cfg.loss),
+                      weight_decay=(cfg.optimizer, cfg.weight_decay))
     model.compile(optimizer=optimizers.LARS(0.3, weight_decay=1e-6))
-ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16).repeat()
+views = {"view1": images[..., :3], "view2": images[..., 3:]}
+ds = tf.data.Dataset.from_tensor_slices((views, labels)).batch(16).repeat()
 hist = model.fit(ds, steps_per_epoch=1, epochs=8, verbose=0)
 bn = [l for l in model.network.encoder._flatten_layers() if "batch_normalization" in l.name]
 print(json.dumps({"loss": hist.history["contrast_loss"],
