@@ -74,20 +74,19 @@ def test_select_on_offline_shapes_matches_its_labels():
 def test_finetune_stream_holds_only_the_subset_and_distill_stream_masks_the_rest():
     sub = subsets.select("offline_shapes", "test", None, 0.05, None, 0)  # 10 per class
     x, y = offline.generate("test")
-    ds, info = pipeline.build_finetune_dataset("offline_shapes", "test", 100, 16,
-                                               label_subset=sub)
+    cfg = config_lib.Config(dataset="offline_shapes", train_split="test", image_size=16)
+    ds, info = pipeline.build_finetune_dataset(cfg.data, 100, label_subset=sub)
     assert info.num_examples == 100
     assert optimizers.steps_per_epoch(info.num_examples, 100) == 1
     _, labels = next(iter(ds))
     np.testing.assert_array_equal(np.bincount(labels.numpy()), np.full(10, 10))
-    ds, info = pipeline.build_finetune_dataset("offline_shapes", "test", 500, 16,
-                                               label_subset=sub, keep_unlabeled=True)
+    ds, info = pipeline.build_finetune_dataset(cfg.data, 500, label_subset=sub,
+                                               keep_unlabeled=True)
     assert info.num_examples == 2000
     labels = np.concatenate([b[1].numpy() for b in ds.take(4)])
     assert np.sum(labels >= 0) == 100 and np.sum(labels == -1) == 1900
     # The pretraining stream keeps every image too, labels only in the subset.
-    ds, _ = pipeline.build_train_dataset("offline_shapes", "test", 500, 16,
-                                         label_subset=sub)
+    ds, _ = pipeline.build_train_dataset(cfg.data, cfg.augment, 500, label_subset=sub)
     labels = np.concatenate([b[1].numpy() for b in ds.take(4)])
     assert np.sum(labels >= 0) == 100
 
@@ -134,8 +133,9 @@ def test_subset_file_matches_image_folder_paths_and_file_names(tmp_path, monkeyp
     chosen = sorted(p[len(str(root)) + 1:] for p in np.array(paths)[sub.indices])
     assert chosen == ["train/cat/a.png", "train/cat/c.png", "train/dog/b.png",
                       "train/dog/c.png"]
-    ds, info = pipeline.build_finetune_dataset("image_folder", "train", 4, 8,
-                                               data_dir=str(root), label_subset=sub)
+    cfg = config_lib.Config(dataset="image_folder", train_split="train", image_size=8,
+                            data_dir=str(root))
+    ds, info = pipeline.build_finetune_dataset(cfg.data, 4, label_subset=sub)
     assert info.num_examples == 4
 
 
