@@ -72,7 +72,9 @@ def main(argv):
 
     try:
         run_dir.makedirs()  # also gs:// paths
-        if exp.is_chief and cfg.mode != "export":  # export keeps the run's config
+        # Only training writes config.yaml: it records what the checkpoints were
+        # trained with, and eval / export must not rewrite it with their flags.
+        if exp.is_chief and cfg.mode in ("train", "train_then_eval"):
             run_dir.write_config(cfg)
     except (OSError, tf.errors.OpError) as e:
         fail(f"Cannot write to model_dir {cfg.model_dir!r} "
