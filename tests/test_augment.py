@@ -87,17 +87,18 @@ def test_train_and_eval_in_tf_data_with_dynamic_shapes(dtype):
         s2 = tf.stack([i, tf.constant(1, tf.int64)])
         v1 = augment.preprocess_for_train(x, s1, 48, color_jitter_impl="v1")
         v2 = augment.preprocess_for_train(x, s2, 48)
-        return tf.concat([v1, v2], axis=-1), augment.preprocess_for_eval(x, 48)
+        return {"view1": v1, "view2": v2}, augment.preprocess_for_eval(x, 48)
 
     out = ds.enumerate().map(two_views_and_eval, num_parallel_calls=AUTOTUNE)
-    assert out.element_spec[0].shape == (48, 48, 6)
+    assert {name: spec.shape for name, spec in out.element_spec[0].items()} == {
+        "view1": (48, 48, 3), "view2": (48, 48, 3)}
     assert out.element_spec[1].shape == (48, 48, 3)
     for views, ev in out:
-        for arr in (views.numpy(), ev.numpy()):
+        for arr in (views["view1"].numpy(), views["view2"].numpy(), ev.numpy()):
             assert arr.dtype == np.float32
             assert arr.min() >= 0.0 and arr.max() <= 1.0
             assert np.isfinite(arr).all()
-        assert not np.array_equal(views[..., :3], views[..., 3:])
+        assert not np.array_equal(views["view1"], views["view2"])
 
 
 def test_uint8_and_float_inputs_agree():
