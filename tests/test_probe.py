@@ -9,7 +9,6 @@ import tensorflow_datasets as tfds
 
 from simclr_tf import config as config_lib
 from simclr_tf import optimizers, runtime, tasks
-from simclr_tf.models import simclr_model
 from simclr_tf.runtime import TaskModel
 
 TINY = dict(resnet_depth=18, width_multiplier=0.25, image_size=16, proj_out_dim=16,
@@ -20,14 +19,15 @@ def _batch(n=8, size=16, seed=0, num_classes=5):
     rng = np.random.default_rng(seed)
     images = rng.uniform(size=(n, size, size, 6)).astype("float32")
     labels = rng.integers(0, num_classes, size=n).astype("int32")
-    return tf.constant(images), tf.constant(labels)
+    views = {"view1": tf.constant(images[..., :3]), "view2": tf.constant(images[..., 3:])}
+    return views, tf.constant(labels)
 
 
 def _trainer(**overrides):
     tf.keras.utils.set_random_seed(3)
     cfg = config_lib.Config(**{**TINY, **overrides})
-    trainer = TaskModel(simclr_model.build_model(cfg.model, 5),
-                        tasks.build_task("pretrain", cfg.loss))
+    trainer = TaskModel(tasks.build_model(cfg, 5), tasks.build_task("pretrain", cfg.loss),
+                        weight_decay=(cfg.optimizer, cfg.weight_decay))
     trainer.compile(optimizer=optimizers.LARS(0.5, weight_decay=1e-4))
     trainer(tf.zeros([1, 16, 16, 3]))
     return trainer
@@ -37,7 +37,8 @@ def test_probe_takes_a_plain_sgd_step_and_the_encoder_its_lars_step():
     data = _batch()
     own = _trainer(probe_learning_rate=0.05, weight_decay=1e-4)
     head = own.network.supervised_head.trainable_variables
-    assert own.task.probe_variables(own.network) == head and len(head) >= 2
+    (_, probe), = own.task.own_optimizers(own.network)
+    assert probe == head and len(head) >= 2
     before = [v.numpy().copy() for v in head]
     with tf.GradientTape() as tape:
         loss, _ = own.compute_loss(data)
@@ -49,7 +50,7 @@ def test_probe_takes_a_plain_sgd_step_and_the_encoder_its_lars_step():
         np.testing.assert_allclose(v.numpy(), w0 - 0.05 * g.numpy(), rtol=1e-4,
                                    atol=1e-6, err_msg=v.path)
     shared = _trainer(probe_learning_rate=0.0, weight_decay=1e-4)
-    assert shared.task.probe_variables(shared.network) == []
+    assert shared.task.own_optimizers(shared.network) == []
     shared.train_step(data)
     # Same encoder update either way (stop-gradient); the probe's differs.
     for a, b in zip(own.network.encoder.trainable_variables,
@@ -74,14 +75,14 @@ def test_a_probe_with_its_own_optimizer_gets_no_weight_decay():
 
 def test_finetuning_has_no_separate_probe():
     cfg = config_lib.Config(**TINY, train_mode="finetune", probe_learning_rate=0.1)
-    model = simclr_model.build_model(cfg.model, 5)
-    assert tasks.build_task("finetune", cfg.loss).probe_variables(model) == []
+    model = tasks.build_model(cfg, 5)
+    assert tasks.build_task("finetune", cfg.loss).own_optimizers(model) == []
 
 
 def _with_clean(data, seed=1):
-    images, labels = data
-    clean = tf.random.stateless_uniform([images.shape[0], 16, 16, 3], [seed, 0])
-    return tf.concat([images, clean], axis=-1), labels
+    views, labels = data
+    clean = tf.random.stateless_uniform([views["view1"].shape[0], 16, 16, 3], [seed, 0])
+    return {**views, "clean": clean}, labels
 
 
 def test_clean_view_probe_reads_the_eval_image_through_the_inference_encoder():
@@ -90,7 +91,7 @@ def test_clean_view_probe_reads_the_eval_image_through_the_inference_encoder():
     softmax here); the contrastive part is unchanged."""
     data = _batch()
     images, labels = _with_clean(data)
-    clean = images[..., 6:]
+    clean = images["clean"]
     trainer = _trainer(probe_view="clean")
     _, results = trainer.compute_loss((images, labels))
     net = trainer.network
@@ -145,24 +146,26 @@ def test_run_checkpoints_the_probe_optimizer_and_resumes_older_runs(tmp_path):
     a run with it restores its momentum exactly."""
     with tfds.testing.mock_data(num_examples=64):
         old = runtime.build(_cfg(tmp_path, probe_learning_rate=0.0))
-        assert old.probe_optimizer is None
+        assert len(old.updates) == 1  # the probe under the run's optimizer
         os.makedirs(old.cfg.model_dir)
         runtime.train(old)
         head_old = [v.numpy() for v in old.model.supervised_head.weights]
 
         new = runtime.build(_cfg(tmp_path, train_steps=4, probe_learning_rate=0.1))
-        assert new.probe_optimizer is not None
+        assert len(new.updates) == 2
+        probe_optimizer, probe = new.updates[1]
+        assert probe == new.model.supervised_head.trainable_variables
         assert "resumed from" in new.checkpointer.restore_for_training()
         # Everything but the probe optimizer restored; its step follows the run.
         for v, w in zip(new.model.supervised_head.weights, head_old):
             np.testing.assert_array_equal(v.numpy(), w)
-        assert int(new.probe_optimizer.iterations) == 2 == new.step
+        assert int(probe_optimizer.iterations) == 2 == new.step
         runtime.train(new)
-        assert new.step == 4 and int(new.probe_optimizer.iterations) == 4
-        slots = [v.numpy() for v in new.probe_optimizer.variables]
+        assert new.step == 4 and int(probe_optimizer.iterations) == 4
+        slots = [v.numpy() for v in probe_optimizer.variables]
         assert any(np.abs(s).sum() > 0 for s in slots[1:])
 
         again = runtime.build(_cfg(tmp_path, train_steps=4, probe_learning_rate=0.1))
         again.checkpointer.restore_for_training()
-        for v, s in zip(again.probe_optimizer.variables, slots):
+        for v, s in zip(again.updates[1][0].variables, slots):
             np.testing.assert_array_equal(v.numpy(), s, err_msg=v.path)
