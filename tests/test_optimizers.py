@@ -316,6 +316,53 @@ def test_schedule_config_round_trip():
     assert isinstance(again, WarmUpAndCosine) and again.total_steps == 70
 
 
+def _official_schedule(base, batch_size, scaling, warmup_steps, total_steps, steps):
+    """The official SimCLR schedule in float64 NumPy (model_util.WarmUpAndCosineDecay)."""
+    peak = base * batch_size / 256.0 if scaling == "linear" else base * math.sqrt(batch_size)
+    steps = np.asarray(steps, np.float64)
+    ramp = peak * steps / warmup_steps if warmup_steps else np.full_like(steps, peak)
+    decay = max(total_steps - warmup_steps, 1)  # also runs that end inside the warm-up
+    progress = np.clip((steps - warmup_steps) / decay, 0.0, 1.0)
+    return peak, np.where(steps < warmup_steps, ramp,
+                          peak * 0.5 * (1.0 + np.cos(np.pi * progress)))
+
+
+@pytest.mark.parametrize("base,n,b,epochs,warmup,scaling,steps", [
+    (0.3, 50000, 512, 100, 10, "linear", None),      # CIFAR-10 recipe
+    (0.075, 1281167, 4096, 800, 10, "sqrt", None),   # ImageNet, sqrt scaling
+    (0.5, 1000, 100, 10, 0, "linear", None),         # no warm-up
+    (0.3, 1000, 300, 10, 0.6, "linear", None),       # 2 warm-up steps
+    (0.3, 1000, 100, 1, 2, "linear", None),          # ends inside the warm-up
+    (0.3, 1000, 100, 2, 2, "linear", None),          # ends at the warm-up's end
+    (0.2, 73257, 512, 200, 5, "sqrt", 777),          # train_steps override
+])
+def test_schedule_matches_the_official_closed_form(base, n, b, epochs, warmup, scaling,
+                                                    steps):
+    """Eager and in tf.function, at every boundary and ~1000 steps between them.
+
+    float32 arithmetic stays within about one float32 epsilon of the peak from
+    the float64 formula; a step off anywhere would miss by far more.
+    """
+    s = WarmUpAndCosine(base, n, b, epochs, warmup, learning_rate_scaling=scaling,
+                        train_steps=steps)
+    counts = optimizers.step_counts(n, b, epochs, steps, warmup)
+    w, t = counts.warmup_steps, counts.total_steps
+    grid = set(range(0, t + 10, max(1, t // 1000)))
+    grid |= {k for edge in (w, t) for k in (edge - 1, edge, edge + 1) if k >= 0}
+    grid = sorted(grid)
+    peak, expected = _official_schedule(base, b, scaling, w, t, grid)
+    np.testing.assert_allclose(s.scaled_learning_rate, peak, rtol=1e-15)
+    in_graph = tf.function(lambda k: s(k))
+    tolerance = 2 * np.finfo(np.float32).eps * peak
+    for run in (s, in_graph):
+        got = np.array([run(tf.constant(k, tf.int64)).numpy() for k in grid])
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, rtol=0, atol=tolerance)
+    if w < t:  # (a run that ends inside its warm-up never decays)
+        assert float(s(t)) == 0.0 and float(s(t + 5)) == 0.0  # ends at 0, stays there
+        np.testing.assert_allclose(float(s(w)), peak, rtol=1e-6)  # the peak
+
+
 # --------------------------------------------------------------------------
 # Helpers
 
