@@ -144,11 +144,11 @@ def test_views_png_shows_the_pipelines_pairs(tmp_path):
     shape = views_cli.write_views(cfg, path, num_pairs=3, scale=2)
     picture = tf.io.decode_png(tf.io.read_file(path)).numpy()
     assert picture.shape == shape == (3 * 32 + 2 * 2, 2 * 32 + 2, 3)
-    ds, _ = pipeline.build_train_dataset(cfg.dataset, cfg.train_split, 3, cfg.image_size,
-                                         seed=cfg.seed, color_jitter_strength=0.5)
+    reference = cfg.replace(color_jitter_strength=0.5)
+    ds, _ = pipeline.build_train_dataset(reference.data, reference.augment, 3)
     views, _ = next(iter(ds))
-    first = np.round(views.numpy()[0, :, :, :3] * 255)
-    second = np.round(views.numpy()[0, :, :, 3:] * 255)
+    first = np.round(views["view1"].numpy()[0] * 255)
+    second = np.round(views["view2"].numpy()[0] * 255)
     np.testing.assert_allclose(picture[0:32:2, 0:32:2], first, atol=1)
     np.testing.assert_allclose(picture[0:32:2, 34:66:2], second, atol=1)
     assert not np.allclose(first, second)  # two different views
