@@ -1,5 +1,7 @@
 """simclr_tf.runtime.steps: the XLA-compiled training step equals the plain one."""
 
+import functools
+
 import keras
 import numpy as np
 import pytest
@@ -7,8 +9,8 @@ import tensorflow as tf
 
 from simclr_tf import config as config_lib
 from simclr_tf import optimizers, tasks
-from simclr_tf.models import simclr_model
 from simclr_tf.runtime import steps as steps_lib
+from simclr_tf.tasks.base import others
 
 SIZE = 16
 
@@ -19,23 +21,28 @@ def _one_step(train_mode, jit_compile):
                             train_mode=train_mode, global_bn=False,
                             fine_tune_after_block=-1, ft_proj_selector=1)
     keras.utils.set_random_seed(0)
-    model = simclr_model.build_model(cfg, 10)
+    model = tasks.build_model(cfg, 10)
     model(tf.zeros([1, SIZE, SIZE, 3]))
     optimizer = optimizers.LARS(1.0, weight_decay=1e-4)
     optimizer.build(model.trainable_variables)
     task = tasks.build_task(train_mode, cfg.loss)
     metrics = steps_lib.train_metrics(task.metric_names(model))
-    probe_optimizer = None
-    if task.probe_variables(model):  # pretraining: the probe's own SGD
-        probe_optimizer = optimizers.build_probe_optimizer(0.1, total_steps=10)
-    step_fn = steps_lib.make_train_step(model, task, optimizer, metrics,
-                                        probe_optimizer=probe_optimizer)
+    # pretraining: the probe's own SGD (probe_learning_rate=0.1), cosine over 10 steps
+    own = task.own_optimizers(model, total_steps=10)
+    assert len(own) == (train_mode == "pretrain")
+    updates = [(optimizer, others(model, own))] + own
+    weight_decay = functools.partial(optimizers.weight_decay_in_loss, cfg.optimizer,
+                                     cfg.weight_decay)
+    step_fn = steps_lib.make_train_step(model, task, updates, metrics,
+                                        weight_decay=weight_decay)
     train_steps = steps_lib.make_train_steps(step_fn, tf.distribute.get_strategy(),
                                              optimizer, jit_compile=jit_compile)
     rng = np.random.default_rng(1)
     channels = 6 if train_mode == "pretrain" else 3
-    batch = (tf.constant(rng.uniform(size=(8, SIZE, SIZE, channels)), tf.float32),
-             tf.constant(rng.integers(0, 10, 8), tf.int32))
+    images = tf.constant(rng.uniform(size=(8, SIZE, SIZE, channels)), tf.float32)
+    if train_mode == "pretrain":
+        images = {"view1": images[..., :3], "view2": images[..., 3:]}
+    batch = (images, tf.constant(rng.integers(0, 10, 8), tf.int32))
     before = [v.numpy().copy() for v in model.trainable_variables]
     train_steps(iter(tf.data.Dataset.from_tensors(batch).repeat()), tf.constant(1))
     after = [v.numpy() for v in model.trainable_variables]
