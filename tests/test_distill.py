@@ -144,14 +144,14 @@ def test_distill_model_trains_on_teacher_logits_and_keeps_teacher_out_of_weights
 
     cfg = _small_cfg(train_mode="distill", distill_temperature=2.0, optimizer="momentum",
                      learning_rate=0.1, distill_label_weight=0.5)
-    model = simclr_model.build_model(cfg, 4)
+    model = tasks.build_model(cfg, 4)
     model(tf.zeros([1, 16, 16, 3]))
     n_weights = len(model.weights)
     teacher_net = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(4)])
     teacher_net.build((None, 16, 16, 3))
     task = tasks.build_task("distill", cfg.loss,
                             teacher=lambda images: teacher_net(images, training=False))
-    trainer = TaskModel(model, task)
+    trainer = TaskModel(model, task, weight_decay=(cfg.optimizer, cfg.weight_decay))
     assert len(model.weights) == n_weights  # the teacher is not the student's
     assert len(trainer.weights) == n_weights
     trainer.compile(optimizer=keras.optimizers.SGD(0.1))
@@ -170,12 +170,12 @@ def test_distill_model_trains_on_teacher_logits_and_keeps_teacher_out_of_weights
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
     """Two tiny exports at 16 px: with a supervised head (3 classes) and without."""
-    from simclr_tf.models import simclr_model
+    from simclr_tf import tasks
 
     root = tmp_path_factory.mktemp("teachers")
     paths = {}
     for name, classes in (("with_head", 3), ("no_head", 0)):
-        model = simclr_model.build_model(_small_cfg(train_mode="pretrain"), classes)
+        model = tasks.build_model(_small_cfg(train_mode="pretrain"), classes)
         model(tf.zeros([1, 16, 16, 3]))
         export.export_model(model, str(root / name), 16, keras_file=False)
         paths[name] = (str(root / name), model)
@@ -300,12 +300,11 @@ MIN_GAIN = 0.08
 
 TWO_REPLICA_SESSION_BODY = r"""
 import json, sys, tempfile
-from simclr_tf import config as config_lib, export, runtime
-from simclr_tf.models import simclr_model
+from simclr_tf import config as config_lib, export, runtime, tasks
 
 root = tempfile.mkdtemp()
 small = dict(image_size=16, proj_out_dim=8, train_batch_size=8, eval_batch_size=250)
-teacher = simclr_model.build_model(
+teacher = tasks.build_model(
     config_lib.Config(train_mode="finetune", global_bn=False, **small), 10)
 teacher(tf.zeros([1, 16, 16, 3]))
 export.export_model(teacher, root + "/teacher", 16, keras_file=False)
