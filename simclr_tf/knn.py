@@ -9,23 +9,21 @@ temperature 0.1 as solo-learn and lightly report it). It trains nothing, so
 it is an honest number for short runs, where a linear classifier's own
 training is a source of noise.
 
-Scale: the training features are read once, in chunks of about 64 MB (a
-memmap from :mod:`simclr_tf.linear_eval` when they exceed 1 GiB), and every
-query keeps its ``k`` best so far, so memory stays at ``Q x k`` plus one
-chunk's similarities. Time is ``2 N D Q`` FLOP of matrix products plus a
-single-threaded top-k: for ImageNet (N 1.28M, D 2048, Q 50,000) about 78 min
-on 2 cores, of which 10 min is the top-k (README, "Frozen-feature linear
-evaluation").
+Scale: the training features (a memmap from :mod:`simclr_tf.linear_eval`
+above 1 GiB) are read once, through :func:`simclr_tf.linear_eval.chunks`,
+and every query keeps its ``k`` best so far, so memory is ``Q x k`` plus one
+chunk's similarities; the work is ``2 N D Q`` FLOP of matrix products plus a
+top-k per chunk (docs/linear_eval.md has the ImageNet estimate).
 """
 
 import numpy as np
 from absl import logging
 
+from simclr_tf.linear_eval.features import chunk_rows, chunks
 from simclr_tf.linear_eval.protocol import topk_accuracy
 
 K = 200
 TEMPERATURE = 0.1
-CHUNK_BYTES = 64 << 20  # training rows read per chunk: about this many bytes of float32
 
 
 def _normalise(x):
@@ -37,34 +35,31 @@ def knn_scores(train_x, train_y, query_x, num_classes, k=K, temperature=TEMPERAT
                batch_size=1024, train_chunk=None):
     """Class scores [Q, num_classes] of the weighted kNN vote.
 
-    The training features are read once, ``train_chunk`` rows at a time
-    (default: about 64 MB), so a memmap of any size is never held in memory
-    whole; each query batch of ``batch_size`` keeps its ``k`` most similar
-    rows so far. Memory: ``Q x k`` running neighbours plus one chunk's
-    similarities.
+    The training rows are read once, ``train_chunk`` at a time (default:
+    :func:`simclr_tf.linear_eval.features.chunk_rows`, at least ``k``); each
+    query batch of ``batch_size`` merges a chunk's similarities into its
+    ``k`` most similar rows so far.
     """
-    train_y = np.asarray(train_y, np.int64)
     k = min(k, len(train_y))
     num_queries = len(query_x)
     if num_queries == 0 or k == 0:
         return np.zeros((num_queries, num_classes))
-    chunk = max(k, int(train_chunk or CHUNK_BYTES // (4 * max(train_x.shape[1], 1))))
+    size = max(k, int(train_chunk or chunk_rows(train_x.shape[1])))
     best_sim = np.full((num_queries, k), -np.inf, np.float32)
     best_label = np.zeros((num_queries, k), np.int64)
-    for start in range(0, len(train_y), chunk):
-        train = _normalise(train_x[start:start + chunk])
-        labels = train_y[start:start + chunk]
+    for train, labels in chunks(train_x, train_y, size=size):
+        train = _normalise(train)
         for q in range(0, num_queries, batch_size):
-            sims = np.concatenate(
-                [best_sim[q:q + batch_size],
-                 _normalise(query_x[q:q + batch_size]) @ train.T], axis=1)  # [b, k + c]
+            batch = slice(q, q + batch_size)
+            sims = np.concatenate([best_sim[batch], _normalise(query_x[batch]) @ train.T],
+                                  axis=1)  # [b, k + chunk]: the k best so far first
             top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-            old = np.take_along_axis(best_label[q:q + batch_size], np.minimum(top, k - 1), 1)
-            best_label[q:q + batch_size] = np.where(top < k, old, labels[np.maximum(top - k, 0)])
-            best_sim[q:q + batch_size] = np.take_along_axis(sims, top, axis=1)
-    weights = np.exp(best_sim / temperature)
+            kept = np.take_along_axis(best_label[batch], np.minimum(top, k - 1), 1)
+            best_label[batch] = np.where(top < k, kept, labels[np.maximum(top - k, 0)])
+            best_sim[batch] = np.take_along_axis(sims, top, axis=1)
     votes = np.zeros((num_queries, num_classes), np.float64)
-    np.add.at(votes, (np.arange(num_queries)[:, None], best_label), weights)
+    np.add.at(votes, (np.arange(num_queries)[:, None], best_label),
+              np.exp(best_sim / temperature))
     return votes
 
 
@@ -79,4 +74,4 @@ def evaluate(features, num_classes, k=K, temperature=TEMPERATURE):
     scores = knn_scores(train_x, train_y, eval_x, num_classes, k, temperature)
     eval_y = np.asarray(eval_y)
     return {"top1": topk_accuracy(scores, eval_y, 1), "top5": topk_accuracy(scores, eval_y, 5),
-            "k": int(min(k, len(train_x))), "temperature": float(temperature)}
+            "k": int(min(k, len(train_y))), "temperature": float(temperature)}

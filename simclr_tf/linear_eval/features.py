@@ -1,10 +1,10 @@
-"""Frozen features h of a split, extracted through the run's strategy; large ones on disk.
+"""Frozen features h of a split: extracted through the run's strategy, stored, read back in chunks.
 
-* Extraction runs through the run's strategy: ``encoder(images,
-  training=False)`` (BN in inference mode, no augmentation) per replica with
-  ``strategy.run`` over the eval pipeline (:func:`pipeline.build_eval_dataset`,
-  distributed by :func:`distribute.distribute_dataset`). Every batch is padded
-  to the global batch size (label ``-2``, dropped again on the host), so
+* Extraction runs ``encoder(images, training=False)`` (BN in inference mode,
+  no augmentation) per replica with ``strategy.run`` over the eval pipeline
+  (:func:`pipeline.build_eval_dataset`, distributed by
+  :func:`distribute.distribute_dataset`). Every batch is padded to the global
+  batch size (label :data:`PAD_LABEL`, dropped again on the host), so
   replicas see equal, static shapes (TPU) and the last, partial batch needs no
   special case. Each replica's features are gathered to the host per batch
   (``experimental_local_results``, concatenated in replica order, which is the
@@ -13,17 +13,19 @@
   falls back to the chief's default strategy (logged).
 * Unlabelled examples (label -1) are dropped, and with ``indices`` (a label
   subset's) only those examples are kept, before anything is stored.
-* Storage: features are held in host memory when the split's (upper bound
-  of) ``rows x dim x 4`` bytes is at most ``memory_limit`` (default
-  :data:`MEMORY_LIMIT_BYTES`, 1 GiB), else written batch by batch to a raw
-  float32 file in ``scratch_dir`` (default: ``tempfile.gettempdir()``, so
-  ``TMPDIR`` moves it) and read back as a read-only ``np.memmap``. The file
-  is written with ordinary ``write`` calls (a full disk is an ``OSError``, not
-  the ``SIGBUS`` of writing through a mapping), free space is checked first,
-  and the file is unlinked as soon as it is mapped (POSIX keeps the data until
-  the mapping is dropped), so nothing is left behind, even after a crash.
-  float32 rather than float16: the memmap and in-memory paths give identical
-  numbers, and halving 10.5 GB of disk is not worth a second rounding.
+* Storage: a split whose (upper bound of) ``rows x dim x 4`` bytes is at most
+  ``memory_limit`` (default :data:`MEMORY_LIMIT_BYTES`, 1 GiB) stays in host
+  memory; a larger one is written batch by batch to a raw float32 file in
+  ``scratch_dir`` (default ``tempfile.gettempdir()``, so ``TMPDIR`` moves it)
+  and read back as a read-only ``np.memmap``. Plain ``write`` calls (a full
+  disk is an ``OSError``, not the ``SIGBUS`` of writing through a mapping),
+  free space checked first, the file unlinked as soon as it is mapped (POSIX
+  keeps the data while mapped), so nothing is left behind, even after a crash.
+  float32, not float16: both storages then give identical numbers.
+* Reading: everything downstream (the solver, the scoring, :mod:`simclr_tf.knn`)
+  reads rows through :func:`chunks`, about :data:`CHUNK_BYTES` at a time, so
+  an ndarray and a memmap take the same code path and give the same result
+  bit for bit, and a memmap is never loaded whole.
 """
 
 import os
@@ -42,6 +44,28 @@ from simclr_tf.progress import Progress
 
 MEMORY_LIMIT_BYTES = 1 << 30  # features of a split above this go to a memmap on disk
 PAD_LABEL = -2  # padding rows of the last batch; dropped on the host
+CHUNK_BYTES = 64 << 20  # rows read per chunk: about this many bytes of float32 features
+
+
+def chunk_rows(dim):
+    """Rows per chunk of ``dim``-dimensional float32 features (at least 256)."""
+    return max(256, CHUNK_BYTES // (4 * max(int(dim), 1)))
+
+
+def num_rows(x, rows=None):
+    """Rows of ``x``, or of ``x[rows]``."""
+    return len(x) if rows is None else len(rows)
+
+
+def chunks(x, y=None, rows=None, size=None):
+    """Yields float32 chunks of ``size`` (default :func:`chunk_rows`)
+    consecutive rows of ``x`` (of ``x[rows]``, ``rows`` sorted indices), each
+    with its int32 labels when ``y`` is given: ``chunk`` or ``(chunk, labels)``."""
+    step = size or chunk_rows(x.shape[1])
+    for start in range(0, num_rows(x, rows), step):
+        index = slice(start, start + step) if rows is None else rows[start:start + step]
+        chunk = np.asarray(x[index], np.float32)
+        yield chunk if y is None else (chunk, np.asarray(y[index], np.int32))
 
 
 def _forward(encoder, strategy):
