@@ -19,7 +19,6 @@ import tensorflow_datasets as tfds
 from simclr_tf import config as config_lib
 from simclr_tf import distribute, losses, optimizers, runtime, tasks
 from simclr_tf.loss_scale import DynamicLossScale
-from simclr_tf.models import simclr_model
 from simclr_tf.runtime import TaskModel
 from simclr_tf.runtime import steps as steps_lib
 from simclr_tf.runtime.run_dir import read_train_log
@@ -45,8 +44,9 @@ def _cfg(**overrides):
 def _build(precision, optimizer=None, loss_scale=None):
     keras.utils.set_random_seed(0)
     cfg = _cfg(precision=precision)
-    model = TaskModel(simclr_model.build_model(cfg, num_classes=10),
-                      tasks.build_task("pretrain", cfg.loss), loss_scale=loss_scale)
+    model = TaskModel(tasks.build_model(cfg, num_classes=10),
+                      tasks.build_task("pretrain", cfg.loss),
+                      weight_decay=(cfg.optimizer, cfg.weight_decay), loss_scale=loss_scale)
     model.compile(optimizer=optimizer or optimizers.LARS(0.5, momentum=0.9,
                                                          weight_decay=1e-4))
     model(tf.zeros([1, SIZE, SIZE, 3]))
@@ -58,7 +58,8 @@ def _batch():
     rng = np.random.default_rng(0)
     images = rng.uniform(size=(BATCH, SIZE, SIZE, 6)).astype("float32")
     labels = rng.integers(0, 10, size=BATCH).astype("int32")
-    return tf.constant(images), tf.constant(labels)
+    views = {"view1": tf.constant(images[..., :3]), "view2": tf.constant(images[..., 3:])}
+    return views, tf.constant(labels)
 
 
 def _one_step(model, batch):
