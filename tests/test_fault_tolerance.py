@@ -330,13 +330,13 @@ def _nan_batches(exp, nan_at):
     """A training stream whose batch number ``nan_at`` (1-based) holds a NaN pixel."""
     cfg = exp.cfg
     from simclr_tf.data import pipeline
-    ds, _ = pipeline.build_train_dataset(cfg.dataset, cfg.train_split,
-                                         cfg.train_batch_size, cfg.image_size)
+    ds, _ = pipeline.build_train_dataset(cfg.data, cfg.augment, cfg.train_batch_size)
 
     def poison(i, batch):
-        images, labels = batch
-        bad = tf.tensor_scatter_nd_update(images, [[0, 3, 3, 0]], [float("nan")])
-        return tf.where(i == nan_at - 1, bad, images), labels
+        views, labels = batch
+        view1 = views["view1"]
+        bad = tf.tensor_scatter_nd_update(view1, [[0, 3, 3, 0]], [float("nan")])
+        return dict(views, view1=tf.where(i == nan_at - 1, bad, view1)), labels
 
     ds = ds.enumerate().map(poison)
     return lambda start: exp.strategy.experimental_distribute_dataset(ds)
@@ -372,7 +372,6 @@ import json
 import numpy as np
 import keras
 from simclr_tf import config as config_lib, optimizers, tasks
-from simclr_tf.models import simclr_model
 from simclr_tf.runtime import TaskModel
 
 strategy = (tf.distribute.MirroredStrategy() if len(tf.config.list_logical_devices("CPU")) > 1
@@ -381,7 +380,7 @@ cfg = config_lib.resolve(None, dict(image_size=16, width_multiplier=0.25, proj_o
                                     nonfinite_policy="skip"))
 keras.utils.set_random_seed(0)
 with strategy.scope():
-    model = TaskModel(simclr_model.build_model(cfg, 10), tasks.build_task("pretrain", cfg.loss),
+    model = TaskModel(tasks.build_model(cfg, 10), tasks.build_task("pretrain", cfg.loss),
                       nonfinite_policy="skip")
     opt = optimizers.build_optimizer("lars", 0.5, momentum=0.9, weight_decay=1e-4)
     model.compile(optimizer=opt)
@@ -396,12 +395,13 @@ rng = np.random.default_rng(0)
 x = rng.uniform(size=(8, 16, 16, 6)).astype("float32")
 y = np.arange(8) % 10
 x_bad = x.copy()
-x_bad[7, 3, 3, 0] = np.nan  # on the last replica only
+x_bad[7, 3, 3, 0] = np.nan  # on the last replica only (in its view 1)
 
 def run(images):
     for m in model.metrics:
         m.reset_state()
-    ds = tf.data.Dataset.from_tensors((images, y))
+    views = {"view1": images[..., :3], "view2": images[..., 3:]}
+    ds = tf.data.Dataset.from_tensors((views, y))
     for batch in strategy.experimental_distribute_dataset(ds):
         step(batch)
     return {m.name: float(m.result()) for m in model.metrics if m.name in ("loss", "skipped_steps")}

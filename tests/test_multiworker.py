@@ -111,18 +111,17 @@ def reference(tmp_path_factory):
     exp = runtime.build(cfg)
     assert exp.strategy.num_replicas_in_sync == 1
     shards = [iter(pipeline.build_train_dataset(
-        cfg.dataset, cfg.train_split, cfg.train_batch_size // 2, cfg.image_size,
-        data_dir=cfg.data_dir, seed=cfg.seed, num_shards=2, shard_index=i,
-        color_jitter_strength=cfg.resolved_color_jitter_strength,
-        use_blur=cfg.resolved_use_blur, color_jitter_impl=cfg.color_jitter_impl)[0])
+        cfg.data, cfg.augment,
+        pipeline.Shard(cfg.train_batch_size // 2, num_shards=2, shard_index=i))[0])
         for i in range(2)]
     metrics = steps_lib.train_metrics(exp.task.metric_names(exp.model))
-    step = tf.function(steps_lib.make_train_step(exp.model, exp.task, exp.optimizer, metrics,
-                                                 probe_optimizer=exp.probe_optimizer))
+    step = tf.function(steps_lib.make_train_step(exp.model, exp.task, exp.updates, metrics,
+                                                 weight_decay=exp.weight_decay))
     logs = []
     for _ in range(2):
         parts = [next(it) for it in shards]
-        batch = (tf.concat([p[0] for p in parts], 0), tf.concat([p[1] for p in parts], 0))
+        views = {name: tf.concat([p[0][name] for p in parts], 0) for name in parts[0][0]}
+        batch = (views, tf.concat([p[1] for p in parts], 0))
         for m in metrics.values():
             m.reset_state()
         step(batch)
