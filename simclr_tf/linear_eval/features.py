@@ -1,31 +1,14 @@
-"""Frozen features h of a split: extracted through the run's strategy, stored, read back in chunks.
+"""Frozen features h of a split: extracted through the run's strategy, stored, read in chunks.
 
-* Extraction runs ``encoder(images, training=False)`` (BN in inference mode,
-  no augmentation) per replica with ``strategy.run`` over the eval pipeline
-  (:func:`pipeline.build_eval_dataset`, distributed by
-  :func:`distribute.distribute_dataset`). Every batch is padded to the global
-  batch size (label :data:`PAD_LABEL`, dropped again on the host), so
-  replicas see equal, static shapes (TPU) and the last, partial batch needs no
-  special case. Each replica's features are gathered to the host per batch
-  (``experimental_local_results``, concatenated in replica order, which is the
-  example order) as float32. Under several workers
-  (``MultiWorkerMirroredStrategy``) only the chief evaluates, so extraction
-  falls back to the chief's default strategy (logged).
-* Unlabelled examples (label -1) are dropped, and with ``indices`` (a label
-  subset's) only those examples are kept, before anything is stored.
-* Storage: a split whose (upper bound of) ``rows x dim x 4`` bytes is at most
-  ``memory_limit`` (default :data:`MEMORY_LIMIT_BYTES`, 1 GiB) stays in host
-  memory; a larger one is written batch by batch to a raw float32 file in
-  ``scratch_dir`` (default ``tempfile.gettempdir()``, so ``TMPDIR`` moves it)
-  and read back as a read-only ``np.memmap``. Plain ``write`` calls (a full
-  disk is an ``OSError``, not the ``SIGBUS`` of writing through a mapping),
-  free space checked first, the file unlinked as soon as it is mapped (POSIX
-  keeps the data while mapped), so nothing is left behind, even after a crash.
-  float32, not float16: both storages then give identical numbers.
-* Reading: everything downstream (the solver, the scoring, :mod:`simclr_tf.knn`)
-  reads rows through :func:`chunks`, about :data:`CHUNK_BYTES` at a time, so
-  an ndarray and a memmap take the same code path and give the same result
-  bit for bit, and a memmap is never loaded whole.
+What: ``encoder(images, training=False)`` per replica over the split's eval
+pipeline (batches padded to the global size, so replicas see static shapes;
+padding and unlabelled rows dropped on the host), kept in host memory up to
+:data:`MEMORY_LIMIT_BYTES` a split, else written to a scratch file and read
+back as a read-only memmap; and :func:`chunks`, the one way everything after
+extraction (the solver, the scoring, :mod:`simclr_tf.knn`) reads those rows.
+Why: the evaluation must run at ImageNet scale (1.28M x 2048 float32, 10.5 GB)
+without holding the features in memory, and an ndarray and a memmap must give
+the same numbers bit for bit, which one chunked reader guarantees.
 """
 
 import os
@@ -129,7 +112,15 @@ def extract_features(encoder, dataset, progress=None, *, strategy=None):
 
 class _FeatureSink:
     """Collects feature rows in memory, or in a file read back as a memmap
-    when ``max_rows x dim`` float32 exceeds ``memory_limit`` bytes."""
+    when ``max_rows x dim`` float32 exceeds ``memory_limit`` bytes.
+
+    The file goes to ``scratch_dir`` (default ``tempfile.gettempdir()``, so
+    ``TMPDIR`` moves it), free space checked first. It is written with plain
+    ``write`` calls (a full disk is then an ``OSError``, not the ``SIGBUS`` of
+    writing through a mapping) and unlinked as soon as it is mapped (POSIX
+    keeps the data while mapped), so nothing is left behind, even after a
+    crash. float32 in both cases, so both give the same numbers.
+    """
 
     def __init__(self, what, max_rows, memory_limit, scratch_dir):
         self.what, self.max_rows = what, int(max_rows)
