@@ -18,7 +18,7 @@ import pytest
 import tensorflow as tf
 
 from simclr_tf import config as config_lib
-from simclr_tf import export
+from simclr_tf import export, tasks
 from simclr_tf.export import writer
 from simclr_tf.data import augment
 from simclr_tf.models import simclr_model
@@ -43,7 +43,7 @@ def _randomize_bn_statistics(model, rng):
 
 def _build(rng, **overrides):
     cfg = config_lib.resolve(SMOKE, dict(image_size=IMAGE_SIZE, **overrides))
-    model = simclr_model.build_model(cfg, NUM_CLASSES)
+    model = tasks.build_model(cfg, NUM_CLASSES)
     model(tf.zeros([1, IMAGE_SIZE, IMAGE_SIZE, 3]))
     _randomize_bn_statistics(model, rng)
     return model
