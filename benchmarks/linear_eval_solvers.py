@@ -18,7 +18,13 @@ and the wall time. ``--rev`` runs the package as it was at a git revision
 PYTHONPATH, in a subprocess), so the old and the new code read the very same
 numbers. ``--solver`` is passed through to old revisions that had a choice
 (``lbfgs``, ``minibatch``); ``--memmap`` opens the training features with
-``np.load(mmap_mode="r")``.
+``np.load(mmap_mode="r")``. And
+
+    python benchmarks/linear_eval_solvers.py synthetic --rows=N --dim=D --classes=C
+
+runs the protocol on seeded synthetic features (overlapping Gaussian classes,
+correlated dimensions) to see how the number of passes over the rows grows
+with the number of classes.
 
 Not imported by the package. docs/linear_eval.md has the numbers it gave.
 """
@@ -81,6 +87,23 @@ def compare(args):
     print(json.dumps(result))
 
 
+def synthetic(args):
+    from simclr_tf import linear_eval
+
+    rng = np.random.default_rng(args.seed)
+    n, d, c = args.rows, args.dim, args.classes
+    mixing = rng.normal(size=(d, d)) * np.logspace(-1, 1, d)[:, None] / np.sqrt(d)
+    means = rng.normal(size=(c, d)) * args.separation
+    y = rng.integers(0, c, n + n // 5).astype(np.int32)
+    x = ((rng.normal(size=(len(y), d)) + means[y]) @ mixing).astype(np.float32)
+    passes = _count_passes(linear_eval)
+    start = time.monotonic()
+    result = linear_eval.fit_and_score((x[:n], y[:n], x[n:], y[n:]), c, seed=args.seed)
+    print(json.dumps({"rows": n, "dim": d, "classes": c, "l2": result["l2"],
+                      "top1": result["top1"], "seconds": round(time.monotonic() - start, 1),
+                      "objective_passes": passes}))
+
+
 def _count_passes(linear_eval):
     """Counts the solver's passes over the rows (the ImageNet cost is
     passes x one pass), when the code has the single L-BFGS solver; else None."""
@@ -127,8 +150,14 @@ def main():
     p.add_argument("--solver", default="", help="old revisions: lbfgs or minibatch")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--memmap", action="store_true")
+    p = sub.add_parser("synthetic", help="the protocol on synthetic features")
+    p.add_argument("--rows", type=int, default=20_000)
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--classes", type=int, default=100)
+    p.add_argument("--separation", type=float, default=0.3)
+    p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    extract(args) if args.command == "extract" else compare(args)
+    {"extract": extract, "compare": compare, "synthetic": synthetic}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -430,6 +430,41 @@ def test_a_memmap_and_an_ndarray_give_the_same_protocol_bit_for_bit(tmp_path, mo
     assert knn.evaluate(in_memory, 4, k=20) == knn.evaluate(on_disk, 4, k=20)
 
 
+class _RowReader:
+    """Features that count the rows of every read: ``len``, ``shape`` and
+    ``[index]`` only, as a memmap too large for memory would be used."""
+
+    def __init__(self, array):
+        self.array, self.shape, self.largest = array, array.shape, 0
+
+    def __len__(self):
+        return len(self.array)
+
+    def __getitem__(self, index):
+        rows = self.array[index]
+        self.largest = max(self.largest, len(rows))
+        return rows
+
+
+def test_the_protocol_and_knn_never_read_more_than_a_chunk(monkeypatch):
+    """With chunks of 256 rows, the standardisation, the preconditioner, every
+    fit, the held-out and eval scoring and the kNN vote read at most 256 rows
+    at a time (what lets ImageNet's 10.5 GB memmap stream), and give the
+    in-memory results."""
+    from simclr_tf import knn
+
+    x, y = _blobs(1300, 6, 3, 0.5, seed=16)
+    monkeypatch.setattr(features_lib, "CHUNK_BYTES", 100)  # 256 rows a chunk
+    train, test = _RowReader(x[:1000]), _RowReader(x[1000:])
+    expected = linear_eval.fit_and_score((x[:1000], y[:1000], x[1000:], y[1000:]), 3)
+    assert linear_eval.fit_and_score((train, y[:1000], test, y[1000:]), 3) == expected
+    assert 0 < train.largest <= 256 and 0 < test.largest <= 256
+    train.largest = 0
+    assert (knn.evaluate((train, y[:1000], x[1000:], y[1000:]), 3, k=50)
+            == knn.evaluate((x[:1000], y[:1000], x[1000:], y[1000:]), 3, k=50))
+    assert 0 < train.largest <= 256
+
+
 def test_a_full_scratch_disk_is_refused_before_writing(tmp_path, monkeypatch):
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(features_lib.shutil, "disk_usage", lambda path: usage(10, 10, 0))
