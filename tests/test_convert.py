@@ -21,7 +21,6 @@ import tensorflow as tf
 
 from simclr_tf import config as config_lib
 from simclr_tf import convert, tasks
-from simclr_tf.models import simclr_model
 from simclr_tf.official import mapping as official_mapping
 from simclr_tf.runtime import TaskModel
 from simclr_tf.runtime.checkpointer import weights_by_path
@@ -124,7 +123,7 @@ def _restored_model(model_dir):
     """A fresh model from DIR/config.yaml with DIR/checkpoints restored into it."""
     cfg = config_lib.from_dict(config_lib.load_yaml(str(model_dir / "config.yaml")))
     num_classes = 10
-    model = simclr_model.build_model(cfg, num_classes)
+    model = tasks.build_model(cfg, num_classes)
     model(tf.zeros([1, cfg.image_size, cfg.image_size, 3]), training=False)
     prefix = tf.train.latest_checkpoint(str(model_dir / "checkpoints"))
     assert prefix is not None and prefix.endswith("ckpt-0")
@@ -188,7 +187,8 @@ def test_one_finetuning_step_from_converted_model(converted):
     info = converted["r18_cifar"]
     cfg, model = _restored_model(info["model_dir"])
     before = [w.numpy().copy() for w in model.supervised_head.weights]
-    trainer = TaskModel(model, tasks.build_task("finetune", cfg.loss))
+    trainer = TaskModel(model, tasks.build_task("finetune", cfg.loss),
+                        weight_decay=(cfg.optimizer, cfg.weight_decay))
     trainer.compile(optimizer="sgd")
     x = info["ref"]["x"]
     data = tf.data.Dataset.from_tensor_slices((x, np.arange(len(x)) % 10)).batch(len(x))
@@ -507,7 +507,7 @@ def test_official_layouts_map_completely(depth, width, cifar_stem, sk, proj_mode
     cfg = convert.build_config(arch, "unused", None)
     assert cfg.image_size == (32 if cifar_stem else 224)  # the --image_size defaults
     assert cfg.cifar_stem == cifar_stem
-    model = simclr_model.build_model(cfg, arch.num_classes)
+    model = tasks.build_model(cfg, arch.num_classes)
     model(tf.zeros([1, cfg.image_size, cfg.image_size, 3]), training=False)
     mapping = convert.copy_variables(variables, parsed, model)  # all placed, none left
     assert len(mapping) == len(variables) == len(model.weights)
