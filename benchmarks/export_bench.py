@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from benchmarks import common
 from simclr_tf import config as config_lib
-from simclr_tf.models import simclr_model
+from simclr_tf import tasks
 
 
 def available():
@@ -44,7 +44,7 @@ def run(precisions=("float32", "bfloat16"), smoke=False, repeats=None, log=print
     for precision in precisions:
         cfg = config_lib.resolve(None, dict(values, precision=precision))
         keras.utils.set_random_seed(0)
-        model = simclr_model.build_model(cfg.model, num_classes=10)
+        model = tasks.build_model(cfg, num_classes=10)
         size = cfg.image_size
         model(tf.zeros([1, size, size, 3]))
         images = tf.random.uniform([batch, size, size, 3])
