@@ -2,12 +2,13 @@
 
 import math
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from multidevice import run_with_devices
-from simclr_tf.losses import LARGE_NUM, contrastive_metrics, nt_xent_loss
+from simclr_tf.losses import LARGE_NUM, NTXentLoss, contrastive_metrics, nt_xent_loss
 
 
 def reference_nt_xent(z1, z2, temperature, hidden_norm):
@@ -217,6 +218,65 @@ def test_contrastive_metrics_extremes():
     m = contrastive_metrics(logits, labels)
     np.testing.assert_allclose(float(m["contrast_entropy"]),
                                math.log(2 * n - 1), rtol=1e-5)
+
+
+# -------------------------------------------------------------- NTXentLoss
+@pytest.mark.parametrize("temperature,hidden_norm", [(0.5, True), (0.1, True), (1.0, False)])
+def test_ntxent_loss_is_nt_xent_loss_on_stacked_views(temperature, hidden_norm):
+    rng = np.random.default_rng(int(10 * temperature))
+    z = (0.5 * rng.normal(size=(12, 7))).astype(np.float32)  # B = 6 images, view 1 first
+    expected, _, _ = nt_xent_loss(z[:6], z[6:], temperature, hidden_norm=hidden_norm)
+    loss = NTXentLoss(temperature=temperature, hidden_norm=hidden_norm)
+    for y_true in (np.zeros(6, np.float32), np.zeros(12, np.float32)):  # ignored
+        got = loss(y_true, tf.constant(z))
+        assert got.dtype == tf.float32
+        np.testing.assert_allclose(float(got), float(expected), rtol=1e-6)
+
+
+def _tiny_ntxent_model():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"),
+                              keras.layers.Dense(4)])
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss=NTXentLoss(temperature=0.2))
+    return model
+
+
+def test_keras_model_compiled_with_ntxent_loss_reports_nt_xent_loss():
+    """train_on_batch reports the loss of the weights before its update, evaluate
+    that of the current weights: both nt_xent_loss of the model's own z."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(16, 8)).astype(np.float32)  # 8 images' view 1, then view 2
+    y = np.zeros(16, np.float32)
+    model = _tiny_ntxent_model()
+
+    def expected():
+        z = model(x, training=False)
+        return float(nt_xent_loss(z[:8], z[8:], 0.2)[0])
+
+    losses_seen = []
+    for _ in range(3):
+        before = expected()
+        reported = model.train_on_batch(x, y, return_dict=True)["loss"]
+        np.testing.assert_allclose(float(reported), before, rtol=1e-5)
+        losses_seen.append(before)
+    assert losses_seen[-1] < losses_seen[0]  # the loss trains the model
+    evaluated = model.evaluate(x, y, batch_size=16, verbose=0, return_dict=True)["loss"]
+    np.testing.assert_allclose(float(evaluated), expected(), rtol=1e-5)
+
+
+def test_ntxent_loss_config_round_trip():
+    loss = NTXentLoss(temperature=0.3, hidden_norm=False, name="contrast")
+    config = loss.get_config()
+    assert (config["temperature"], config["hidden_norm"], config["name"]) == (
+        0.3, False, "contrast")
+    z = tf.constant(np.random.default_rng(5).normal(size=(10, 3)).astype(np.float32))
+    for clone in (NTXentLoss.from_config(config),
+                  keras.saving.deserialize_keras_object(
+                      keras.saving.serialize_keras_object(loss))):
+        assert isinstance(clone, NTXentLoss) and clone.get_config() == config
+        assert float(clone(tf.zeros([5]), z)) == float(loss(tf.zeros([5]), z))
+    assert NTXentLoss().get_config()["temperature"] == 0.5  # the defaults
+    assert NTXentLoss().get_config()["hidden_norm"] is True
 
 
 MULTI_DEVICE_BODY = r"""
