@@ -27,6 +27,9 @@ setup(
         "pyyaml",
         "tensorboard",
         "numpy",
+        # Image folders: the scan reads each file's header (size, format, EXIF
+        # orientation) with Pillow, without decoding it.
+        "pillow",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2", "pytest-xdist>=3", "pillow", "nbclient", "nbformat", "ipykernel",

@@ -1,6 +1,7 @@
 """Tests for simclr_tf.data.datasets and simclr_tf.data.offline."""
 
 import io
+import json
 import logging
 import os
 
@@ -418,15 +419,112 @@ def test_image_folder_applies_exif_orientation(tmp_path, cache_dir):
 
 
 def test_read_header_orientation_and_size(tmp_path):
-    from simclr_tf.data import image_header
-
+    read = lambda name: tuple(image_folder.read_header(str(tmp_path / name))[:2])  # noqa: E731
     _oriented_jpeg(tmp_path / "a.jpg", np.zeros((5, 7, 3), np.uint8), 6)
-    assert image_header.read_header(str(tmp_path / "a.jpg")) == ((5, 7), 6)
-    assert image_header.image_size(str(tmp_path / "a.jpg")) == (5, 7)
+    assert read("a.jpg") == ((5, 7), 6)
     _save(tmp_path / "b.jpg", np.zeros((5, 7, 3), np.uint8))
-    assert image_header.read_header(str(tmp_path / "b.jpg")) == ((5, 7), 1)
-    _save(tmp_path / "c.png", np.zeros((5, 7, 3), np.uint8))
-    assert image_header.read_header(str(tmp_path / "c.png")) == ((5, 7), 1)
+    assert read("b.jpg") == ((5, 7), 1)
+    for fmt in ("png", "gif", "bmp", "webp"):  # stored sizes; no orientation
+        _save(tmp_path / f"c.{fmt}", np.zeros((5, 7, 3), np.uint8))
+        assert read(f"c.{fmt}") == ((5, 7), 1), fmt
+    # By content, not by name: a PNG called .jpg; orientation from EXIF only.
+    _save(tmp_path / "png.jpg", np.zeros((3, 4, 3), np.uint8), format="PNG")
+    assert read("png.jpg") == ((3, 4), 1)
+    exif = PIL.Exif()
+    exif[0x0112] = 9  # not an orientation
+    _save(tmp_path / "d.jpg", np.zeros((5, 7, 3), np.uint8), exif=exif.tobytes())
+    assert read("d.jpg") == ((5, 7), 1)
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
+    _save(tmp_path / "e.jpg", np.zeros((5, 7, 3), np.uint8), xmp=xmp)
+    assert read("e.jpg") == ((5, 7), 1)
+    # Not images, or cut short before the size: the decoder judges them.
+    (tmp_path / "f.jpg").write_bytes(b"not an image at all")
+    (tmp_path / "g.png").write_bytes((tmp_path / "c.png").read_bytes()[:20])
+    (tmp_path / "h.jpg").write_bytes(b"")
+    for name in ("f.jpg", "g.png", "h.jpg"):
+        assert image_folder.read_header(str(tmp_path / name)) == (None, 1, False), name
+
+
+def _manifest_folder(root):
+    """train/a: two good PNGs (5x7, 6x4), one corrupt file and a 100,000 x 100,000 PNG bomb."""
+    import struct
+    import zlib
+
+    _save(root / "train/a/good1.png", np.zeros((5, 7, 3), np.uint8))
+    _save(root / "train/a/good2.png", np.zeros((6, 4, 3), np.uint8))
+    (root / "train/a/corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    (root / "train/a/bomb.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+
+
+def test_image_folder_scan_fields_and_manifest_rows(tmp_path, cache_dir, monkeypatch):
+    root = tmp_path / "root"
+    _manifest_folder(root)
+    decoded = []
+    real = image_folder._decode_shapes
+    monkeypatch.setattr(image_folder, "_decode_shapes",
+                        lambda paths: decoded.extend(paths) or real(paths))
+    scan = image_folder._scan_split(str(root), "train", ("a",))
+    assert isinstance(scan, image_folder.SplitScan)
+    names = lambda paths: [os.path.basename(p) for p in paths]  # noqa: E731
+    assert names(scan.files) == ["good1.png", "good2.png"] and scan.labels == [0, 0]
+    assert scan.shapes == [(5, 7), (6, 4)] and scan.orientations == [1, 1]
+    assert names(scan.bad) == ["corrupt.jpg"] and names(scan.large) == ["bomb.png"]
+    assert scan.denied == [] and scan.denied_dirs == []
+    assert sorted(names(decoded)) == ["corrupt.jpg", "good1.png", "good2.png"]  # not the bomb
+
+    # On disk: JSON arrays [size, mtime_ns, status, [h, w] or None, orientation],
+    # as before the rows had names; the bomb's size is unknown (Pillow refused it).
+    manifest = image_folder._manifest_path(str(root / "train"))
+    with open(manifest, encoding="utf-8") as f:
+        data = json.load(f)
+    assert data["version"] == 3
+    rows = data["files"]
+    assert rows["a/good1.png"][2:] == ["ok", [5, 7], 1]
+    assert rows["a/corrupt.jpg"][2:] == ["bad", None, 1]
+    assert rows["a/bomb.png"][2:] == ["large", None, 1]
+    size = os.path.getsize(root / "train/a/good2.png")
+    assert rows["a/good2.png"][:2] == [size, os.stat(root / "train/a/good2.png").st_mtime_ns]
+    assert image_folder._read_manifest(manifest, str(root / "train"))["a/good2.png"] == (
+        image_folder.ManifestRow(size, rows["a/good2.png"][1], "ok", (6, 4), 1))
+
+    # A manifest as the hand-written header parser wrote it (the bomb's size in
+    # its row) is reused: nothing is read or decoded again.
+    rows["a/bomb.png"][3] = [100_000, 100_000]
+    with open(manifest, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+    decoded.clear()
+    real_read_header = image_folder.read_header
+    monkeypatch.setattr(image_folder, "read_header", lambda path: pytest.fail(path))
+    again = image_folder._scan_split(str(root), "train", ("a",))
+    assert again == scan and not decoded
+    monkeypatch.setattr(image_folder, "read_header", real_read_header)
+
+    # A damaged row: the split is scanned again (and the manifest rewritten).
+    rows["a/good1.png"] = ["ok"]
+    with open(manifest, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+    assert image_folder._scan_split(str(root), "train", ("a",)) == scan
+    assert len(decoded) == 3
+    assert image_folder._read_manifest(manifest, str(root / "train"))["a/good1.png"].status == "ok"
+
+
+def test_image_folder_bomb_beyond_pillows_guard_and_no_limit(tmp_path, cache_dir, monkeypatch):
+    """Without a limit the bomb goes to the decoder, which refuses it: skipped, as before."""
+    root = tmp_path / "root"
+    _manifest_folder(root)
+    scan = image_folder._scan_split(str(root), "train", ("a",))
+    assert len(scan.large) == 1 and len(scan.bad) == 1
+    monkeypatch.setenv(image_folder.MAX_PIXELS_ENV, "0")  # the cached "large" row is rechecked
+    scan = image_folder._scan_split(str(root), "train", ("a",))
+    assert scan.large == [] and sorted(os.path.basename(p) for p in scan.bad) == [
+        "bomb.png", "corrupt.jpg"]
+    assert len(scan.files) == 2
 
 
 def _make_unreadable_folder(root):
@@ -442,12 +540,10 @@ def test_image_folder_permission_denied_is_skipped_then_rechecked(
 
     The same case with real permissions runs in a process without root below.
     """
-    from simclr_tf.data import image_header
-
     root = tmp_path / "root"
     _make_unreadable_folder(root)
     secret = str(root / "train/k/secret.png")
-    real_access, real_open = os.access, image_header._open
+    real_access, real_open = os.access, image_folder._open
 
     def access(path, mode, *a, **kw):
         return False if str(path) == secret else real_access(path, mode, *a, **kw)
@@ -458,7 +554,7 @@ def test_image_folder_permission_denied_is_skipped_then_rechecked(
         return real_open(path)
 
     monkeypatch.setattr(image_folder.os, "access", access)
-    monkeypatch.setattr(image_header, "_open", open_)
+    monkeypatch.setattr(image_folder, "_open", open_)
     with caplog.at_level(logging.WARNING, logger="simclr_tf.data.datasets"):
         ds, info = datasets.load("image_folder", "train", data_dir=str(root))
     assert info.num_examples == 2 and info.skipped == 1

@@ -1,15 +1,23 @@
-"""The ``image_folder`` source: ``ROOT/<split>/<class>/<image>`` files (see simclr_tf.data.datasets)."""
+"""The ``image_folder`` source: ``ROOT/<split>/<class>/<image>`` files (see simclr_tf.data.datasets).
 
+A split is scanned once and the result cached in a manifest: Pillow reads
+each file's header (size, format, EXIF orientation; no pixels), files above
+:func:`max_image_pixels` are skipped undecoded, and TensorFlow decodes the
+others once to find the corrupt ones and the variants it cannot decode.
+"""
+
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
+from PIL import ExifTags, Image
 
-from simclr_tf.data import image_header
 from simclr_tf.data.source import (DatasetInfo, Source, apply_orientation,
                                    decode_image_bytes, resolve_split, split_names)
 from simclr_tf.files import atomic_write, is_remote
@@ -20,12 +28,39 @@ logger = logging.getLogger(__name__)
 IMAGE_FOLDER_NAME = "image_folder"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # any case
 CACHE_DIR_ENV = "SIMCLR_TF_CACHE_DIR"
+MAX_PIXELS_ENV = "SIMCLR_TF_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_PIXELS = 50_000_000
+# Pillow's names for the formats of IMAGE_EXTENSIONS (MPO, the multi-picture
+# JPEG of some cameras, is opened by the JPEG plugin).
+_PIL_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 
 _LAYOUT_HELP = (
     "Expected layout: ROOT/<split>/<class>/<image>, e.g. ROOT/train/cat/001.jpg "
     "and ROOT/test/dog/042.png (extensions: " + ", ".join(IMAGE_EXTENSIONS) + ")."
 )
 
+
+def max_image_pixels():
+    """The pixel limit (height x width) for image-folder images; 0 means none.
+
+    ``$SIMCLR_TF_MAX_IMAGE_PIXELS`` when set, else 50 million. Pillow, which
+    reads the headers, refuses to describe images above its own guard
+    (``2 * PIL.Image.MAX_IMAGE_PIXELS``, 179 million pixels by default): such
+    files count as above any limit but 0 (raise ``PIL.Image.MAX_IMAGE_PIXELS``
+    as well to admit them under a higher limit).
+    """
+    raw = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(raw))
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(
+            f"{MAX_PIXELS_ENV}={raw!r} is not a pixel count: set it to a whole number "
+            f"such as {DEFAULT_MAX_PIXELS} (height x width), or 0 for no limit.")
+    return value
 
 
 def manifest_cache_dir():
@@ -127,20 +162,92 @@ def _decode_shapes(paths):
     return good
 
 
-# Manifest entries: rel path -> [size, mtime_ns, status, [h, w] or None, orientation],
-# status "ok" (decoded: its stored size), "bad" (corrupt or empty), "large" (header
-# size, not decoded) or "denied" (permission denied: never trusted from the cache,
-# since chmod changes neither size nor mtime); orientation is the EXIF tag (1-8).
+class Header(NamedTuple):
+    """What the scan learns from an image file's header, without decoding it."""
+
+    hw: Optional[Tuple[int, int]]  # the stored (height, width); None: not read
+    orientation: int = 1  # EXIF orientation of a JPEG (1-8), else 1
+    over_pillow_limit: bool = False  # Pillow refused the size as a bomb: hw None
+
+
+def _open(path):
+    return tf.io.gfile.GFile(path, "rb") if is_remote(path) else open(path, "rb")
+
+
+def _exif_orientation(image):
+    """The EXIF orientation tag (1-8) of a Pillow JPEG from its header, else 1.
+
+    EXIF only, as before Pillow did this: ``Image.getexif`` would also take
+    ``tiff:Orientation`` from XMP.
+    """
+    data = image.info.get("exif")
+    if not data:
+        return 1
+    try:
+        exif = Image.Exif()
+        exif.load(data)
+        value = exif.get(ExifTags.Base.Orientation, 1)
+    except Exception:  # noqa: BLE001  (a damaged EXIF block: the photo is upright)
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def read_header(path):
+    """The :class:`Header` of the image file at ``path``.
+
+    ``PIL.Image.open`` reads the header only (the pixels are not decoded) and
+    recognises JPEG (also MPO), PNG, GIF, BMP and WebP by their content. A
+    file Pillow cannot read gives ``Header(None)``: the TensorFlow decode then
+    judges it, as it judges every file within the limit.
+
+    Raises:
+        PermissionError: the file exists but may not be read.
+    """
+    try:
+        with _open(path) as f, Image.open(f, formats=_PIL_FORMATS) as image:
+            width, height = image.size
+            jpeg = image.format in ("JPEG", "MPO")
+            return Header((height, width), _exif_orientation(image) if jpeg else 1)
+    except PermissionError:
+        raise
+    except tf.errors.PermissionDeniedError as e:
+        raise PermissionError(str(e)) from None
+    except Image.DecompressionBombError:
+        return Header(None, over_pillow_limit=True)
+    except Exception:  # noqa: BLE001  (not an image Pillow knows: the decoder judges it)
+        return Header(None)
+
+
+class ManifestRow(NamedTuple):
+    """One file's line in a split's manifest (a JSON array on disk).
+
+    ``status`` is "ok" (decoded: ``hw`` is its stored size), "bad" (corrupt,
+    empty or not decodable by TensorFlow), "large" (above the pixel limit, not
+    decoded: ``hw`` from the header, None when Pillow refused it as a bomb) or
+    "denied" (permission denied: never trusted from the cache, since chmod
+    changes neither size nor mtime); ``orientation`` is the EXIF tag (1-8).
+    """
+
+    size: int
+    mtime_ns: int
+    status: str
+    hw: Optional[Tuple[int, int]]
+    orientation: int
+
+
+# Version 3 is also what the hand-written header parser wrote before Pillow
+# read the headers: the same rows, so those manifests are reused as they are.
 _MANIFEST_VERSION = 3
 _DENIED = object()
+_STATUSES = ("ok", "bad", "large", "denied")
 
 
 def _header(path):
-    """``((h, w) or None, orientation)``, or ``_DENIED`` when it may not be read."""
+    """:func:`read_header`, or ``_DENIED`` when the file may not be read."""
     if not is_remote(path) and not os.access(path, os.R_OK):
         return _DENIED
     try:
-        return image_header.read_header(path)
+        return read_header(path)
     except PermissionError:
         return _DENIED
 
@@ -163,14 +270,26 @@ def _manifest_path(split_dir):
     return os.path.join(manifest_cache_dir(), f"{digest}.json")
 
 
+def _manifest_row(raw):
+    """A :class:`ManifestRow` from its JSON array; ValueError when malformed."""
+    if not isinstance(raw, list) or len(raw) != len(ManifestRow._fields):
+        raise ValueError(f"not a manifest row: {raw!r}")
+    size, mtime_ns, status, hw, orientation = raw
+    if status not in _STATUSES or not (hw is None or len(hw) == 2):
+        raise ValueError(f"not a manifest row: {raw!r}")
+    return ManifestRow(int(size), int(mtime_ns), status,
+                       None if hw is None else (int(hw[0]), int(hw[1])), int(orientation))
+
+
 def _read_manifest(path, split_dir):
+    """``{rel path: ManifestRow}`` cached for ``split_dir``; {} when none or unusable."""
     try:
         with open(path, "r", encoding="utf-8") as f:
             data = json.load(f)
         if data.get("split_dir") != os.path.abspath(split_dir) or data.get("version") != _MANIFEST_VERSION:
             return {}
-        return data.get("files", {})
-    except (OSError, ValueError):
+        return {rel: _manifest_row(raw) for rel, raw in data.get("files", {}).items()}
+    except (OSError, ValueError, TypeError, AttributeError):  # damaged: scanned again
         return {}
 
 
@@ -184,20 +303,36 @@ def _write_manifest(path, split_dir, files):
         logger.info("Could not write the image-folder manifest %s: %s", path, e)
 
 
-def _scan_split(root, split_name, class_names):
-    """Lists and validates one split folder.
+@dataclasses.dataclass
+class SplitScan:
+    """One split folder, listed and validated by :func:`_scan_split`.
 
-    Returns ``(files, labels, shapes, bad, large, orientations, denied,
-    denied_dirs)``:
-    the good files in sorted (class, path) order, their labels, their
-    displayed ``(h, w)``, the corrupt or empty paths, the paths of images above
-    the pixel limit (never decoded), the good files' EXIF orientations, the
-    files that may not be read and the folders that may not be listed.
+    ``files`` are the good images in sorted (class, path) order, with their
+    ``labels``, displayed ``(h, w)`` ``shapes`` and EXIF ``orientations``;
+    ``bad`` are corrupt, empty or undecodable files, ``large`` the images above
+    the pixel limit (never decoded), ``denied`` the files and ``denied_dirs``
+    the folders that may not be read.
     """
-    limit = image_header.max_image_pixels()
+
+    files: list
+    labels: list
+    shapes: list
+    orientations: list
+    bad: list
+    large: list
+    denied: list
+    denied_dirs: list
+
+
+def _scan_split(root, split_name, class_names):
+    """Lists and validates one split folder; returns a :class:`SplitScan`."""
+    limit = max_image_pixels()
 
     def too_large(hw):
-        return limit > 0 and hw is not None and hw[0] * hw[1] > limit
+        """Whether a stored size is above the limit; None: refused by Pillow as a bomb."""
+        if limit <= 0:
+            return False
+        return hw is None or hw[0] * hw[1] > limit
 
     split_dir = os.path.join(root, split_name)
     candidates = []  # (path, size, mtime, label)
@@ -224,10 +359,11 @@ def _scan_split(root, split_name, class_names):
         rel = os.path.relpath(p, split_dir) if not is_remote(p) else p
         hit = cached.get(rel)
         if size == 0:
-            entries[rel] = [size, mtime, "bad", None, 1]
-        elif (hit is not None and hit[:2] == [size, mtime] and hit[2] != "denied"
+            entries[rel] = ManifestRow(size, mtime, "bad", None, 1)
+        elif (hit is not None and (hit.size, hit.mtime_ns) == (size, mtime)
+              and hit.status != "denied"
               and (is_remote(p) or os.access(p, os.R_OK))  # chmod keeps size, mtime
-              and not (hit[2] == "large" and not too_large(hit[3]))):  # limit raised
+              and not (hit.status == "large" and not too_large(hit.hw))):  # limit raised
             entries[rel] = hit
         else:
             to_check.append((rel, p, size, mtime))
@@ -236,38 +372,43 @@ def _scan_split(root, split_name, class_names):
             logger.info("image_folder: checking %d images in %s once (cached in %s).",
                         len(to_check), split_dir, manifest_file)
         headers = _headers([p for _, p, _, _ in to_check])
+
+        def header_too_large(h):  # a size not read (hw None) is left to the decoder
+            return (h.hw is not None or h.over_pillow_limit) and too_large(h.hw)
+
         decode = [i for i, h in enumerate(headers)
-                  if h is not _DENIED and not too_large(h[0])]
+                  if h is not _DENIED and not header_too_large(h)]
         good = _decode_shapes([to_check[i][1] for i in decode])
         decoded = {i: good.get(k) for k, i in enumerate(decode)}
         for i, (rel, _, size, mtime) in enumerate(to_check):
-            if headers[i] is _DENIED:
-                entries[rel] = [size, mtime, "denied", None, 1]
+            h = headers[i]
+            if h is _DENIED:
+                entries[rel] = ManifestRow(size, mtime, "denied", None, 1)
             elif i not in decoded:
-                entries[rel] = [size, mtime, "large", list(headers[i][0]), 1]
+                entries[rel] = ManifestRow(size, mtime, "large", h.hw, 1)
             elif decoded[i] is None:
-                entries[rel] = [size, mtime, "bad", None, 1]
+                entries[rel] = ManifestRow(size, mtime, "bad", None, 1)
             else:
-                entries[rel] = [size, mtime, "ok", list(decoded[i]), int(headers[i][1])]
+                entries[rel] = ManifestRow(size, mtime, "ok", tuple(decoded[i]),
+                                           int(h.orientation))
         _write_manifest(manifest_file, split_dir, entries)
 
-    files, labels, shapes, bad, large, orientations = [], [], [], [], [], []
-    denied = []
+    scan = SplitScan([], [], [], [], [], [], [], denied_dirs)
     for p, _, _, label in candidates:
         rel = os.path.relpath(p, split_dir) if not is_remote(p) else p
-        _, _, status, hw, orientation = entries[rel]
-        if status == "bad":
-            bad.append(p)
-        elif status == "denied":
-            denied.append(p)
-        elif status == "large" or too_large(hw):  # also when the limit was lowered
-            large.append(p)
+        row = entries[rel]
+        if row.status == "bad":
+            scan.bad.append(p)
+        elif row.status == "denied":
+            scan.denied.append(p)
+        elif row.status == "large" or too_large(row.hw):  # also when the limit was lowered
+            scan.large.append(p)
         else:
-            files.append(p)
-            labels.append(label)
-            shapes.append(_displayed(hw, orientation))
-            orientations.append(orientation)
-    return files, labels, shapes, bad, large, orientations, denied, denied_dirs
+            scan.files.append(p)
+            scan.labels.append(label)
+            scan.shapes.append(_displayed(row.hw, row.orientation))
+            scan.orientations.append(row.orientation)
+    return scan
 
 
 def image_folder_source(data_dir, split, order=np.arange):
@@ -296,18 +437,18 @@ def image_folder_source(data_dir, split, order=np.arange):
     scanned = {}
     for name in dict.fromkeys(split_names(split)):
         scanned[name] = _scan_split(root, name, class_names)
-    sizes = {name: len(v[0]) for name, v in scanned.items()}
+    sizes = {name: len(v.files) for name, v in scanned.items()}
     pieces = resolve_split(split, sizes, f"image_folder at {root!r}")
 
     files, labels, shapes, orientations = [], [], [], []
     for name, start, stop in pieces:
-        f, l, s, _, _, o, _, _ = scanned[name]
-        files += f[start:stop]
-        labels += l[start:stop]
-        shapes += s[start:stop]
-        orientations += o[start:stop]
-    denied = [p for v in scanned.values() for p in v[6]]
-    denied_dirs = [p for v in scanned.values() for p in v[7]]
+        scan = scanned[name]
+        files += scan.files[start:stop]
+        labels += scan.labels[start:stop]
+        shapes += scan.shapes[start:stop]
+        orientations += scan.orientations[start:stop]
+    denied = [p for v in scanned.values() for p in v.denied]
+    denied_dirs = [p for v in scanned.values() for p in v.denied_dirs]
     if denied or denied_dirs:
         examples = ", ".join(repr(p) for p in (denied_dirs + denied)[:5])
         logger.warning(
@@ -316,20 +457,20 @@ def image_folder_source(data_dir, split, order=np.arange):
             "(chmod -R a+rX) and they are used on the next load.",
             len(denied) + len(denied_dirs), root, examples,
             " ..." if len(denied) + len(denied_dirs) > 5 else "")
-    bad = [p for v in scanned.values() for p in v[3]]
+    bad = [p for v in scanned.values() for p in v.bad]
     if bad:
         examples = ", ".join(repr(p) for p in bad[:5])
         logger.warning(
             "image_folder: skipped %d unreadable image file(s) (corrupt, empty, or a "
             "variant TensorFlow cannot decode such as animated WebP) under %r, "
             "e.g. %s%s", len(bad), root, examples, " ..." if len(bad) > 5 else "")
-    large = [p for v in scanned.values() for p in v[4]]
+    large = [p for v in scanned.values() for p in v.large]
     if large:
         examples = ", ".join(repr(p) for p in large[:5])
         logger.warning(
             "image_folder: skipped %d image file(s) above the limit of %d pixels "
             "(skipped_too_large; raise it with %s=PIXELS, 0 for none) under %r, e.g. %s%s",
-            len(large), image_header.max_image_pixels(), image_header.MAX_PIXELS_ENV,
+            len(large), max_image_pixels(), MAX_PIXELS_ENV,
             root, examples, " ..." if len(large) > 5 else "")
     if not files:
         raise ValueError(
