@@ -125,7 +125,7 @@ def test_fit_traces_the_train_step_once():
     model.compile(optimizer=optimizers.LARS(0.5, weight_decay=1e-4))
     model(tf.zeros([1, 16, 16, 3]))
     model.fit(tf.data.Dataset.from_tensors(_batch()).repeat(), steps_per_epoch=2, verbose=0)
-    (probe_optimizer, probe), = model._own  # the task's own optimizer: the probe's
+    (probe_optimizer, probe), = model._own_optimizers()  # the probe's, built by fit
     assert probe_optimizer.built and probe == model.network.supervised_head.trainable_variables
     assert int(model.optimizer.iterations) == 2 and len(traces) == 1
 
