@@ -236,14 +236,14 @@ def _breakdown_one(exp, precision, steps, profile, log):
     @tf.function
     def forward():
         loss, _ = steps_lib.compute_loss(model, task, batch, exp.weight_decay,
-                                         exp.updates[0][1])
+                                         [v for _, vs in exp.updates[1:] for v in vs])
         return loss
 
     @tf.function
     def forward_backward():
         with tf.GradientTape() as tape:
             loss, _ = steps_lib.compute_loss(model, task, batch, exp.weight_decay,
-                                         exp.updates[0][1])
+                                             [v for _, vs in exp.updates[1:] for v in vs])
         return tape.gradient(loss, variables)
 
     grads = [tf.zeros_like(v) if g is None else g for g, v in zip(forward_backward(), variables)]

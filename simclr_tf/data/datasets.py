@@ -24,7 +24,7 @@ label=int64 [])`` plus a :class:`DatasetInfo`, whatever the source:
   one lacks a class). Every file is decoded once to find corrupt or empty
   ones; they are skipped with a warning and counted in ``info.skipped``.
   Before that, each file's dimensions are read from its header
-  (:mod:`simclr_tf.data.image_header`, no decoding) and images above
+  (by Pillow, no decoding; :mod:`simclr_tf.data.image_folder`) and images above
   ``$SIMCLR_TF_MAX_IMAGE_PIXELS`` (default 50 megapixels; 0: no limit) are
   skipped undecoded, with a warning, and counted in
   ``info.skipped_too_large``: a decompression bomb never reaches a decoder.

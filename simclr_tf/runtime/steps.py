@@ -41,19 +41,20 @@ def no_weight_decay(variables):
     return zero, zero
 
 
-def compute_loss(model, task, batch, weight_decay=no_weight_decay, variables=None,
-                 training=True):
+def compute_loss(model, task, batch, weight_decay=no_weight_decay, own=(), training=True):
     """``(loss, metrics)`` of ``task`` on ``batch``: the one forward pass of a step.
 
     ``model(inputs)`` once, then the task's objective on its outputs, plus the
-    weight-decay term ``weight_decay(variables)`` returns (see
+    weight-decay term ``weight_decay(variables)`` returns for the trainable
+    weights not in ``own`` (those with an optimizer of their own; see
     :func:`simclr_tf.optimizers.weight_decay_in_loss`); the whole penalty is
     reported as ``weight_decay``.
     """
     inputs, labels = batch
     batch = (inputs, tf.cast(labels, tf.int32))
     objective, results = task.compute_loss(model(inputs, training=training), batch)
-    term, penalty = weight_decay(model.trainable_variables if variables is None else variables)
+    own = {id(v) for v in own}
+    term, penalty = weight_decay([v for v in model.trainable_variables if id(v) not in own])
     results["weight_decay"] = penalty
     results["loss"] = total = objective + term
     return total, results
@@ -69,10 +70,10 @@ def make_train_step(model, task, updates, metrics, nonfinite_policy="stop", loss
     gradients; weights without a gradient are left out.
 
     ``updates``: ``[(optimizer, variables)]`` (``task.build_optimizers``):
-    each optimizer applies the gradients of its variables; ``weight_decay``
-    (a function of the first optimizer's variables, e.g.
-    ``functools.partial(optimizers.weight_decay_in_loss, "lars", 1e-6)``)
-    gives the loss's decay term.
+    the first (the run's) optimizer applies every gradient but those of the
+    later entries' variables, which their own optimizers apply;
+    ``weight_decay`` (e.g. ``functools.partial(optimizers.weight_decay_in_loss,
+    "lars", 1e-6)``) gives the loss's decay term over the run's weights.
 
     ``loss_scale``: a :class:`simclr_tf.loss_scale.DynamicLossScale` for
     float16: the loss is scaled before the gradients and the gradients
@@ -98,7 +99,7 @@ def make_train_step(model, task, updates, metrics, nonfinite_policy="stop", loss
         num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
         bn_state = [tf.identity(v) for v in _bn_state(model)] if skip else None
         with tf.GradientTape() as tape:
-            loss, results = compute_loss(model, task, batch, weight_decay, updates.decayed)
+            loss, results = compute_loss(model, task, batch, weight_decay, updates.own)
             scaled_loss = loss / num_replicas
             if loss_scale is not None:
                 scaled_loss = loss_scale.scale_loss(scaled_loss)
@@ -121,22 +122,21 @@ def make_train_step(model, task, updates, metrics, nonfinite_policy="stop", loss
 
 
 class _Updates:
-    """A step's optimizers, each applying the gradients of its own variables."""
+    """A step's optimizers: each own optimizer applies its variables' gradients, the
+    first (the run's) all the others'."""
 
     def __init__(self, updates):
         self.updates = list(updates)
-        self._owner = [{id(v) for v in variables} for _, variables in self.updates]
-
-    @property
-    def decayed(self):
-        """The first (the run's) optimizer's variables, which weight decay covers."""
-        return self.updates[0][1]
+        self.own = [v for _, variables in self.updates[1:] for v in variables]
+        self._own_ids = [{id(v) for v in variables} for _, variables in self.updates[1:]]
 
     def apply(self, pairs):
         if len(self.updates) == 1:
             self.updates[0][0].apply_gradients(pairs)
             return
-        for (optimizer, _), ids in zip(self.updates, self._owner):
+        taken = set().union(*self._own_ids)
+        self.updates[0][0].apply_gradients([p for p in pairs if id(p[1]) not in taken])
+        for (optimizer, _), ids in zip(self.updates[1:], self._own_ids):
             optimizer.apply_gradients([p for p in pairs if id(p[1]) in ids])
 
     def build(self, variables):

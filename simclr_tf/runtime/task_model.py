@@ -60,7 +60,7 @@ class TaskModel(keras.Model):
                                                       self.nonfinite_policy)
         self._eval_metrics = steps_lib.eval_metrics()
         self._eval_step = steps_lib.make_eval_step(network, self._eval_metrics)
-        self._own = None  # the task's own optimizers, once built
+        self._own = _Untracked()  # the task's own optimizers, once built
         self._train_step = None
 
     def call(self, inputs, training=False):
@@ -74,18 +74,18 @@ class TaskModel(keras.Model):
 
     def compute_loss(self, batch, training=True):
         """``(loss, metrics)`` of the task on ``batch`` (no update)."""
-        return steps_lib.compute_loss(self.network, self.task, batch, self._decay(),
-                                      others(self.network, self._own_optimizers()),
+        own = [v for _, variables in self._own_optimizers() for v in variables]
+        return steps_lib.compute_loss(self.network, self.task, batch, self._decay(), own,
                                       training=training)
 
     def _own_optimizers(self):
         # Built outside the traced replica function (in the strategy's
         # cross-replica context), as fit builds the compiled optimizer:
         # variables created per replica would not be mirrored.
-        if self._own is None:
+        if self._own.value is None:
             with tf.init_scope():
-                self._own = self.task.own_optimizers(self.network)
-        return self._own
+                self._own.value = self.task.own_optimizers(self.network)
+        return self._own.value
 
     def make_train_function(self, force=False):
         # Build every optimizer eagerly, in the strategy's scope, before fit
@@ -114,3 +114,10 @@ class TaskModel(keras.Model):
     @property
     def metrics(self):
         return list(self._train_metrics.values()) + list(self._eval_metrics.values())
+
+
+class _Untracked:
+    """Holds the task's optimizers out of Keras' tracking (a built model refuses new state;
+    the checkpoint of a fit run is the user's business)."""
+
+    value = None

@@ -58,6 +58,8 @@ class PretrainTask(Task):
         if not (self._probe(model) and self.cfg.probe_learning_rate > 0):
             return []
         probe = list(model.supervised_head.trainable_variables)
+        if not probe:  # an unbuilt model: the run's optimizer trains the probe
+            return []
         optimizer = optimizers.build_probe_optimizer(self.cfg.probe_learning_rate, total_steps)
         optimizer.build(probe)
         return [(optimizer, probe)]
