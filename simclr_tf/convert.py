@@ -57,12 +57,13 @@ from simclr_tf import config as config_lib  # noqa: E402
 from simclr_tf import files  # noqa: E402
 from simclr_tf.errors import ConversionError  # noqa: E402
 from simclr_tf.export import writer  # noqa: E402
+from simclr_tf import tasks  # noqa: E402
 from simclr_tf.tasks import build_model  # noqa: E402
 from simclr_tf.official import layout, mapping  # noqa: E402
 from simclr_tf.official.layout import Architecture, infer_architecture, load_official  # noqa: E402,F401
 from simclr_tf.official.mapping import copy_variables, map_variables, parity  # noqa: E402,F401
 from simclr_tf.runtime.checkpointer import Checkpointer  # noqa: E402
-from simclr_tf.runtime.experiment import build_optimizer  # noqa: E402
+from simclr_tf.runtime.experiment import build_schedule  # noqa: E402
 from simclr_tf.runtime.run_dir import RunDir  # noqa: E402
 
 RELATIVE_TOLERANCE = 1e-4
@@ -140,10 +141,12 @@ def write_run_dir(cfg, model, model_dir):
         tmp.write_config(cfg)
         # --mode=eval/export restore model_dir checkpoints strictly (every object
         # of the run's model and optimizer), so save the optimizer the run builds.
-        _, optimizer = build_optimizer(cfg, num_examples=cfg.train_batch_size)
-        optimizer.build(model.trainable_variables)
+        task = tasks.build_task(cfg.train_mode, cfg.loss)
+        updates = task.build_optimizers(model, cfg.optim,
+                                        build_schedule(cfg, cfg.train_batch_size), 1)
         with layout._quiet_tf_logs():
-            Checkpointer(model, optimizer, tmp, keep_max=1).save(0)
+            Checkpointer(model, updates[0][0], tmp, keep_max=1,
+                         own_optimizers=[o for o, _ in updates[1:]]).save(0)
         writer.export_model(model, tmp.path, cfg.image_size)
         check_model_dir(model_dir)  # nobody wrote there meanwhile
         if tf.io.gfile.exists(model_dir):
