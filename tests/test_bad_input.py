@@ -189,6 +189,19 @@ def test_pixel_limit_follows_the_environment_variable(tmp_path, monkeypatch):
         datasets.load("image_folder", "train", str(root))
 
 
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "1.5", "-3"])
+def test_pixel_limit_that_is_not_a_whole_number_is_one_config_error(monkeypatch, value):
+    monkeypatch.setenv(image_folder.MAX_PIXELS_ENV, value)
+    with pytest.raises(errors.ConfigError) as info:
+        image_folder.max_image_pixels()
+    message = str(info.value)
+    assert message.startswith(f"SIMCLR_TF_MAX_IMAGE_PIXELS={value!r} is not a pixel count")
+    assert "whole number such as 50000000" in message and "0 for no limit" in message
+    assert "\n" not in message
+    monkeypatch.setenv(image_folder.MAX_PIXELS_ENV, "5e7")  # a whole number in any spelling
+    assert image_folder.max_image_pixels() == 50_000_000
+
+
 # --------------------------------------------------- unusual but valid images
 
 def _write_png(array):
@@ -628,3 +641,143 @@ def test_loading_another_keras_export_is_a_clear_error(tmp_path):
     (tmp_path / "broken.keras").write_bytes(b"not a zip")
     with pytest.raises(export.NotSimCLRExportError, match="not a .keras archive"):
         export.load_keras_model(str(tmp_path / "broken.keras"))
+
+
+# ------------------------------------------------------------ config files
+
+def _unreadable_config(tmp_path, monkeypatch):
+    """A config file whose read is refused: chmod 000 does not stop root, so the
+    read (simclr_tf.files.read_text) raises TensorFlow's PermissionDeniedError."""
+    import simclr_tf.files
+
+    path = tmp_path / "locked.yaml"
+    path.write_text("seed: 1\n")
+    real = simclr_tf.files.read_text
+
+    def refuse(p):
+        if os.fspath(p) == str(path):
+            raise tf.errors.PermissionDeniedError(None, None, f"{path}; Permission denied")
+        return real(p)
+
+    monkeypatch.setattr(simclr_tf.files, "read_text", refuse)
+    return path, ["Cannot read config file", "Permission denied", "chmod a+r"]
+
+
+def _config_directory(tmp_path, monkeypatch):
+    (tmp_path / "configs_dir").mkdir()
+    return tmp_path / "configs_dir", ["is a directory, not a config file", "--config=PATH.yaml"]
+
+
+def _latin1_config(tmp_path, monkeypatch):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("# r\u00e9glages\nseed: 1\n".encode("latin-1"))
+    return path, ["is not UTF-8 text", "offset 3", "Save it as UTF-8"]
+
+
+@pytest.mark.parametrize("make", [_config_directory, _latin1_config, _unreadable_config],
+                         ids=["directory", "not_utf8", "unreadable"])
+def test_config_file_that_cannot_be_read_is_one_config_error(tmp_path, monkeypatch, make):
+    path, expected = make(tmp_path, monkeypatch)
+    with pytest.raises(errors.ConfigError) as info:
+        config_lib.resolve(str(path), {})
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message, message
+    for part in expected:
+        assert part in message, message
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("program", ["simclr_tf.run", "simclr_tf.views"])
+def test_a_config_error_is_exactly_one_line_on_stderr(tmp_path, program):
+    """No TensorFlow start-up lines (oneDNN, cuda drivers, cuInit) before the error."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=subprocs.REPO)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # as a user runs it (conftest sets it)
+    proc = subprocess.run([sys.executable, "-m", program, f"--config={tmp_path}"],
+                          env=env, cwd=str(tmp_path), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"{program}: error: --config={str(tmp_path)!r} is a directory, "
+                           "not a config file. Pass --config=PATH.yaml (e.g. a run's "
+                           "model_dir/config.yaml).\n"), proc.stderr
+
+
+_IMPORT_NOISE = (
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+    "I0000 00:00:1796654226.651247   27161 port.cc:153] oneDNN custom operations are on.\n"
+    "I0000 00:00:1796654226.651585   27161 cudart_stub.cc:31] Could not find cuda drivers\n"
+    "I0000 00:00:1796654226.703415   27161 cpu_feature_guard.cc:227] This TensorFlow binary\n"
+    "To enable the following instructions: AVX2 FMA, in other operations, rebuild\n"
+    "W0000 00:00:1796654226.703415   27161 some.cc:1] a warning\n"
+    "E0000 00:00:1796654229.827128   27161 cuda_platform.cc:52] failed call to cuInit\n")
+
+
+def test_tensorflow_start_up_lines_are_dropped_and_other_text_kept():
+    from simclr_tf import env
+
+    other = ("/x/y.py:3: UserWarning: something the user should see\n  warnings.warn(x)\n"
+             "F0000 00:00:1796654229.827128   27161 a.cc:1] a fatal line stays\n")
+    assert env.drop_start_up_lines(_IMPORT_NOISE + other) == other
+    assert env.drop_start_up_lines(_IMPORT_NOISE, min_level=3) == ""
+    kept = env.drop_start_up_lines(_IMPORT_NOISE, min_level=2)  # errors stay at level 2
+    assert kept == "E0000 00:00:1796654229.827128   27161 cuda_platform.cc:52] failed call to cuInit\n"
+    assert env.drop_start_up_lines(_IMPORT_NOISE, min_level=0) == _IMPORT_NOISE
+
+
+def test_the_user_s_tensorflow_log_level_is_left_alone(monkeypatch):
+    from simclr_tf import env
+
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    assert env.quiet_tensorflow_start() is False
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
+
+
+# ---------------------------------------------------------------- full disk
+
+def _write_to_full_disk(how):
+    if how == "python":
+        with open("/dev/full", "w") as f:
+            f.write("x" * 100)
+    else:
+        with tf.io.gfile.GFile("/dev/full", "w") as f:
+            f.write("x" * 100_000)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("how", ["python", "tf_gfile"])
+def test_a_full_disk_during_a_write_is_one_run_error(how):
+    with pytest.raises(errors.RunError) as info:
+        with errors.writing("/runs/a/result.json", "result.json",
+                            "the previous result.json is kept"):
+            _write_to_full_disk(how)
+    message = str(info.value)
+    assert message == ("Could not write result.json '/runs/a/result.json': no space left on "
+                       "device; the previous result.json is kept. Free disk space (or pass "
+                       "another --model_dir) and rerun the same command to continue from "
+                       "the last checkpoint.")
+
+
+def test_a_full_disk_during_a_checkpoint_save_is_one_run_error():
+    full = tf.errors.ResourceExhaustedError(
+        None, None, "{{function_node __wrapped__SaveV2}} /runs/a/checkpoints/ckpt-3_temp/"
+        "part-00000-of-00001.data-00000-of-00001.tempstate1; No space left on device [Op:SaveV2]")
+    with pytest.raises(errors.RunError, match=r"^Could not write the checkpoint "
+                       r"'/runs/a/checkpoints/ckpt-3': no space left on device; the previous "
+                       r"checkpoint is kept\. Free disk space"):
+        with errors.writing("/runs/a/checkpoints/ckpt-3", "the checkpoint",
+                            "the previous checkpoint is kept"):
+            raise full
+
+
+@pytest.mark.parametrize("error", [
+    tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor"),
+    PermissionError(13, "Permission denied"),
+    ValueError("not a write error"),
+], ids=["oom", "permission", "other"])
+def test_other_write_errors_pass_through_unchanged(error):
+    with pytest.raises(type(error)) as info:
+        with errors.writing("/runs/a/result.json", "result.json"):
+            raise error
+    assert info.value is error

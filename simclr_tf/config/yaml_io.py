@@ -102,6 +102,44 @@ def find_config(name_or_path):
     return str(shipped) if shipped.is_file() else name_or_path
 
 
+def _read_config_text(path):
+    """The text of the config file at ``path``, or ConfigError naming the file and the fix.
+
+    A directory, a file that may not be read and one that is not UTF-8 text are
+    refused in one line (``files.read_text`` raises TensorFlow's errors, or
+    UnicodeDecodeError, for them).
+    """
+    if _remote_isdir(path) if files().is_remote(path) else os.path.isdir(path):
+        raise ConfigError(f"--config={path!r} is a directory, not a config file. Pass "
+                          "--config=PATH.yaml (e.g. a run's model_dir/config.yaml).")
+    try:
+        return files().read_text(path)
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"Config file {path!r} is not UTF-8 text (byte {e.object[e.start:e.start + 1]!r} "
+            f"at offset {e.start}). Save it as UTF-8, or pass another --config.") from None
+    except Exception as e:  # noqa: BLE001  (OSError, or tf.errors.OpError from gfile)
+        if not isinstance(e, OSError) and not _is_tf_error(e):
+            raise
+        reason = getattr(e, "strerror", None) or getattr(e, "message", None) or str(e)
+        reason = reason.strip().removeprefix(f"{path}; ") or type(e).__name__
+        raise ConfigError(
+            f"Cannot read config file {path!r} ({reason.strip().splitlines()[0]}). Make it "
+            "readable (e.g. chmod a+r), or pass another --config.") from None
+
+
+def _remote_isdir(path):
+    try:
+        import tensorflow as tf  # remote paths only: files() has imported it already
+        return tf.io.gfile.isdir(path)
+    except Exception:  # noqa: BLE001  (the read then says what is wrong)
+        return False
+
+
+def _is_tf_error(error):
+    return type(error).__module__.startswith("tensorflow")
+
+
 def load_yaml(path):
     """Reads a YAML experiment file (a path or a shipped config's name) into a dict."""
     path = find_config(path)
@@ -110,7 +148,7 @@ def load_yaml(path):
             " Pass --config=PATH.yaml with an existing file, or the name of a shipped "
             f"config: {', '.join(shipped_configs())}.")
         raise ConfigError(f"Config file not found: {path!r}.{hint}")
-    text = files().read_text(path)
+    text = _read_config_text(path)
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -20,6 +20,7 @@ from PIL import ExifTags, Image
 
 from simclr_tf.data.source import (DatasetInfo, Source, apply_orientation,
                                    decode_image_bytes, resolve_split, split_names)
+from simclr_tf.errors import ConfigError
 from simclr_tf.files import atomic_write, is_remote
 from simclr_tf.progress import Progress
 
@@ -53,14 +54,14 @@ def max_image_pixels():
     if not raw:
         return DEFAULT_MAX_PIXELS
     try:
-        value = int(float(raw))
+        number = float(raw)  # also "5e7"; "inf" and "nan" are refused below
     except ValueError:
-        value = -1
-    if value < 0:
-        raise ValueError(
+        number = -1.0
+    if not (number >= 0 and number.is_integer()):  # negative, fractional, inf, nan
+        raise ConfigError(
             f"{MAX_PIXELS_ENV}={raw!r} is not a pixel count: set it to a whole number "
             f"such as {DEFAULT_MAX_PIXELS} (height x width), or 0 for no limit.")
-    return value
+    return int(number)
 
 
 def manifest_cache_dir():
