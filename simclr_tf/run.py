@@ -11,8 +11,10 @@ from simclr_tf import env
 
 env.tune_for_cli()  # before TensorFlow is imported
 
+import contextlib  # noqa: E402
 import logging as py_logging  # noqa: E402
 import os  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
 
 import keras  # noqa: E402
@@ -22,7 +24,7 @@ from absl import app, logging  # noqa: E402
 from simclr_tf import distribute, runtime  # noqa: E402
 from simclr_tf.config.flags import config_from_flags, define_flags  # noqa: E402
 from simclr_tf.errors import ConfigError, Preempted, RunError, short_tf_error  # noqa: E402
-from simclr_tf.runtime.run_dir import RunDir  # noqa: E402
+from simclr_tf.runtime.run_dir import RunDir, data_identity  # noqa: E402
 
 def fail(message, program="simclr_tf.run"):
     print(f"{program}: error: {message}", file=sys.stderr)
@@ -51,6 +53,33 @@ def _result_line(result, model_dir):
     return f"{line} global_step={result['global_step']} ({os.path.join(model_dir, 'result.json')})"
 
 
+TRAIN_MODES = ("train", "train_then_eval")
+
+
+@contextlib.contextmanager
+def _sigterm_exits():
+    """Turns a SIGTERM outside the training loop into an exit that runs the finally blocks.
+
+    The training loop installs its own handler (it saves a checkpoint and
+    raises Preempted); elsewhere (building, evaluating, exporting) a SIGTERM
+    would end the process at once and leave model_dir's lock behind.
+    """
+    def handler(signum, frame):
+        print("simclr_tf.run: Stopped by SIGTERM; model_dir keeps what was saved before. "
+              "Rerun the same command to continue.", file=sys.stderr)
+        raise SystemExit(143)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv):
     if len(argv) > 1:
         fail(f"unexpected arguments {argv[1:]}: every setting is a --flag=value.")
@@ -67,20 +96,48 @@ def main(argv):
         exp = runtime.build(cfg)
         if cfg.mode in ("eval", "export"):  # never report or export a random model
             exp.checkpointer.restore_finished("evaluate" if cfg.mode == "eval" else "export")
+        run_dir.check_is_run_or_empty()
     except (ConfigError, RunError, ValueError) as e:
         fail(str(e))
 
+    lock = identity = None
+    try:
+        with _sigterm_exits():
+            if exp.is_chief:  # workers share the chief's model_dir and its lock
+                try:
+                    lock = run_dir.lock()
+                    # Checked again under the lock: another run may have written
+                    # there while this one was being built.
+                    run_dir.check_is_run_or_empty()
+                    run_dir.check_compatible(cfg)
+                    if cfg.mode in TRAIN_MODES:
+                        identity = data_identity(cfg.dataset, cfg.train_split, cfg.data_dir,
+                                                 exp.train_info.num_examples)
+                        run_dir.check_data(identity)
+                except (ConfigError, RunError) as e:
+                    fail(str(e))
+                except (OSError, tf.errors.OpError) as e:
+                    fail(f"Cannot write to model_dir {cfg.model_dir!r} "
+                         f"({getattr(e, 'strerror', None) or e}). Pass a writable --model_dir.")
+            _run(cfg, exp, run_dir, identity)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run(cfg, exp, run_dir, identity):
     try:
         run_dir.makedirs()  # also gs:// paths
         # Only training writes config.yaml: it records what the checkpoints were
         # trained with, and eval / export must not rewrite it with their flags.
-        if exp.is_chief and cfg.mode in ("train", "train_then_eval"):
+        if identity is not None:
             run_dir.write_config(cfg)
+            run_dir.write_data(identity)
     except (OSError, tf.errors.OpError) as e:
         fail(f"Cannot write to model_dir {cfg.model_dir!r} "
              f"({getattr(e, 'strerror', None) or e}). Pass a writable --model_dir.")
     try:
-        if cfg.mode in ("train", "train_then_eval"):
+        if cfg.mode in TRAIN_MODES:
             runtime.train(exp)
         if cfg.mode in ("eval", "train_then_eval"):
             print(_result_line(runtime.evaluate(exp), cfg.model_dir))
