@@ -42,6 +42,118 @@ def _colour_image(h=4, w=4, seed=0):
 
 
 # ---------------------------------------------------------------------------
+# Independent NumPy references: bicubic resize and the colour-space formulas
+# ---------------------------------------------------------------------------
+
+
+def _keys_cubic(t, a=-0.5):
+    """Keys' cubic convolution kernel (a = -0.5), as TensorFlow's bicubic."""
+    t = np.abs(t)
+    near = ((a + 2) * t - (a + 3)) * t * t + 1
+    far = ((t - 5) * t + 8) * t * a - 4 * a
+    return np.where(t <= 1, near, np.where(t < 2, far, 0.0))
+
+
+def _bicubic_matrix(n_in, n_out):
+    """[n_out, n_in] bicubic resampling matrix: half-pixel centres, the 4 taps
+    around each source position, taps outside the image dropped and the rest
+    renormalised, the fractional offset rounded to 1/1024 (TensorFlow reads
+    the kernel from a 1024-entry table)."""
+    m = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        src = (i + 0.5) * n_in / n_out - 0.5
+        base = int(np.floor(src))
+        frac = np.round((src - base) * 1024) / 1024
+        for k in range(base - 1, base + 3):
+            if 0 <= k < n_in:
+                m[i, k] = _keys_cubic(frac - (k - base))
+        m[i] /= m[i].sum()
+    return m
+
+
+def _np_resize(image, size):
+    """Bicubic resize of a float [H, W, 3] image to [size, size, 3], clipped to [0, 1]."""
+    out = np.einsum("ij,jwc->iwc", _bicubic_matrix(image.shape[0], size), image)
+    out = np.einsum("vw,hwc->hvc", _bicubic_matrix(image.shape[1], size), out)
+    return np.clip(out, 0.0, 1.0)
+
+
+def _np_eval(image, size):
+    """Evaluation preprocessing written out: above 32 px a centred square of
+    round(0.875 * shorter side), offset (n - side + 1) // 2; then bicubic."""
+    image = image.astype(np.float64)
+    if size > 32:
+        h, w = image.shape[:2]
+        side = max(1, int(np.round(0.875 * min(h, w))))
+        oy, ox = (h - side + 1) // 2, (w - side + 1) // 2
+        image = image[oy:oy + side, ox:ox + side]
+    return _np_resize(image, size)
+
+
+def _np_contrast(image, factor):
+    """(x - mean) * f + mean, the mean per channel over the image's pixels."""
+    mean = image.mean(axis=(0, 1), keepdims=True)
+    return (image - mean) * factor + mean
+
+
+def _np_rgb_to_hsv(image):
+    """RGB in [0, 1] -> HSV, hue in [0, 1) (the hexcone formulas)."""
+    r, g, b = (image[..., i] for i in range(3))
+    v = image.max(axis=-1)
+    c = v - image.min(axis=-1)
+    s = np.where(v > 0, c / np.where(v > 0, v, 1), 0.0)
+    safe = np.where(c > 0, c, 1.0)
+    h = np.where(v == r, ((g - b) / safe) % 6,
+                 np.where(v == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    h = np.where(c > 0, h / 6.0, 0.0)
+    return np.stack([h, s, v], axis=-1)
+
+
+def _np_hsv_to_rgb(hsv):
+    h, s, v = (hsv[..., i] for i in range(3))
+    h6 = (h % 1.0) * 6.0
+    c = v * s
+    x = c * (1 - np.abs(h6 % 2 - 1))
+    m = v - c
+    sector = np.floor(h6).astype(int) % 6
+    zero = np.zeros_like(c)
+    table = [(c, x, zero), (x, c, zero), (zero, c, x), (zero, x, c), (x, zero, c),
+             (c, zero, x)]
+    rgb = np.zeros(h.shape + (3,))
+    for k, (r, g, b) in enumerate(table):
+        sel = sector == k
+        rgb[sel] = np.stack([r[sel], g[sel], b[sel]], axis=-1)
+    return rgb + m[..., None]
+
+
+def _np_saturation(image, factor):
+    hsv = _np_rgb_to_hsv(image)
+    hsv[..., 1] = np.clip(hsv[..., 1] * factor, 0.0, 1.0)
+    return _np_hsv_to_rgb(hsv)
+
+
+def _np_hue(image, delta):
+    hsv = _np_rgb_to_hsv(image)
+    hsv[..., 0] = (hsv[..., 0] + delta) % 1.0
+    return _np_hsv_to_rgb(hsv)
+
+
+def _np_brightness_v2(image, factor):
+    return image * factor
+
+
+def _drawn(seed, lo, hi):
+    """The float U[lo, hi) a stateless op draws from ``seed``."""
+    return float(tf.random.stateless_uniform((), seed=seed, minval=lo, maxval=hi))
+
+
+def _sub_seeds(seed, n):
+    """The ``n`` sub-seeds an op derives from its seed (stateless split)."""
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=n)
+    return [seeds[i] for i in range(n)]
+
+
+# ---------------------------------------------------------------------------
 # Presets, shapes, ranges
 # ---------------------------------------------------------------------------
 
@@ -53,34 +165,62 @@ def test_preset():
     assert augment.preset(224) == {"color_jitter_strength": 1.0, "use_blur": True}
 
 
+def test_numpy_bicubic_reference_is_tensorflow_resize():
+    """The reference above is itself checked once, against tf.image.resize, on
+    up- and downsampling; the tests below then compare the module with it."""
+    rng = np.random.default_rng(16)
+    for h, w, size in [(20, 37, 32), (96, 64, 40), (123, 77, 56)]:
+        x = rng.uniform(0, 1, size=(h, w, 3))
+        got = tf.image.resize(x.astype(np.float32), [size, size], method="bicubic").numpy()
+        np.testing.assert_allclose(np.clip(got, 0, 1), _np_resize(x, size), atol=2e-6)
+
+
 @pytest.mark.parametrize("dtype", ["uint8", "float32"])
-def test_train_and_eval_shapes_and_range_eager(dtype):
+def test_train_and_eval_views_are_crops_of_the_image_eager(dtype):
+    """Eval: the NumPy centre crop + bicubic resize. Train (crop and flip only):
+    the bicubic resize of the box sample_crop_box draws from the crop sub-seed,
+    mirrored or not, and both happen; the full train view is float32 in [0, 1]."""
     rng = np.random.default_rng(1)
+    mirrored = []
     for h, w in [(20, 37), (32, 32), (96, 64)]:
         x = rng.uniform(0, 1, size=(h, w, 3))
         x = (x * 255).astype(np.uint8) if dtype == "uint8" else x.astype(np.float32)
+        xf = x / 255.0 if dtype == "uint8" else x.astype(np.float64)
         for size in (32, 40):
-            for seed in ([1, 2], [3, 4]):
-                y = augment.preprocess_for_train(x, tf.constant(seed), size, **augment.preset(size))
-                assert y.dtype == tf.float32
-                assert y.shape == (size, size, 3)
-                assert 0.0 <= float(tf.reduce_min(y)) and float(tf.reduce_max(y)) <= 1.0
             e = augment.preprocess_for_eval(x, size)
             assert e.dtype == tf.float32 and e.shape == (size, size, 3)
-            assert 0.0 <= float(tf.reduce_min(e)) and float(tf.reduce_max(e)) <= 1.0
+            np.testing.assert_allclose(e.numpy(), _np_eval(xf, size), atol=2e-6)
+            for k in range(4):
+                seed = tf.constant([k, size], tf.int64)
+                y = augment.preprocess_for_train(x, seed, size, crop=True, flip=True,
+                                                 color_distort=False, use_blur=False).numpy()
+                crop_seed = _sub_seeds(seed, 4)[0]
+                oy, ox, ch, cw = (int(v) for v in augment.sample_crop_box(
+                    h, w, crop_seed, relative_aspect=True))
+                ref = _np_resize(xf[oy:oy + ch, ox:ox + cw], size)
+                plain = np.abs(y - ref).max() < 2e-6
+                flipped = np.abs(y - ref[:, ::-1]).max() < 2e-6
+                assert plain or flipped, (h, w, size, k, np.abs(y - ref).max())
+                mirrored.append(flipped and not plain)
+                full = augment.preprocess_for_train(x, seed, size, **augment.preset(size))
+                assert full.dtype == tf.float32 and full.shape == (size, size, 3)
+                assert 0.0 <= float(tf.reduce_min(full)) and float(tf.reduce_max(full)) <= 1.0
+    assert 0 < sum(mirrored) < len(mirrored)
 
 
 @pytest.mark.parametrize("dtype", [tf.uint8, tf.float32])
 def test_train_and_eval_in_tf_data_with_dynamic_shapes(dtype):
+    """Images of unknown shape in a parallel tf.data map give the eager views of the
+    same seeds (a second path) and the NumPy evaluation reference."""
     rng = np.random.default_rng(2)
     sizes = [(20, 37), (32, 32), (96, 64), (7, 120)]
+    images = []
+    for h, w in sizes:
+        x = rng.uniform(0, 1, size=(h, w, 3))
+        images.append((x * 255).astype(np.uint8) if dtype == tf.uint8 else x.astype(np.float32))
 
-    def gen():
-        for h, w in sizes:
-            x = rng.uniform(0, 1, size=(h, w, 3))
-            yield (x * 255).astype(np.uint8) if dtype == tf.uint8 else x.astype(np.float32)
-
-    ds = tf.data.Dataset.from_generator(gen, output_signature=tf.TensorSpec([None, None, 3], dtype))
+    ds = tf.data.Dataset.from_generator(lambda: iter(images),
+                                        output_signature=tf.TensorSpec([None, None, 3], dtype))
 
     def two_views_and_eval(i, x):
         s1 = tf.stack([i, tf.constant(0, tf.int64)])
@@ -93,12 +233,20 @@ def test_train_and_eval_in_tf_data_with_dynamic_shapes(dtype):
     assert {name: spec.shape for name, spec in out.element_spec[0].items()} == {
         "view1": (48, 48, 3), "view2": (48, 48, 3)}
     assert out.element_spec[1].shape == (48, 48, 3)
-    for views, ev in out:
-        for arr in (views["view1"].numpy(), views["view2"].numpy(), ev.numpy()):
-            assert arr.dtype == np.float32
-            assert arr.min() >= 0.0 and arr.max() <= 1.0
-            assert np.isfinite(arr).all()
-        assert not np.array_equal(views["view1"], views["view2"])
+    n = 0
+    for i, (views, ev) in enumerate(out):
+        x = images[i]
+        xf = x / 255.0 if dtype == tf.uint8 else x.astype(np.float64)
+        np.testing.assert_allclose(ev.numpy(), _np_eval(xf, 48), atol=2e-6)
+        eager1 = augment.preprocess_for_train(x, tf.constant([i, 0], tf.int64), 48,
+                                              color_jitter_impl="v1")
+        eager2 = augment.preprocess_for_train(x, tf.constant([i, 1], tf.int64), 48)
+        np.testing.assert_allclose(views["view1"].numpy(), eager1.numpy(), atol=1e-5)
+        np.testing.assert_allclose(views["view2"].numpy(), eager2.numpy(), atol=1e-5)
+        assert views["view1"].dtype == tf.float32
+        assert np.abs(views["view1"].numpy() - views["view2"].numpy()).max() > 1e-3
+        n += 1
+    assert n == len(sizes)
 
 
 def test_uint8_and_float_inputs_agree():
@@ -292,27 +440,90 @@ def test_jitter_order_is_a_uniform_permutation():
     assert all(abs(c - expected) <= tol for c in counts.values())
 
 
+def test_contrast_matches_the_channel_mean_formula():
+    """(x - mean) * f + mean with the per-channel mean over the pixels, f drawn
+    from U[max(0, 1 - c), 1 + c]."""
+    x = _colour_image(6, 5, seed=17).astype(np.float64)
+    factors = []
+    for k in range(8):
+        seed = tf.constant([k, 31], tf.int64)
+        f = _drawn(seed, 0.2, 1.8)
+        factors.append(f)
+        got = augment._contrast(tf.constant(x, tf.float32), seed, 0.8).numpy()
+        np.testing.assert_allclose(got, _np_contrast(x, f), atol=2e-6)
+    assert min(factors) < 0.9 and max(factors) > 1.1  # both directions are tested
+
+
+def test_saturation_matches_the_hsv_formula():
+    """RGB -> HSV, S * f clipped to [0, 1], -> RGB, f from U[max(0, 1 - c), 1 + c]."""
+    x = _colour_image(6, 5, seed=18).astype(np.float64)
+    # The reference round-trips: HSV -> RGB inverts RGB -> HSV.
+    np.testing.assert_allclose(_np_hsv_to_rgb(_np_rgb_to_hsv(x)), x, atol=1e-12)
+    factors = []
+    for k in range(8):
+        seed = tf.constant([k, 32], tf.int64)
+        f = _drawn(seed, 0.2, 1.8)
+        factors.append(f)
+        got = augment._saturation(tf.constant(x, tf.float32), seed, 0.8).numpy()
+        np.testing.assert_allclose(got, _np_saturation(x, f), atol=2e-6)
+    assert min(factors) < 0.9 and max(factors) > 1.1
+    # A factor of 0 leaves no colour: every channel becomes the value V = max.
+    np.testing.assert_allclose(_np_saturation(x, 0.0), np.repeat(x.max(-1, keepdims=True), 3, -1))
+
+
+def test_hue_matches_the_hsv_formula():
+    """RGB -> HSV, H + d modulo 1, -> RGB, d from U[-h, h] with h = min(strength, 0.5)."""
+    x = _colour_image(6, 5, seed=19).astype(np.float64)
+    deltas = []
+    for k in range(8):
+        seed = tf.constant([k, 33], tf.int64)
+        d = _drawn(seed, -0.4, 0.4)
+        deltas.append(d)
+        got = augment._hue(tf.constant(x, tf.float32), seed, 0.4).numpy()
+        np.testing.assert_allclose(got, _np_hue(x, d), atol=2e-6)
+    assert min(deltas) < -0.05 and max(deltas) > 0.05  # both signs
+    # A strength above 0.5 draws from [-0.5, 0.5].
+    seed = tf.constant([3, 34], tf.int64)
+    got = augment._hue(tf.constant(x, tf.float32), seed, 0.9).numpy()
+    np.testing.assert_allclose(got, _np_hue(x, _drawn(seed, -0.5, 0.5)), atol=2e-6)
+    # A third of a turn maps (r, g, b) to (b, r, g).
+    np.testing.assert_allclose(_np_hue(x, 1 / 3), x[..., [2, 0, 1]], atol=1e-12)
+
+
 def test_color_jitter_applies_ops_in_the_drawn_order():
-    x = tf.constant(_colour_image(6, 5, seed=9))
+    """The reference is built from the NumPy formulas above, the seeds split as
+    the docstrings say: five sub-seeds (order, brightness, contrast,
+    saturation, hue), the order the argsort of four uniforms."""
+    x = _colour_image(6, 5, seed=9).astype(np.float64)
     s = 1.0
+    b = c = sat = 0.8 * s
+    h = 0.2 * s
     differs_from_fixed = 0
-    for k in range(6):
-        seed = tf.constant([k, 99])
-        order_seed, b_seed, c_seed, s_seed, h_seed = augment._jitter_seeds(seed)
+    orders = set()
+    for k in range(8):
+        seed = tf.constant([k, 99], tf.int64)
+        order_seed, b_seed, c_seed, s_seed, h_seed = _sub_seeds(seed, 5)
+        order = np.argsort(tf.random.stateless_uniform([4], seed=order_seed).numpy())
+        orders.add(tuple(order))
         ops = [
-            lambda im: augment._brightness(im, b_seed, 0.8 * s, "v2"),
-            lambda im: augment._contrast(im, c_seed, 0.8 * s),
-            lambda im: augment._saturation(im, s_seed, 0.8 * s),
-            lambda im: augment._hue(im, h_seed, 0.2 * s),
+            lambda im: _np_brightness_v2(im, _drawn(b_seed, 1 - b, 1 + b)),
+            lambda im: _np_contrast(im, _drawn(c_seed, 1 - c, 1 + c)),
+            lambda im: _np_saturation(im, _drawn(s_seed, 1 - sat, 1 + sat)),
+            lambda im: _np_hue(im, _drawn(h_seed, -h, h)),
         ]
         ref = x
-        for idx in augment._jitter_order(order_seed).numpy():
-            ref = tf.clip_by_value(ops[idx](ref), 0.0, 1.0)
-        got = augment.color_jitter(x, seed, s, "v2")
-        np.testing.assert_allclose(got.numpy(), ref.numpy(), atol=1e-6)
-        fixed = augment.color_jitter(x, seed, s, "v2", random_order=False)
-        differs_from_fixed += int(np.abs(fixed.numpy() - got.numpy()).max() > 1e-4)
-    assert differs_from_fixed >= 3
+        for idx in order:
+            ref = np.clip(ops[idx](ref), 0.0, 1.0)
+        fixed_ref = x
+        for op in ops:
+            fixed_ref = np.clip(op(fixed_ref), 0.0, 1.0)
+        got = augment.color_jitter(tf.constant(x, tf.float32), seed, s, "v2").numpy()
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+        fixed = augment.color_jitter(tf.constant(x, tf.float32), seed, s, "v2",
+                                     random_order=False).numpy()
+        np.testing.assert_allclose(fixed, fixed_ref, atol=1e-5)
+        differs_from_fixed += int(np.abs(fixed - got).max() > 1e-4)
+    assert len(orders) >= 4 and differs_from_fixed >= 3
 
 
 @pytest.mark.parametrize("strength", [1.0, 0.5])
