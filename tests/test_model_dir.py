@@ -276,6 +276,7 @@ def test_new_empty_and_own_directories_are_accepted(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / ".DS_Store").write_text("")
     (tmp_path / "empty" / LOCK).write_text("")
+    (tmp_path / "empty" / "worker_1_tmp").mkdir()
     RunDir(str(tmp_path / "empty")).check_is_run_or_empty()
     run = _fake_run(str(tmp_path / "run"))
     (tmp_path / "run" / "notes.txt").write_text("mine, beside the run")

@@ -27,6 +27,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import socket
 import sys
 import threading
@@ -59,6 +60,8 @@ LOCK_STALE_SECONDS = 600
 # Files an operating system or notebook leaves in a folder the user just made:
 # they do not make a directory "hold files".
 _IGNORED_ENTRIES = (".DS_Store", "Thumbs.db", "desktop.ini", ".ipynb_checkpoints")
+# A non-chief worker's scratch folder (worker_scratch): ours, but no run by itself.
+_WORKER_SCRATCH = re.compile(r"worker_\d+_tmp")
 
 # Resuming a run in progress with other settings. Every key not listed here
 # is fixed for the life of a run: the model, the data and its order (dataset,
@@ -218,11 +221,11 @@ class RunDir:
         A new or empty directory, or one of our runs (:meth:`run_files`), is
         fine. Anything else is the user's: a run there would replace files
         such as ``config.yaml`` or ``result.json`` and cut ``train_log.jsonl``.
-        Our lock file and what an OS or notebook leaves in a new folder
-        (``.DS_Store``, ``.ipynb_checkpoints``) do not count.
+        Our lock file, workers' scratch folders and what an OS or notebook
+        leaves in a new folder (``.DS_Store``, ``.ipynb_checkpoints``) do not count.
         """
-        others = [e for e in self._entries()
-                  if e not in _IGNORED_ENTRIES and not e.startswith(LOCK)]
+        others = [e for e in self._entries() if e not in _IGNORED_ENTRIES
+                  and not e.startswith(LOCK) and not _WORKER_SCRATCH.fullmatch(e)]
         if not others or self.run_files():
             return
         shown = ", ".join(others[:4]) + (f" and {len(others) - 4} more" if len(others) > 4
