@@ -133,6 +133,8 @@ def _run(cfg, exp, run_dir, identity):
         if identity is not None:
             run_dir.write_config(cfg)
             run_dir.write_data(identity)
+    except RunError as e:  # a full disk
+        fail(str(e))
     except (OSError, tf.errors.OpError) as e:
         fail(f"Cannot write to model_dir {cfg.model_dir!r} "
              f"({getattr(e, 'strerror', None) or e}). Pass a writable --model_dir.")

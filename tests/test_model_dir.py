@@ -37,6 +37,7 @@ def test_eval_with_other_flags_leaves_the_runs_config_alone(tmp_path):
 # The rules `python -m simclr_tf.run` enforces before it writes to model_dir
 # (issue 28 part 1). In-process: simclr_tf.run.main with absl flags.
 
+import errno  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
@@ -388,3 +389,27 @@ def test_two_processes_on_one_model_dir(tmp_path):
         assert not os.path.exists(lock_file)
     finally:
         subprocs.stop([first])
+
+
+# ------------------------------------------------------------------ a full disk
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("what", ["result.json", "config.yaml", "data.json", "train_log"])
+def test_a_full_disk_while_writing_the_runs_files_is_one_line(tmp_path, monkeypatch, what):
+    from simclr_tf import config as config_lib
+
+    run = RunDir(str(tmp_path / "run"))
+    run.makedirs()
+    monkeypatch.setattr(run_dir_lib.files, "atomic_write", _no_space)
+    monkeypatch.setattr(config_lib, "save_yaml", _no_space)
+    monkeypatch.setattr(run_dir_lib, "open", _no_space, raising=False)
+    write = {"result.json": lambda: run.write_result({"top1": 0.5}),
+             "config.yaml": lambda: run.write_config(None),
+             "data.json": lambda: run.write_data({"dataset": "offline_shapes"}),
+             "train_log": lambda: run.train_log(0).write(1, {"loss": 1.0})}[what]
+    with pytest.raises(RunError, match=r"Could not write .*no space left on device; .*Free "
+                                       r"disk space"):
+        write()

@@ -40,6 +40,7 @@ from absl import logging
 
 from simclr_tf import config as config_lib
 from simclr_tf import files
+from simclr_tf import errors
 from simclr_tf.errors import RunError
 from simclr_tf.export.names import KERAS_FILENAME, SAVED_MODEL_SUBDIR
 
@@ -291,16 +292,19 @@ class RunDir:
     # ------------------------------------------------------------ writing
     def write_data(self, identity):
         """Records the training data's identity in ``data.json`` (see :meth:`check_data`)."""
-        files.atomic_write_json(identity, self.join(DATA))
+        with errors.writing(self.join(DATA), DATA, "nothing was trained yet"):
+            files.atomic_write_json(identity, self.join(DATA))
 
     def makedirs(self):
         tf.io.gfile.makedirs(self.path)
 
     def write_config(self, cfg):
-        config_lib.save_yaml(cfg, self.join(CONFIG))
+        with errors.writing(self.join(CONFIG), CONFIG, "nothing was trained yet"):
+            config_lib.save_yaml(cfg, self.join(CONFIG))
 
     def write_result(self, result):
-        files.atomic_write_json(result, self.join(RESULT))
+        with errors.writing(self.join(RESULT), RESULT, "the previous result.json is kept"):
+            files.atomic_write_json(result, self.join(RESULT))
 
     def summary_writer(self, name, is_chief=True):
         if not is_chief:
@@ -696,7 +700,8 @@ class TrainLog:
             self._rewrite()
 
     def _rewrite(self):
-        files.atomic_write(self.path, "".join(line + "\n" for line in self._lines))
+        with errors.writing(self.path, TRAIN_LOG, "the previous log is kept"):
+            files.atomic_write(self.path, "".join(line + "\n" for line in self._lines))
 
     def write(self, step, logs):
         line = json.dumps({"step": int(step), **logs, "time": round(time.time(), 3)})
@@ -704,5 +709,6 @@ class TrainLog:
         if files.is_remote(self.path):  # object stores cannot append
             self._rewrite()
         else:
-            with open(self.path, "a", encoding="utf-8") as f:
+            with errors.writing(self.path, TRAIN_LOG, "its earlier lines are kept"), \
+                    open(self.path, "a", encoding="utf-8") as f:
                 f.write(line + "\n")
