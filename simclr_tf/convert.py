@@ -34,7 +34,9 @@ cannot load them; the converter rebuilds the model in simclr_tf:
    (``saved_model/`` with ``serve``, ``serve_training`` and ``serve_uint8``;
    ``simclr.keras``). Everything is written into a temporary sibling directory
    that is renamed to ``DIR`` at the end, so a failed conversion leaves
-   ``DIR`` untouched. A ``DIR`` that already holds files is refused.
+   ``DIR`` untouched; what a killed one leaves beside ``DIR`` is removed (or,
+   if it was being moved in, finished) by the next conversion into ``DIR``.
+   A ``DIR`` that already holds files is refused.
 
 Errors are :class:`ConversionError`; the command line prints them in one line
 and exits with status 1.
@@ -48,10 +50,9 @@ env.tune_for_cli()  # before TensorFlow is imported (only when run as a program)
 import dataclasses  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
-import uuid  # noqa: E402
 
 import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 from simclr_tf import config as config_lib  # noqa: E402
 from simclr_tf import files  # noqa: E402
@@ -118,6 +119,38 @@ def check_model_dir(model_dir):
                           "only into a new or empty directory. Pass another --model_dir.")
 
 
+_TMP = ".convert-tmp"  # model_dir's hidden sibling .<base>.convert-tmp~host~pid~random
+_COMMITTED = ".commit"
+
+
+def recover(model_dir):
+    """Finishes or removes what conversions killed part-way left beside ``model_dir``.
+
+    Only those of processes that are gone (dead on this host) are touched: a
+    copy whose commit file exists is moved into ``model_dir`` (the killed
+    conversion had finished writing it), any other copy is deleted. Returns
+    the paths finished or removed.
+    """
+    model_dir = model_dir.rstrip("/") or model_dir
+    parent, base = os.path.split(model_dir)
+    done = []
+    for path in sorted(tf.io.gfile.glob(os.path.join(parent, f".{base}{_TMP}[~-]*"))):
+        if path.endswith(_COMMITTED) or files.owner_alive(path) is not False:
+            continue
+        if tf.io.gfile.exists(path + _COMMITTED):
+            logging.warning("Finishing the conversion into %s that a killed process left "
+                            "part-way (%s).", model_dir, path)
+            files.move(path, model_dir)
+        else:
+            files.remove(path)
+        done.append(path)
+    for journal in tf.io.gfile.glob(os.path.join(parent, f".{base}{_TMP}~*{_COMMITTED}")):
+        if files.owner_alive(journal) is False:
+            files.move(journal[:-len(_COMMITTED)], model_dir)  # gone: a finished move
+            files.remove(journal)
+    return done
+
+
 def write_run_dir(cfg, model, model_dir):
     """Writes the run directory ``model_dir`` of the converted ``model``.
 
@@ -127,13 +160,16 @@ def write_run_dir(cfg, model, model_dir):
     export (``saved_model/``, ``simclr.keras``). Everything goes into a
     temporary sibling directory that is renamed to ``model_dir`` only when
     complete; on any error it is removed and ``model_dir`` is left as it was.
+    A process killed part-way leaves ``model_dir`` as it was or complete,
+    after :func:`recover` (run first here and by :func:`convert`).
     Returns the paths written.
     """
-    check_model_dir(model_dir)
     model_dir = model_dir.rstrip("/") or model_dir
+    recover(model_dir)
+    check_model_dir(model_dir)
     parent, base = os.path.split(model_dir)
-    tmp = RunDir(os.path.join(parent, f".{base}.convert-tmp-{os.getpid()}-"
-                                      f"{uuid.uuid4().hex[:8]}"))
+    tmp = RunDir(os.path.join(parent, f".{base}{_TMP}{files.temp_token()}"))
+    journal = tmp.path + _COMMITTED
     if parent:
         tf.io.gfile.makedirs(parent)
     try:
@@ -151,9 +187,14 @@ def write_run_dir(cfg, model, model_dir):
         check_model_dir(model_dir)  # nobody wrote there meanwhile
         if tf.io.gfile.exists(model_dir):
             tf.io.gfile.rmtree(model_dir)  # empty (checked above)
-        tf.io.gfile.rename(tmp.path, model_dir)
+        # The commit: from here on, recover() finishes the move (on gs:// a
+        # directory moves file by file) instead of deleting the copy.
+        files.atomic_write(journal, model_dir)
+        files.move(tmp.path, model_dir)
+        files.remove(journal)
     finally:
-        files.remove(tmp.path)
+        if not tf.io.gfile.exists(journal):
+            files.remove(tmp.path)
     run_dir = RunDir(model_dir)
     return {"config": run_dir.join("config.yaml"),
             "checkpoint": tf.train.latest_checkpoint(run_dir.checkpoints),
@@ -168,6 +209,7 @@ def convert(official_saved_model, model_dir, image_size=None, log=print):
     ``differences`` ({output: (max abs, max rel)}) and the ``paths`` written.
     Raises :class:`ConversionError` (and writes nothing) on any failure.
     """
+    recover(model_dir)  # what a killed conversion into model_dir left
     check_model_dir(model_dir)
     loaded, variables = layout.load_official(official_saved_model)
     arch, parsed = layout.infer_architecture(variables)

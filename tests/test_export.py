@@ -324,12 +324,14 @@ def test_frozen_finetune_run_exports_a_trainable_encoder(tmp_path):
 def test_an_export_killed_mid_swap_is_recovered(tmp_path):
     """Killed between moving the old export aside and moving the new one in:
     the next export starts by putting the old one back and dropping partial files."""
-    old = tmp_path / ".saved_model.old-123-abc"
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # names of an earlier version: .<name>.<kind>-<pid>-<hex8>
+    old = tmp_path / f".saved_model.old-{dead.pid}-0abc1234"
     old.mkdir()
     (old / "saved_model.pb").write_bytes(b"good")
-    (tmp_path / ".saved_model.tmp-123-abc").mkdir()
-    (tmp_path / ".simclr.keras.tmp-123-abc.keras").write_bytes(b"partial")
-    writer._recover(str(tmp_path))
+    (tmp_path / f".saved_model.tmp-{dead.pid}-0abc1234").mkdir()
+    (tmp_path / f".simclr.keras.tmp-{dead.pid}-0abc1234.keras").write_bytes(b"partial")
+    writer.recover(str(tmp_path))
     assert sorted(os.listdir(tmp_path)) == ["saved_model"]
     assert (tmp_path / "saved_model" / "saved_model.pb").read_bytes() == b"good"
 

@@ -26,7 +26,26 @@ _REQUIRED_SIGNATURES = {SERVE: REPRESENTATION, SERVE_TRAINING: REPRESENTATION}
 
 def _require_exists(path):
     if not tf.io.gfile.exists(path):
+        _require_finished_parent(path)
         raise FileNotFoundError(f"{path!r} does not exist. {_EXPORT_HELP}")
+
+
+def _require_finished(model_dir):
+    """Refuses a model_dir whose export pair is being replaced (or was, by a killed process)."""
+    from simclr_tf.export import writer  # noqa: PLC0415 (writer imports the data pipeline)
+    if model_dir and tf.io.gfile.isdir(model_dir) and writer.interrupted_export(model_dir):
+        raise NotSimCLRExportError(
+            f"An export into {model_dir!r} is in progress or was interrupted, so "
+            f"{SAVED_MODEL_SUBDIR}/ and {KERAS_FILENAME} may be missing or from different "
+            "exports. The next export finishes it: `python -m simclr_tf.run "
+            f"--mode=export --model_dir={model_dir}` (or wait for the running one).")
+
+
+def _require_finished_parent(path):
+    """:func:`_require_finished` on the model_dir of ``.../saved_model`` or ``.../simclr.keras``."""
+    parent, base = os.path.split(os.fspath(path).rstrip("/"))
+    if base in (SAVED_MODEL_SUBDIR, KERAS_FILENAME):
+        _require_finished(parent)
 
 
 def read_export_info(saved_model_path):
@@ -97,6 +116,8 @@ def find_saved_model(path):
     """
     path = os.fspath(path)
     _require_exists(path)
+    _require_finished(path)
+    _require_finished_parent(path)
     inner = os.path.join(path, SAVED_MODEL_SUBDIR)
     for candidate in (path, inner):
         if tf.io.gfile.exists(os.path.join(candidate, "saved_model.pb")):
@@ -220,6 +241,8 @@ def load_keras_model(path):
     """
     path = os.fspath(path)
     _require_exists(path)
+    _require_finished(path)
+    _require_finished_parent(path)
     if tf.io.gfile.isdir(path):
         if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
             raise NotSimCLRExportError(

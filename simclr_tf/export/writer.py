@@ -4,7 +4,6 @@ import contextlib
 import json
 import logging
 import os
-import uuid
 
 import keras
 import tensorflow as tf
@@ -120,42 +119,86 @@ def _write_keras(model, path):
     model.save(path)
 
 
-def _token():
-    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+# ------------------------------------------------- the export as one unit
+# An export replaces saved_model/ and simclr.keras together. Both are written
+# into a stage, model_dir/.export~<host>~<pid>~<random>/new/; then the stage's
+# JOURNAL file commits it ("aside": the old pair moves to the stage's old/;
+# "in": the new pair moves into model_dir). A process killed before the
+# commit leaves the old pair and a stage the next export deletes; killed
+# after it, the next export finishes the move (recover). Each step of the
+# move can be repeated, also where renames copy file by file (gs://).
+_UNIT = (SAVED_MODEL_SUBDIR, KERAS_FILENAME)
+_STAGE_PREFIX = ".export"
+_JOURNAL = "JOURNAL"
+_ASIDE, _IN = "aside", "in"
 
 
-def _recover(model_dir):
-    """Cleans up after an export that was killed part-way.
+def _phase(stage):
+    try:
+        return files.read_text(os.path.join(stage, _JOURNAL)).strip()
+    except tf.errors.OpError:  # no journal: the stage was never committed
+        return None
 
-    A previous export left aside by an interrupted swap is put back; partial
-    temporaries are removed (one process exports into a model_dir at a time:
-    the chief).
+
+def _finish(model_dir, stage):
+    """Moves a committed stage's pair into ``model_dir``; safe to repeat after a crash."""
+    if _phase(stage) == _ASIDE:
+        for name in _UNIT:
+            files.move(os.path.join(model_dir, name), os.path.join(stage, "old", name))
+        files.atomic_write(os.path.join(stage, _JOURNAL), _IN)
+    for name in _UNIT:
+        files.move(os.path.join(stage, "new", name), os.path.join(model_dir, name))
+    files.remove(os.path.join(stage, "old"))
+    files.remove(stage)
+
+
+def _stages(model_dir):
+    return sorted(tf.io.gfile.glob(os.path.join(model_dir, f"{_STAGE_PREFIX}~*")))
+
+
+def interrupted_export(model_dir):
+    """The committed stage of an export into ``model_dir`` that has not finished, or None.
+
+    While one exists, ``saved_model/`` and ``simclr.keras`` may be missing or
+    from different exports; the next export (``--mode=export``) finishes it.
     """
+    for stage in _stages(model_dir):
+        if _phase(stage) in (_ASIDE, _IN):
+            return stage
+    return None
+
+
+def recover(model_dir):
+    """Finishes or removes what exports killed part-way left in ``model_dir``.
+
+    Only stages of processes that are gone (dead on this host) are touched: a
+    committed one is moved in, an uncommitted one deleted. Also removes the
+    temporary files of dead processes' atomic writes, and what exports of
+    earlier versions left (``.saved_model.old-*``, ``.saved_model.tmp-*``).
+    Returns the paths finished or removed.
+    """
+    done = []
+    for stage in _stages(model_dir):
+        if files.owner_alive(stage) is not False:
+            continue
+        if _phase(stage) in (_ASIDE, _IN):
+            absl_logging.warning("Finishing the export into %s that a killed process "
+                                 "left part-way (%s).", model_dir, stage)
+            _finish(model_dir, stage)
+        else:
+            files.remove(stage)
+        done.append(stage)
     target = os.path.join(model_dir, SAVED_MODEL_SUBDIR)
-    olds = sorted(tf.io.gfile.glob(os.path.join(model_dir, f".{SAVED_MODEL_SUBDIR}.old-*")))
+    olds = [p for p in sorted(tf.io.gfile.glob(
+        os.path.join(model_dir, f".{SAVED_MODEL_SUBDIR}.old-*"))) if files.owner_alive(p) is False]
     if olds and not tf.io.gfile.exists(target):
         tf.io.gfile.rename(olds.pop(), target)
     stale = tf.io.gfile.glob(os.path.join(model_dir, f".{SAVED_MODEL_SUBDIR}.tmp-*"))
     stale += tf.io.gfile.glob(os.path.join(model_dir, f".{KERAS_FILENAME}.tmp-*"))
-    for path in olds + stale:
+    for path in olds + [p for p in stale if files.owner_alive(p) is False]:
         files.remove(path)
-
-
-def _swap_dir(tmp, target):
-    """Moves directory ``tmp`` to ``target``, replacing it only once ``tmp`` is there."""
-    parent, base = os.path.split(target)
-    old = None
-    if tf.io.gfile.exists(target):
-        old = os.path.join(parent, f".{base}.old-{_token()}")
-        tf.io.gfile.rename(target, old)
-    try:
-        tf.io.gfile.rename(tmp, target)
-    except Exception:
-        if old is not None:
-            tf.io.gfile.rename(old, target)
-        raise
-    if old is not None:
-        files.remove(old)
+        done.append(path)
+    return done + files.remove_dead_temp(model_dir)
 
 
 def export_model(model, model_dir, image_size, *, keras_file=True):
@@ -172,29 +215,31 @@ def export_model(model, model_dir, image_size, *, keras_file=True):
     Returns:
         dict with the paths written: ``saved_model`` and (if written) ``keras``.
 
-    The new artifacts are first written to hidden temporary paths in
-    ``model_dir``; the previous export is replaced only after both are
-    complete. On any error the previous export is left as it was and the
-    temporary files are removed.
+    The pair is one unit: both are written into a hidden stage in
+    ``model_dir`` and replace the previous pair (both files, also the
+    ``simclr.keras`` of an earlier export when ``keras_file`` is False) only
+    once complete. An error before that leaves the previous export as it
+    was; a process killed at any point leaves the previous pair or the new
+    one, after :func:`recover` (which every export runs first).
     """
     tf.io.gfile.makedirs(model_dir)
-    sm_target = os.path.join(model_dir, SAVED_MODEL_SUBDIR)
-    keras_target = os.path.join(model_dir, KERAS_FILENAME)
-    _recover(model_dir)
-    token = _token()
-    sm_tmp = os.path.join(model_dir, f".{SAVED_MODEL_SUBDIR}.tmp-{token}")
-    keras_tmp = os.path.join(model_dir, f".{KERAS_FILENAME}.tmp-{token}.keras")
+    recover(model_dir)
+    stage = os.path.join(model_dir, _STAGE_PREFIX + files.temp_token())
+    new = os.path.join(stage, "new")
+    committed = False
     try:
-        _write_saved_model(_copy_model(model, image_size, True), sm_tmp, image_size)
+        _write_saved_model(_copy_model(model, image_size, True),
+                           os.path.join(new, SAVED_MODEL_SUBDIR), image_size)
         if keras_file:
-            _write_keras(_copy_model(model, image_size, False), keras_tmp)
-        _swap_dir(sm_tmp, sm_target)
-        if keras_file:
-            tf.io.gfile.rename(keras_tmp, keras_target, overwrite=True)
+            _write_keras(_copy_model(model, image_size, False),
+                         os.path.join(new, KERAS_FILENAME))
+        files.atomic_write(os.path.join(stage, _JOURNAL), _ASIDE)  # the commit
+        committed = True
     finally:
-        files.remove(sm_tmp)
-        files.remove(keras_tmp)
-    paths = {"saved_model": sm_target}
+        if not committed:
+            files.remove(stage)
+    _finish(model_dir, stage)
+    paths = {"saved_model": os.path.join(model_dir, SAVED_MODEL_SUBDIR)}
     if keras_file:
-        paths["keras"] = keras_target
+        paths["keras"] = os.path.join(model_dir, KERAS_FILENAME)
     return paths

@@ -6,6 +6,7 @@ import re
 import tensorflow as tf
 from absl import logging
 
+from simclr_tf import files
 from simclr_tf.errors import RunError, short_tf_error
 
 # A trainable weight beyond this magnitude has diverged (a healthy SimCLR
@@ -19,6 +20,8 @@ _OWN_OPTIMIZER_KEYS = ("probe_optimizer",)
 _LOSS_SCALE = "loss_scale"
 # What --checkpoint loads into a new run: the backbone, not the heads.
 _PRETRAINED_PARTS = ("encoder", "projection_head")
+# Marker of a save in flight: checkpoints/.saving~<host>~<pid>~<random>.
+_SAVING = ".saving"
 
 
 def weights_by_path(model):
@@ -116,6 +119,7 @@ class Checkpointer:
                            "Delete that file to resume from the newest readable "
                            "checkpoint next to it.") from None
         self.restored = None  # prefix of the checkpoint resume() restored
+        self._token = files.temp_token()
 
     @property
     def step(self):
@@ -256,14 +260,46 @@ class Checkpointer:
                 "written. Training stopped; the last good checkpoint "
                 f"({self.latest or 'none yet'}) is kept. Lower --learning_rate or check "
                 "the input data.")
-        return self.manager.save(checkpoint_number=step)
+        # TensorFlow names its temporary files after the checkpoint, not the
+        # process: this marker says whose save is in flight (see
+        # remove_orphaned_temp).
+        marker = os.path.join(self.manager.directory, _SAVING + self._token)
+        tf.io.gfile.makedirs(self.manager.directory)
+        with tf.io.gfile.GFile(marker, "w") as f:
+            f.write(str(step))
+        try:
+            return self.manager.save(checkpoint_number=step)
+        finally:
+            files.remove(marker)
 
     def remove_orphaned_temp(self):
-        """Removes ``ckpt-N_temp/`` left by a process killed while saving."""
-        for path in tf.io.gfile.glob(os.path.join(self.directory, "*_temp")):
-            if tf.io.gfile.isdir(path):
-                logging.info("Removing %s, left by an interrupted save.", path)
-                tf.io.gfile.rmtree(path)
+        """Removes what a process killed while saving left in ``checkpoints/``.
+
+        That is ``ckpt-N_temp/`` (the shards being written), ``checkpoint.tmp*``
+        (the state file being replaced), and data files whose index was never
+        written or already deleted, plus the atomic-write temporary files of
+        dead processes in ``model_dir``. Nothing is removed while another live
+        process is saving into the directory (its marker, written for every
+        save, names its host and pid). Returns the paths removed.
+        """
+        removed = files.remove_dead_temp(self.run_dir.path)
+        markers = tf.io.gfile.glob(os.path.join(self.directory, _SAVING + "*"))
+        live = [m for m in markers if files.owner_alive(m) is not False]
+        if live:
+            logging.info("Leaving the temporary files in %s: %s is saving there.",
+                         self.directory, os.path.basename(live[0]))
+            return removed
+        indexed = {p[:-len(".index")] for p in
+                   tf.io.gfile.glob(os.path.join(self.directory, "*.index"))}
+        for path in (tf.io.gfile.glob(os.path.join(self.directory, "*_temp"))
+                     + tf.io.gfile.glob(os.path.join(self.directory, "checkpoint.tmp*"))
+                     + [p for p in tf.io.gfile.glob(os.path.join(self.directory, "*.data-*"))
+                        if p.rsplit(".data-", 1)[0] not in indexed]
+                     + markers):
+            logging.info("Removing %s, left by an interrupted save.", path)
+            files.remove(path)
+            removed.append(path)
+        return removed
 
     def remove_worker_scratch(self):
         if self.task_id is None:
