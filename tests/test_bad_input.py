@@ -108,6 +108,77 @@ def test_unreadable_image_is_skipped_with_a_count(tmp_path, caplog, name):
     assert _snapshot(root) == before
 
 
+def test_image_whose_name_is_not_utf8_is_skipped_with_a_count(tmp_path, caplog):
+    root = _folder(tmp_path / "data")
+    name = b"caf\xe9.png"  # Latin-1, as an old camera or a zip from Windows names it
+    _image(seed=7).save(os.path.join(os.fsencode(root / "train" / "cats"), name))
+    before = _snapshot(os.fsencode(root))
+    with caplog.at_level(logging.WARNING):
+        ds, info = datasets.load("image_folder", "train", str(root))
+    assert info.skipped == 1 and info.num_examples == 8
+    assert "skipped 1 image file(s) whose path is not valid UTF-8" in caplog.text
+    assert "caf\\xe9.png" in caplog.text and "rename them to UTF-8" in caplog.text
+    assert len([ex for ex in ds]) == 8
+    assert _snapshot(os.fsencode(root)) == before
+
+
+def _mid_run_folder(tmp_path):
+    root = _folder(tmp_path / "data", n=6, splits=("train",))
+    ds, info = datasets.load("image_folder", "train", str(root))  # scanned: all good
+    return root, ds, info
+
+
+def _break(root):
+    """After the scan: one file deleted, one overwritten with garbage, one truncated."""
+    gone = root / "train" / "cats" / "img1.png"
+    garbage = root / "train" / "dogs" / "img2.png"
+    truncated = root / "train" / "dogs" / "img4.png"
+    gone.unlink()
+    garbage.write_bytes(b"not a png at all" * 10)
+    truncated.write_bytes(_first_half(truncated.read_bytes()))
+    return {str(gone), str(garbage), str(truncated)}
+
+
+def test_image_gone_bad_after_the_scan_is_replaced_in_place_and_counted(tmp_path, caplog):
+    root, ds, info = _mid_run_folder(tmp_path)
+    good = [(ex["image"].numpy(), int(ex["label"])) for ex in ds]
+    broken = _break(root)
+    with caplog.at_level(logging.WARNING):
+        again = [(ex["image"].numpy(), int(ex["label"])) for ex in ds]
+    assert len(again) == len(good) == info.num_examples == 12
+    stand_ins = [i for i, (_, label) in enumerate(again) if label == -1]
+    assert len(stand_ins) == 3
+    for i, (image, label) in enumerate(again):
+        if i in stand_ins:
+            assert image.shape == (24, 24, 3) and (image == 128).all()
+        else:
+            assert label == good[i][1] and np.array_equal(image, good[i][0])
+    counted = image_folder.mid_run_skipped()
+    assert all(counted.get(p) == 1 for p in broken), counted
+    for p in broken:
+        assert f"{p!r} could not be read or decoded, though the scan found it good" in caplog.text
+    assert "the same number of examples" in caplog.text
+
+
+def test_training_stream_goes_on_past_a_file_gone_bad_and_resumes_exactly(tmp_path):
+    from simclr_tf.data import pipeline
+
+    root = _folder(tmp_path / "data", n=6, splits=("train",))
+    cfg = _cfg(tmp_path, image_size=16, train_batch_size=4)
+    full, info = pipeline.build_train_dataset(cfg.data, cfg.augment, pipeline.Shard(4))
+    resumed, _ = pipeline.build_train_dataset(
+        cfg.data, cfg.augment, pipeline.Shard(4, start_epoch=1, skip_batches=1))
+    _break(root)  # both streams were built (scanned) before
+    steps = info.num_examples // 4  # 3 batches an epoch
+    batches = [b for b in full.take(2 * steps)]
+    labels = np.concatenate([b[1].numpy() for b in batches[:steps]])
+    assert (labels == -1).sum() == 3  # every example of the epoch is there, 3 stood in for
+    for a, b in zip(batches[steps + 1:], resumed.take(steps - 1)):
+        np.testing.assert_array_equal(a[1].numpy(), b[1].numpy())
+        for key in ("view1", "view2"):
+            np.testing.assert_array_equal(a[0][key].numpy(), b[0][key].numpy())
+
+
 # ------------------------------------------------------ decompression bombs
 
 def _png_bomb(height=100_000, width=100_000):

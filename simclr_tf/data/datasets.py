@@ -22,7 +22,11 @@ label=int64 [])`` plus a :class:`DatasetInfo`, whatever the source:
   index is the position of the class-folder name in the sorted union of the
   class folders of all splits under ``ROOT`` (so train and test agree even when
   one lacks a class). Every file is decoded once to find corrupt or empty
-  ones; they are skipped with a warning and counted in ``info.skipped``.
+  ones; they are skipped with a warning and counted in ``info.skipped``, as
+  are files whose path is not valid UTF-8 (TensorFlow cannot open them). A
+  file that goes bad after the scan (deleted, truncated, overwritten) does not
+  stop a run: a blank image labelled -1 stands in for it, with a warning,
+  and :func:`simclr_tf.data.image_folder.mid_run_skipped` counts it.
   Before that, each file's dimensions are read from its header
   (by Pillow, no decoding; :mod:`simclr_tf.data.image_folder`) and images above
   ``$SIMCLR_TF_MAX_IMAGE_PIXELS`` (default 50 megapixels; 0: no limit) are

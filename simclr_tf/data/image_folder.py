@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple, Optional, Tuple
 
@@ -138,6 +139,20 @@ def _list_images(class_dir, unreadable_dirs=None):
                     found.append((p, int(st.st_size), int(st.st_mtime_ns)))
     found.sort()
     return found
+
+
+def _is_utf8(path):
+    """Whether ``path`` is valid UTF-8 (os.walk gives other bytes as lone surrogates)."""
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _shown(path):
+    """``path`` for a message: as bytes when it is not valid UTF-8."""
+    return repr(path) if _is_utf8(path) else repr(os.fsencode(path))
 
 
 def _decode_shapes(paths):
@@ -312,7 +327,8 @@ class SplitScan:
     ``labels``, displayed ``(h, w)`` ``shapes`` and EXIF ``orientations``;
     ``bad`` are corrupt, empty or undecodable files, ``large`` the images above
     the pixel limit (never decoded), ``denied`` the files and ``denied_dirs``
-    the folders that may not be read.
+    the folders that may not be read, ``bad_names`` the image files whose
+    path is not valid UTF-8 (TensorFlow cannot open them).
     """
 
     files: list
@@ -323,6 +339,7 @@ class SplitScan:
     large: list
     denied: list
     denied_dirs: list
+    bad_names: list = dataclasses.field(default_factory=list)
 
 
 def _scan_split(root, split_name, class_names):
@@ -343,12 +360,15 @@ def _scan_split(root, split_name, class_names):
         if not _isdir(class_dir):
             continue
         candidates += [(p, s, m, label) for p, s, m in _list_images(class_dir, denied_dirs)]
+    bad_names = [c[0] for c in candidates if not _is_utf8(c[0])]
+    if bad_names:  # a str tensor of such a path fails, for the whole folder
+        candidates = [c for c in candidates if _is_utf8(c[0])]
     if not candidates and denied_dirs:
         raise ValueError(
             f"No images could be listed in {split_dir!r} for dataset 'image_folder': "
             f"permission denied for {denied_dirs[:5]}. Make the folders readable "
             "(chmod -R a+rX) or run as their owner.")
-    if not candidates:
+    if not candidates and not bad_names:
         raise ValueError(
             f"No images found in {split_dir!r} for dataset 'image_folder'. " + _LAYOUT_HELP)
 
@@ -394,7 +414,7 @@ def _scan_split(root, split_name, class_names):
                                            int(h.orientation))
         _write_manifest(manifest_file, split_dir, entries)
 
-    scan = SplitScan([], [], [], [], [], [], [], denied_dirs)
+    scan = SplitScan([], [], [], [], [], [], [], denied_dirs, bad_names)
     for p, _, _, label in candidates:
         rel = os.path.relpath(p, split_dir) if not is_remote(p) else p
         row = entries[rel]
@@ -465,6 +485,14 @@ def image_folder_source(data_dir, split, order=np.arange):
             "image_folder: skipped %d unreadable image file(s) (corrupt, empty, or a "
             "variant TensorFlow cannot decode such as animated WebP) under %r, "
             "e.g. %s%s", len(bad), root, examples, " ..." if len(bad) > 5 else "")
+    bad_names = [p for v in scanned.values() for p in v.bad_names]
+    if bad_names:
+        examples = ", ".join(_shown(p) for p in bad_names[:5])
+        logger.warning(
+            "image_folder: skipped %d image file(s) whose path is not valid UTF-8 "
+            "(TensorFlow cannot open them) under %r, e.g. %s%s; rename them to UTF-8 "
+            "(e.g. convmv -f latin1 -t utf8 -r --notest ROOT) and they are used on the "
+            "next load.", len(bad_names), root, examples, " ..." if len(bad_names) > 5 else "")
     large = [p for v in scanned.values() for p in v.large]
     if large:
         examples = ", ".join(repr(p) for p in large[:5])
@@ -477,7 +505,9 @@ def image_folder_source(data_dir, split, order=np.arange):
         raise ValueError(
             f"Split {split!r} of image_folder {root!r} has no readable images "
             f"({len(bad)} corrupt or empty, {len(denied)} permission denied, "
-            f"{len(large)} above the pixel limit). " + _LAYOUT_HELP)
+            f"{len(large)} above the pixel limit"
+            + (f", {len(bad_names)} named in bytes that are not UTF-8" if bad_names else "")
+            + "). " + _LAYOUT_HELP)
     unique_shapes = set(shapes)
     image_shape = (*unique_shapes.pop(), 3) if len(unique_shapes) == 1 else None
     info = DatasetInfo(
@@ -486,7 +516,7 @@ def image_folder_source(data_dir, split, order=np.arange):
         num_examples=len(files),
         num_classes=len(class_names),
         image_shape=image_shape,
-        skipped=len(bad) + len(denied),
+        skipped=len(bad) + len(denied) + len(bad_names),
         class_names=class_names,
         skipped_too_large=len(large),
     )
@@ -500,7 +530,9 @@ def image_folder_source(data_dir, split, order=np.arange):
         columns["orientation"] = tf.constant([orientations[i] for i in perm], tf.int32)
         decode = _decode_oriented_file_record
     records = tf.data.Dataset.from_tensor_slices(columns)
-    return Source(records=records, decode=decode, info=info, cheap_records=True)
+    stand_in_hw = image_shape[:2] if image_shape else _STAND_IN_HW
+    return Source(records=records, decode=_or_stand_in(decode, stand_in_hw), info=info,
+                  cheap_records=True)
 
 
 def _decode_file_record(record):
@@ -512,5 +544,72 @@ def _decode_oriented_file_record(record):
     image = decode_image_bytes(tf.io.read_file(record["path"]))
     return {"image": apply_orientation(image, record["orientation"]),
             "label": record["label"]}
+
+
+# ------------------------------------------------- files that go bad mid-run
+#
+# The scan decoded every file once; a file deleted, truncated or overwritten
+# after it would stop the run with a TensorFlow error deep in tf.data. Instead
+# the decode stands in for it, in place: a blank (mid-gray) image of the
+# split's size with label -1, "unknown", which every supervised loss, metric
+# and linear evaluation leaves out. The epoch keeps its number of examples
+# and every other example its image, label and augmentation, so the stream
+# stays deterministic: a resumed run sees what an uninterrupted run saw.
+
+_STAND_IN_HW = (64, 64)  # a split of mixed sizes: the stand-in's size (it is resized anyway)
+_STAND_IN_GRAY = 128
+_mid_run_bad = {}  # path -> times a stand-in was used for it, in this process
+_mid_run_lock = threading.Lock()
+
+
+def mid_run_skipped():
+    """``{path: times}`` of the files that could not be read or decoded after the scan.
+
+    Each time the decode stood in for one of them with a blank unlabelled
+    image counts once (a file gone bad is met again every epoch).
+    """
+    with _mid_run_lock:
+        return dict(_mid_run_bad)
+
+
+def _note_mid_run_bad(path):
+    path = path.numpy().decode("utf-8", "replace")
+    with _mid_run_lock:
+        first = path not in _mid_run_bad
+        _mid_run_bad[path] = _mid_run_bad.get(path, 0) + 1
+        total = len(_mid_run_bad)
+    if first:
+        logger.warning(
+            "image_folder: %r could not be read or decoded, though the scan found it good "
+            "(deleted, truncated or overwritten since): a blank unlabelled image stands in "
+            "for it, so the run goes on with the same number of examples (%d file(s) so "
+            "far). The next scan skips it, or uses it again once you restore it.",
+            path, total)
+    return 0
+
+
+def _or_stand_in(decode, hw):
+    """``decode``, with the blank unlabelled stand-in when a file cannot be read or decoded.
+
+    A nested dataset holds the one decode: ``ignore_errors`` drops it when it
+    fails, and the stand-in concatenated after it is taken instead. Its
+    ``take(1)`` never reaches the stand-in of a good file, whose image is
+    exactly ``decode``'s.
+    """
+    height, width = int(hw[0]), int(hw[1])
+
+    def stand_in(record):
+        noted = tf.py_function(_note_mid_run_bad, [record["path"]], tf.int32)
+        with tf.control_dependencies([noted]):
+            image = tf.fill([height, width, 3], tf.constant(_STAND_IN_GRAY, tf.uint8))
+        return {"image": tf.ensure_shape(image, [None, None, 3]),
+                "label": tf.constant(-1, record["label"].dtype)}
+
+    def decode_or_stand_in(record):
+        one = tf.data.Dataset.from_tensors(record)
+        decoded = one.map(decode).ignore_errors()
+        return decoded.concatenate(one.map(stand_in)).take(1).get_single_element()
+
+    return decode_or_stand_in
 
 

@@ -21,8 +21,10 @@ class DatasetInfo:
         num_examples: number of (valid) examples in the split.
         num_classes: number of classes (0 when the dataset has no labels).
         image_shape: ``(H, W, 3)`` when all images share one size, else None.
-        skipped: files skipped as unreadable: corrupt, empty or permission
-            denied (image folders only).
+        skipped: files skipped as unreadable: corrupt, empty, permission
+            denied or named in bytes that are not UTF-8 (image folders only).
+            Files that go bad after the scan are not in it: see
+            :func:`image_folder.mid_run_skipped`.
         class_names: class names in label order, when known.
         skipped_too_large: files skipped (undecoded) because their header
             gives more pixels than :func:`image_folder.max_image_pixels`
