@@ -852,3 +852,26 @@ def test_other_write_errors_pass_through_unchanged(error):
         with errors.writing("/runs/a/result.json", "result.json"):
             raise error
     assert info.value is error
+
+
+# ------------------------------------------------------- eval restore noise
+
+def test_eval_restore_prints_no_unrestored_value_warnings(tmp_path, caplog):
+    """``save_counter`` (which Checkpoint.read never restores) and state an eval
+    never creates are a partial restore on purpose: no warnings about them."""
+    import dataclasses
+    import gc
+
+    cfg = _cfg(tmp_path, dataset="offline_shapes")
+    trained = runtime.build(cfg)
+    trained.checkpointer.save(1)
+    del trained
+    gc.collect()
+    with caplog.at_level(logging.WARNING, logger="tensorflow"):
+        evaluated = runtime.build(dataclasses.replace(cfg, mode="eval"))
+        assert evaluated.checkpointer.restore_finished("evaluate").endswith("ckpt-1")
+        del evaluated
+        gc.collect()
+    noise = [r.getMessage() for r in caplog.records
+             if "could not be found" in r.getMessage() or "unrestored" in r.getMessage()]
+    assert noise == []

@@ -179,11 +179,11 @@ class Checkpointer:
         """
         missing = [key for key in self._optional if not _has_key(path, key)]
         if not missing:
-            self.checkpoint.read(path).assert_existing_objects_matched()
+            self.checkpoint.read(path).expect_partial().assert_existing_objects_matched()
             return
         present = {k: v for k, v in self._optional.items() if k not in missing}
         tf.train.Checkpoint(**self._required, **present).read(
-            path).assert_existing_objects_matched()
+            path).expect_partial().assert_existing_objects_matched()
         for key in missing:
             if key in self._own_keys:
                 self._optional[key].iterations.assign(self.optimizer.iterations)
