@@ -413,3 +413,30 @@ def test_a_full_disk_while_writing_the_runs_files_is_one_line(tmp_path, monkeypa
     with pytest.raises(RunError, match=r"Could not write .*no space left on device; .*Free "
                                        r"disk space"):
         write()
+
+
+def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_last(tmp_path,
+                                                                             monkeypatch):
+    import keras
+    import tensorflow as tf
+
+    from simclr_tf.runtime.checkpointer import Checkpointer
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    optimizer = keras.optimizers.SGD(0.1)
+    optimizer.build(model.trainable_variables)
+    run = RunDir(str(tmp_path / "run"))
+    run.makedirs()
+    ckpt = Checkpointer(model, optimizer, run)
+    first = ckpt.save(1)
+
+    def full(*args, **kwargs):
+        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+
+    monkeypatch.setattr(ckpt.manager, "save", full)
+    with pytest.raises(RunError, match=r"Could not write the checkpoint .*ckpt-2.*previous "
+                                       r"checkpoint .*ckpt-1.* is kept"):
+        ckpt.save(2)
+    assert ckpt.latest == first
+    assert sorted(os.listdir(run.checkpoints)) == sorted(
+        ["checkpoint", "ckpt-1.index", "ckpt-1.data-00000-of-00001"])

@@ -6,7 +6,7 @@ import re
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import files
+from simclr_tf import errors, files
 from simclr_tf.errors import RunError, short_tf_error
 
 # A trainable weight beyond this magnitude has diverged (a healthy SimCLR
@@ -264,13 +264,16 @@ class Checkpointer:
         # process: this marker says whose save is in flight (see
         # remove_orphaned_temp).
         marker = os.path.join(self.manager.directory, _SAVING + self._token)
-        tf.io.gfile.makedirs(self.manager.directory)
-        with tf.io.gfile.GFile(marker, "w") as f:
-            f.write(str(step))
-        try:
-            return self.manager.save(checkpoint_number=step)
-        finally:
-            files.remove(marker)
+        kept = f"the previous checkpoint ({self.latest or 'none yet'}) is kept"
+        with errors.writing(os.path.join(self.manager.directory, f"ckpt-{step}"),
+                            "the checkpoint", kept):
+            tf.io.gfile.makedirs(self.manager.directory)
+            with tf.io.gfile.GFile(marker, "w") as f:
+                f.write(str(step))
+            try:
+                return self.manager.save(checkpoint_number=step)
+            finally:
+                files.remove(marker)
 
     def remove_orphaned_temp(self):
         """Removes what a process killed while saving left in ``checkpoints/``.
