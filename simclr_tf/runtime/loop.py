@@ -8,17 +8,24 @@ and ``MultiWorkerMirroredStrategy`` (where Keras 3's ``fit`` has known
 failures), it resumes at an exact step, and the host only synchronises at
 log and checkpoint points.
 
-Preemption (Cloud TPU and preemptible VMs, Kubernetes): a SIGTERM during
-:func:`train` lets the current chunk of steps finish (at most
-``log_every_steps``), saves a checkpoint at that step on every worker (they
-agree through a collective, so all save the same step) and raises
+Preemption (Cloud TPU and preemptible VMs, Kubernetes; about 30 s of notice):
+a SIGTERM during :func:`train` ends the current chunk of steps after the step
+running when it came (on one worker; on several, the chunk runs to its end,
+at most ``log_every_steps``, since the workers must agree on the step), skips
+a due kNN / frozen-feature monitor pass (or abandons one under way), saves a
+checkpoint at the step reached on every worker (they agree through a
+collective, so all save the same step) and raises
 :class:`~simclr_tf.errors.Preempted`; rerunning the same command resumes
-there exactly, as from any checkpoint.
+there exactly, as from any checkpoint. A SIGTERM during :func:`evaluate`
+abandons it (removing its temporary feature files) and raises ``Preempted``
+too; nothing is written.
 """
 
 import contextlib
 import math
+import os
 import signal
+import socket
 import threading
 
 import tensorflow as tf
@@ -35,28 +42,115 @@ from simclr_tf.runtime.report import TrainReport
 from simclr_tf.runtime.run_dir import EVAL_EVENTS
 
 
+class _Interrupted(BaseException):
+    """Raised by the SIGTERM handler inside :meth:`_Sigterm.interruptible` (a
+    BaseException, as KeyboardInterrupt, so that no ``except Exception`` swallows it)."""
+
+
+class _Sigterm:
+    """What a SIGTERM has asked for while :func:`_on_sigterm`'s block runs.
+
+    ``set`` turns true on SIGTERM. ``watch(variable)`` also sets that bool
+    ``tf.Variable`` then, at once: the compiled chunk of steps reads it
+    between steps, while the main thread is inside the chunk's call and its
+    Python handler cannot run (CPython runs signal handlers in the main
+    thread between bytecodes only). A helper thread does that, woken through
+    :func:`signal.set_wakeup_fd`; it is the only one that touches TensorFlow
+    (a handler could run in the middle of a trace and add the assignment to
+    the graph being traced). Inside ``interruptible()`` the handler raises
+    :class:`_Interrupted` (once), to abandon work such as an evaluation.
+    """
+
+    def __init__(self):
+        self.set = False
+        self._lock = threading.Lock()
+        self._stop = None
+        self._interruptible = False
+
+    def handler(self, signum, frame):
+        self.set = True
+        if self._interruptible:
+            self._interruptible = False
+            raise _Interrupted()
+        logging.warning("SIGTERM: stopping after the current step.")
+
+    def noticed(self):  # the helper thread
+        with self._lock:
+            self.set = True
+            if self._stop is not None:
+                self._stop.assign(True)
+
+    def watch(self, variable):
+        with self._lock:
+            self._stop = variable
+            if self.set:
+                variable.assign(True)
+
+    @contextlib.contextmanager
+    def interruptible(self):
+        self._interruptible = True
+        try:
+            if self.set:
+                raise _Interrupted()
+            yield
+        finally:
+            self._interruptible = False
+
+
+def _wake_on(sigterm, wakeup, previous_fd):
+    """The helper thread of :class:`_Sigterm`: reads the signal numbers written to
+    ``wakeup`` (0 ends it) and passes them on to the wakeup fd set before, if any
+    (an event loop's)."""
+    while True:
+        try:
+            data = wakeup.recv(64)
+        except InterruptedError:
+            continue
+        except OSError:
+            return
+        if not data or 0 in data:
+            return
+        if signal.SIGTERM in data:
+            sigterm.noticed()
+        if previous_fd >= 0:
+            try:
+                os.write(previous_fd, data)
+            except OSError:
+                pass
+
+
 @contextlib.contextmanager
-def _sigterm_flag():
-    """A dict whose ``"set"`` turns true on SIGTERM while the block runs (main thread only)."""
-    flag = {"set": False}
+def _on_sigterm():
+    """A :class:`_Sigterm` that SIGTERM sets while the block runs (main thread only;
+    elsewhere it never turns true)."""
+    sigterm = _Sigterm()
     if threading.current_thread() is not threading.main_thread():
-        yield flag
+        yield sigterm
         return
-
-    def handler(signum, frame):
-        flag["set"] = True
-        logging.warning("SIGTERM: saving a checkpoint at the end of the current steps.")
-
-    previous = signal.signal(signal.SIGTERM, handler)
+    read_end, write_end = socket.socketpair()
+    write_end.setblocking(False)
+    previous_fd = signal.set_wakeup_fd(write_end.fileno(), warn_on_full_buffer=False)
+    previous = signal.signal(signal.SIGTERM, sigterm.handler)
+    helper = threading.Thread(target=_wake_on, args=(sigterm, read_end, previous_fd), daemon=True,
+                              name="simclr_tf-sigterm")
+    helper.start()
     try:
-        yield flag
+        yield sigterm
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.set_wakeup_fd(previous_fd)
+        try:
+            write_end.send(b"\0")
+        except OSError:
+            pass
+        helper.join(10)
+        read_end.close()
+        write_end.close()
 
 
 def train(exp):
     """Trains ``exp`` (a :class:`~simclr_tf.runtime.experiment.Experiment`) to its last step."""
-    with _sigterm_flag() as sigterm:
+    with _on_sigterm() as sigterm:
         _train(exp, sigterm)
 
 
@@ -81,8 +175,16 @@ def _train(exp, sigterm):
         nonfinite_step = tf.Variable(0, dtype=tf.int64, trainable=False)
     step_fn = steps_lib.make_train_step(model, exp.task, exp.updates, metrics, policy,
                                         exp.loss_scale, exp.weight_decay)
+    # SIGTERM ends a chunk between steps on one worker. On several, each worker
+    # would read its own flag and they could stop at different steps, so they
+    # finish the chunk and agree after it (distribute.any_worker).
+    stop = None
+    if distribute.num_workers(exp.strategy) == 1:
+        with tf.device("CPU:0"):
+            stop = tf.Variable(False, trainable=False)
+        sigterm.watch(stop)
     train_steps = steps_lib.make_train_steps(step_fn, exp.strategy, exp.optimizer,
-                                             exp.jit_compile, nonfinite_step)
+                                             exp.jit_compile, nonfinite_step, stop)
     iterator = iter(exp.train_dataset(start))
     views = (iter(view_grid.pairs_dataset(exp.task, cfg, num_pairs=4))
              if exp.is_chief and exp.task.learns_representation else None)
@@ -93,7 +195,7 @@ def _train(exp, sigterm):
     monitor_every = {what: epochs * exp.steps.steps_per_epoch for what, epochs in
                      (("knn", cfg.knn_every_epochs),
                       ("linear", cfg.feature_eval_every_epochs)) if epochs > 0}
-    step = start
+    step, saved = start, None
     while step < total:
         chunk = min(cfg.log_every_steps - step % cfg.log_every_steps,
                     save_every - step % save_every, total - step,
@@ -102,33 +204,55 @@ def _train(exp, sigterm):
             m.reset_state()
         train_steps(iterator, tf.constant(chunk))
         first, step = step + 1, exp.step
-        logs = {name: float(m.result()) for name, m in metrics.items()}
-        logs["lr"] = float(exp.schedule(step - 1))
-        if exp.loss_scale is not None:
-            logs["loss_scale"] = float(exp.loss_scale.scale.numpy())
-        if not math.isfinite(logs["loss"]):
-            bad = int(nonfinite_step.numpy()) if nonfinite_step is not None else 0
-            where = f"at step {bad}" if bad else f"in steps {first}-{step}"
-            raise RunError(
-                f"Loss became {logs['loss']} {where}. Training stopped; the last good "
-                f"checkpoint ({ckpt.latest or 'none yet'}) is kept. Lower --learning_rate, "
-                "check the input data, or pass --nonfinite_policy=skip to skip such steps.")
-        due = {what: step % every == 0 for what, every in monitor_every.items()}
-        if any(due.values()) and exp.is_chief:
-            features = _monitor_features(exp, knn=due.get("knn", False),
-                                         linear=due.get("linear", False))
-            for part, key in (("knn", "knn_top1"), ("feature_linear_eval",
-                                                     "feature_linear_eval_top1")):
-                if part in features:
-                    logs[key] = features[part]["top1"]
-        report.write(first, step, logs)
-        saved = ckpt.save(step) if step % save_every == 0 or step == total else None
-        if step < total and distribute.any_worker(exp.strategy, sigterm["set"]):
+        if step >= first:  # none when SIGTERM came before the chunk's first step
+            saved = _report_and_save(exp, step, first, total, save_every, monitor_every,
+                                     metrics, nonfinite_step, report, sigterm) or saved
+        if step < total and distribute.any_worker(exp.strategy, sigterm.set):
+            if saved is None or saved[0] != step:
+                saved = step, ckpt.save(step)
             raise Preempted(f"Stopped by SIGTERM at step {step} of {total}; saved "
-                            f"{saved or ckpt.save(step)}. Rerun the same command to "
-                            "resume there.")
+                            f"{saved[1]}. Rerun the same command to resume there.")
     report.close()
     ckpt.remove_worker_scratch()
+
+
+def _report_and_save(exp, step, first, total, save_every, monitor_every, metrics,
+                     nonfinite_step, report, sigterm):
+    """After steps ``first..step``: the loss check, the due monitors, the log line and
+    a due checkpoint; returns ``(step, path)`` of that checkpoint, else None."""
+    ckpt = exp.checkpointer
+    logs = {name: float(m.result()) for name, m in metrics.items()}
+    logs["lr"] = float(exp.schedule(step - 1))
+    if exp.loss_scale is not None:
+        logs["loss_scale"] = float(exp.loss_scale.scale.numpy())
+    if not math.isfinite(logs["loss"]):
+        bad = int(nonfinite_step.numpy()) if nonfinite_step is not None else 0
+        where = f"at step {bad}" if bad else f"in steps {first}-{step}"
+        raise RunError(
+            f"Loss became {logs['loss']} {where}. Training stopped; the last good "
+            f"checkpoint ({ckpt.latest or 'none yet'}) is kept. Lower --learning_rate, "
+            "check the input data, or pass --nonfinite_policy=skip to skip such steps.")
+    due = {what: step % every == 0 for what, every in monitor_every.items()}
+    if any(due.values()) and exp.is_chief:  # only the chief runs them: no collective
+        logs.update(_monitor_logs(exp, due, sigterm))
+    report.write(first, step, logs)
+    if step % save_every == 0 or step == total:
+        return step, ckpt.save(step)
+    return None
+
+
+def _monitor_logs(exp, due, sigterm):
+    """The due monitors' accuracies; none when SIGTERM came before or during them."""
+    try:
+        with sigterm.interruptible():
+            features = _monitor_features(exp, knn=due.get("knn", False),
+                                         linear=due.get("linear", False))
+    except _Interrupted:
+        logging.warning("SIGTERM: monitor pass at step %d skipped.", exp.step)
+        return {}
+    return {key: features[part]["top1"] for part, key in
+            (("knn", "knn_top1"), ("feature_linear_eval", "feature_linear_eval_top1"))
+            if part in features}
 
 
 def evaluate(exp):
@@ -138,6 +262,22 @@ def evaluate(exp):
     accuracy (``knn``) and, after pretraining, the frozen-feature linear
     evaluation (``feature_linear_eval``, the paper's protocol).
     """
+    with _on_sigterm() as sigterm:
+        try:
+            with sigterm.interruptible():
+                result = _evaluate(exp)
+        except _Interrupted:
+            result = None
+        if result is None or sigterm.set:  # set, not raised: e.g. inside a __del__
+            raise Preempted(
+                f"Stopped by SIGTERM during the evaluation of step {exp.step}: no result "
+                "was written and its temporary files are removed. Rerun the same command "
+                "to evaluate again.")
+        _write_result(exp, result)
+    return result
+
+
+def _evaluate(exp):
     cfg, model, strategy = exp.cfg, exp.model, exp.strategy
     if model.supervised_head is None:
         raise RunError(
@@ -165,6 +305,10 @@ def evaluate(exp):
               "num_labeled_examples": exp.num_labeled_examples}
     if exp.is_chief:
         result.update(_monitor_features(exp))
+    return result
+
+
+def _write_result(exp, result):
     if exp.is_chief:
         with exp.run_dir.summary_writer(EVAL_EVENTS).as_default(step=exp.step):
             tf.summary.scalar("top1", result["top1"])
@@ -174,7 +318,6 @@ def evaluate(exp):
                     if key.startswith("top"):
                         tf.summary.scalar(f"{part}/{key}", value)
         exp.run_dir.write_result(result)
-    return result
 
 
 def _monitor_features(exp, knn=None, linear=None):

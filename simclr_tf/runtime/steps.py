@@ -197,7 +197,7 @@ def _apply_or_skip(model, updates, metrics, loss, pairs, results, bn_state, num_
 
 
 def make_train_steps(train_step, strategy, optimizer, jit_compile=False,
-                     nonfinite_step=None):
+                     nonfinite_step=None, stop=None):
     """The ``tf.function(iterator, num_steps)`` that runs ``num_steps`` steps.
 
     One call runs the steps in a ``tf.range`` loop without host syncs; with
@@ -207,23 +207,42 @@ def make_train_steps(train_step, strategy, optimizer, jit_compile=False,
     first step whose loss is non-finite on a replica of this worker it holds
     that step's number, so the loop can name it (no cross-worker
     communication: on several workers it may name a later step).
+
+    ``stop``: optional bool ``tf.Variable`` (on the host's CPU), read before
+    each step: once it is true the call returns without running the rest, so
+    it may run fewer than ``num_steps`` steps (``optimizer.iterations`` says
+    how many). The read is of this process's variable only, so on several
+    workers it would let them stop at different steps: pass it only on one
+    worker (the loop does).
     """
     step_fn = train_step
     if jit_compile:
         step_fn = tf.function(train_step, jit_compile=True, reduce_retracing=True)
 
+    def one_step(iterator):
+        logs = strategy.run(step_fn, args=(next(iterator),))
+        if nonfinite_step is not None:
+            # The running mean of the chunk's loss turns non-finite at the
+            # first bad step and stays so.
+            finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(x)) for x in
+                                    strategy.experimental_local_results(logs["loss"])])
+            step = tf.cast(tf.convert_to_tensor(optimizer.iterations), tf.int64)
+            nonfinite_step.assign(tf.where(
+                tf.logical_or(finite, nonfinite_step > 0), nonfinite_step, step))
+
+    def go_on(done, num_steps):
+        return tf.logical_and(done < num_steps, tf.logical_not(stop.read_value()))
+
     @tf.function
     def train_steps(iterator, num_steps):
-        for _ in tf.range(num_steps):
-            logs = strategy.run(step_fn, args=(next(iterator),))
-            if nonfinite_step is not None:
-                # The running mean of the chunk's loss turns non-finite at the
-                # first bad step and stays so.
-                finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(x)) for x in
-                                        strategy.experimental_local_results(logs["loss"])])
-                step = tf.cast(tf.convert_to_tensor(optimizer.iterations), tf.int64)
-                nonfinite_step.assign(tf.where(
-                    tf.logical_or(finite, nonfinite_step > 0), nonfinite_step, step))
+        if stop is None:
+            for _ in tf.range(num_steps):
+                one_step(iterator)
+        else:
+            done = tf.zeros_like(num_steps)
+            while go_on(done, num_steps):
+                one_step(iterator)
+                done += 1
 
     return train_steps
 
