@@ -137,18 +137,74 @@ def _small_cfg(**changes):
     return config_lib.Config(**{**base, **changes})
 
 
+def _np_log_softmax(z):
+    z = z.astype(np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def _np_distill_objective(teacher, student, labels, temperature, label_weight):
+    """mean_i -sum_y softmax(t_i/T)_y log_softmax(s_i/T)_y, plus the weight times the
+    mean cross-entropy -log_softmax(s_i)_{y_i} over the labelled examples only."""
+    p = np.exp(_np_log_softmax(teacher / temperature))
+    distill = -np.mean(np.sum(p * _np_log_softmax(student / temperature), -1))
+    labelled = labels >= 0
+    xent = -_np_log_softmax(student)[labelled, labels[labelled]]
+    sup = xent.mean()
+    return distill + label_weight * sup, distill, sup
+
+
+@pytest.mark.parametrize("temperature,label_weight", [(1.0, 0.5), (2.0, 1.5)])
+def test_distill_objective_with_label_weight_matches_hand_computation(temperature, label_weight):
+    from simclr_tf import tasks
+
+    rng = np.random.default_rng(int(temperature * 10))
+    teacher = rng.normal(scale=2.0, size=(6, 4)).astype(np.float32)
+    student = rng.normal(scale=2.0, size=(6, 4)).astype(np.float32)
+    labels = np.array([2, -1, 0, -1, -1, 3], np.int32)
+    cfg = _small_cfg(train_mode="distill", distill_temperature=temperature,
+                     distill_label_weight=label_weight)
+    task = tasks.build_task("distill", cfg.loss, teacher=lambda images: tf.constant(teacher))
+    total, results = task.compute_loss({"logits_sup": tf.constant(student)},
+                                       (tf.zeros([6, 2, 2, 3]), tf.constant(labels)))
+    expected, distill, sup = _np_distill_objective(teacher, student, labels, temperature,
+                                                   label_weight)
+    np.testing.assert_allclose(float(total), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(results["distill_loss"]), distill, rtol=1e-5)
+    np.testing.assert_allclose(float(results["sup_loss"]), sup, rtol=1e-5)
+    agree = np.mean(np.argmax(student, -1) == np.argmax(teacher, -1))
+    np.testing.assert_allclose(float(results["distill_acc"]), agree)
+    right = np.argmax(student, -1)[labels >= 0] == labels[labels >= 0]
+    np.testing.assert_allclose(float(results["sup_acc"]), right.mean())
+    # The unlabelled rows count for nothing: changing their labels' logits moves
+    # only the distillation term.
+    other = student.copy()
+    other[labels < 0] += 5.0 * np.eye(4, dtype=np.float32)[[0, 1, 2]]
+    _, moved = task.compute_loss({"logits_sup": tf.constant(other)},
+                                 (tf.zeros([6, 2, 2, 3]), tf.constant(labels)))
+    np.testing.assert_allclose(float(moved["sup_loss"]), sup, rtol=1e-6)
+    # Without a label weight the objective is the distillation term alone.
+    cfg0 = _small_cfg(train_mode="distill", distill_temperature=temperature)
+    task0 = tasks.build_task("distill", cfg0.loss, teacher=lambda images: tf.constant(teacher))
+    total0, results0 = task0.compute_loss({"logits_sup": tf.constant(student)},
+                                          (tf.zeros([6, 2, 2, 3]), tf.constant(labels)))
+    np.testing.assert_allclose(float(total0), distill, rtol=1e-5)
+    assert "sup_loss" not in results0
+
+
 def test_distill_model_trains_on_teacher_logits_and_keeps_teacher_out_of_weights():
     from simclr_tf import tasks
     from simclr_tf.models import simclr_model
     from simclr_tf.runtime import TaskModel
 
     cfg = _small_cfg(train_mode="distill", distill_temperature=2.0, optimizer="momentum",
-                     learning_rate=0.1, distill_label_weight=0.5)
+                     learning_rate=0.1, distill_label_weight=0.5, weight_decay=0.0)
     model = tasks.build_model(cfg, 4)
     model(tf.zeros([1, 16, 16, 3]))
     n_weights = len(model.weights)
     teacher_net = keras.Sequential([keras.layers.Flatten(), keras.layers.Dense(4)])
     teacher_net.build((None, 16, 16, 3))
+    teacher_before = [w.copy() for w in teacher_net.get_weights()]
     task = tasks.build_task("distill", cfg.loss,
                             teacher=lambda images: teacher_net(images, training=False))
     trainer = TaskModel(model, task, weight_decay=(cfg.optimizer, cfg.weight_decay))
@@ -156,9 +212,23 @@ def test_distill_model_trains_on_teacher_logits_and_keeps_teacher_out_of_weights
     assert len(trainer.weights) == n_weights
     trainer.compile(optimizer=keras.optimizers.SGD(0.1))
     images = tf.random.uniform([8, 16, 16, 3], seed=1)
-    logs = trainer.train_step((images, tf.constant([0, 1, -1, -1, 2, 3, -1, -1])))
+    labels = np.array([0, 1, -1, -1, 2, 3, -1, -1], np.int32)
+    # The step's forward pass (training-mode BN does not read the moving statistics).
+    student = model(images, training=True)["logits_sup"].numpy()
+    teacher = teacher_net(images).numpy()
+    student_before = [w.copy() for w in model.get_weights()]
+    logs = trainer.train_step((images, tf.constant(labels)))
     assert {"loss", "distill_loss", "distill_acc", "sup_loss", "sup_acc"} <= set(logs)
-    assert np.isfinite(float(logs["distill_loss"]))
+    expected, distill, sup = _np_distill_objective(teacher, student, labels, 2.0, 0.5)
+    np.testing.assert_allclose(float(logs["distill_loss"]), distill, rtol=1e-4)
+    np.testing.assert_allclose(float(logs["sup_loss"]), sup, rtol=1e-4)
+    np.testing.assert_allclose(float(logs["loss"]), expected, rtol=1e-4)
+    np.testing.assert_allclose(float(logs["distill_acc"]),
+                               np.mean(student.argmax(-1) == teacher.argmax(-1)))
+    # The student moved, the teacher did not.
+    assert any(np.abs(a - b).max() > 0 for a, b in zip(model.get_weights(), student_before))
+    for a, b in zip(teacher_net.get_weights(), teacher_before):
+        np.testing.assert_array_equal(a, b)
     assert task.cfg.distill_temperature == 2.0 and task.cfg.distill_label_weight == 0.5
     clone = simclr_model.SimCLRModel.from_config(model.get_config())
     assert clone.probe is False and len(clone.get_config()) == len(model.get_config())
@@ -300,6 +370,7 @@ MIN_GAIN = 0.08
 
 TWO_REPLICA_SESSION_BODY = r"""
 import json, sys, tempfile
+import numpy as np
 from simclr_tf import config as config_lib, export, runtime, tasks
 
 root = tempfile.mkdtemp()
@@ -308,22 +379,33 @@ teacher = tasks.build_model(
     config_lib.Config(train_mode="finetune", global_bn=False, **small), 10)
 teacher(tf.zeros([1, 16, 16, 3]))
 export.export_model(teacher, root + "/teacher", 16, keras_file=False)
-cfg = config_lib.resolve(None, dict(
-    small, train_mode="distill", teacher_checkpoint=root + "/teacher", train_steps=2,
-    eval_split="test[:500]", distill_label_weight=0.5, label_fraction=0.1,
-    model_dir=root + "/student"))
-strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-exp = runtime.build(cfg, strategy=strategy)
-runtime.train(exp)
-result = runtime.evaluate(exp)
-print(json.dumps({"step": exp.step, "num_labeled": result["num_labeled_examples"],
-                  "replicas": exp.strategy.num_replicas_in_sync, "top1": result["top1"]}))
+out = {}
+for name, strategy in (("two", tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])),
+                       ("one", tf.distribute.OneDeviceStrategy("/cpu:0"))):
+    cfg = config_lib.resolve(None, dict(
+        small, train_mode="distill", teacher_checkpoint=root + "/teacher", train_steps=2,
+        eval_split="test[:500]", distill_label_weight=0.5, label_fraction=0.1,
+        model_dir=root + "/student_" + name))
+    tf.keras.utils.set_random_seed(7)  # the same student init on both paths
+    exp = runtime.build(cfg, strategy=strategy)
+    runtime.train(exp)
+    result = runtime.evaluate(exp)
+    out[name] = {"step": exp.step, "num_labeled": result["num_labeled_examples"],
+                 "replicas": exp.strategy.num_replicas_in_sync, "top1": result["top1"],
+                 "weights": [float(np.sum(np.abs(w))) for w in exp.model.get_weights()]}
+print(json.dumps(out))
 """
 
 
 @pytest.mark.slow
 def test_distill_session_trains_under_mirrored_strategy_with_two_replicas():
-    r = run_with_devices(TWO_REPLICA_SESSION_BODY, n_devices=2)
-    assert r["replicas"] == 2 and r["step"] == 2
-    assert r["num_labeled"] == 1000  # 10% of 10,000, class-balanced
-    assert 0.0 <= r["top1"] <= 1.0
+    """Two replicas take the steps one device takes on the same global batches:
+    the same student weights after 2 steps and the same top-1 (a second path)."""
+    out = run_with_devices(TWO_REPLICA_SESSION_BODY, n_devices=2)
+    two, one = out["two"], out["one"]
+    assert two["replicas"] == 2 and one["replicas"] == 1
+    assert two["step"] == one["step"] == 2
+    assert two["num_labeled"] == one["num_labeled"] == 1000  # 10% of 10,000, class-balanced
+    np.testing.assert_allclose(two["weights"], one["weights"], rtol=1e-3)
+    # 500 test images: at most one prediction may flip on float rounding.
+    assert abs(two["top1"] - one["top1"]) <= 1 / 500 + 1e-9, (two["top1"], one["top1"])
