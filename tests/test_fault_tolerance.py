@@ -16,6 +16,8 @@ import json
 import os
 import signal
 import shutil
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -243,6 +245,59 @@ def test_sigterm_mid_chunk_saves_the_step_reached_within_the_bound(tmp_path):
         assert subprocs.checkpoint_steps(model_dir)[0] == step
     finally:
         subprocs.stop(children)
+
+
+# An evaluation stopped by SIGTERM: its frozen-feature file (spilled to TMPDIR
+# here by a zero memory limit) is removed and the run exits 143 with one line.
+_LOW_MEMORY_RUN = ("from simclr_tf.linear_eval import features\n"
+                   "features.MEMORY_LIMIT_BYTES = 0\n"
+                   "from simclr_tf import run\n"
+                   "run.run()\n")
+
+
+class _LowMemoryChild(subprocs.Child):
+    """``simclr_tf.run`` whose frozen features always go to a file in TMPDIR."""
+
+    def __init__(self, flags, log_dir, name, env=None):
+        self.name = name
+        self.stdout_path = os.path.join(log_dir, f"{name}.out")
+        self.stderr_path = os.path.join(log_dir, f"{name}.err")
+        full_env = dict(os.environ, PYTHONPATH=subprocs.REPO, TF_CPP_MIN_LOG_LEVEL="2")
+        full_env.pop("TF_CONFIG", None)
+        full_env.update(env or {})
+        with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
+            self.proc = subprocess.Popen([sys.executable, "-c", _LOW_MEMORY_RUN, *flags],
+                                         stdout=out, stderr=err, env=full_env,
+                                         cwd=subprocs.REPO)
+
+
+def _feature_files(folder):
+    return [name for name in os.listdir(folder) if name.startswith("simclr_tf")]
+
+
+@pytest.mark.slow
+def test_sigterm_during_the_evaluation_removes_its_feature_files_and_exits_143(tmp_path):
+    scratch = tmp_path / "tmpdir"
+    scratch.mkdir()
+    model_dir = str(tmp_path / "run")
+    child = _LowMemoryChild(
+        [f"--config={subprocs.SMOKE}", "--mode=train_then_eval", "--train_steps=1",
+         "--train_split=train[:8000]", f"--model_dir={model_dir}"],
+        str(tmp_path), "eval", env={"TMPDIR": str(scratch)})
+    try:
+        subprocs.wait_until(lambda: _feature_files(scratch), timeout=600, children=[child])
+        sent = time.monotonic()
+        child.proc.send_signal(signal.SIGTERM)
+        child.wait(SIGTERM_BOUND_S)
+        print(f"SIGTERM to exit, during the frozen-feature extraction: "
+              f"{time.monotonic() - sent:.1f} s")
+    finally:
+        subprocs.stop([child])
+    assert child.proc.returncode == errors.Preempted.exit_code, child.describe()
+    assert "Traceback" not in child.stderr
+    assert "Stopped by SIGTERM during the evaluation of step 1" in child.stderr
+    assert _feature_files(scratch) == []
+    assert not os.path.exists(os.path.join(model_dir, "result.json"))
 
 
 # --------------------------------------------------------------------- in-process

@@ -2,6 +2,9 @@
 
 import collections
 import os
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
@@ -472,6 +475,65 @@ def test_a_full_scratch_disk_is_refused_before_writing(tmp_path, monkeypatch):
     with pytest.raises(errors.RunError, match=r"need 0\.0 GiB of disk .* TMPDIR"):
         sink.add(np.zeros((10, 4), np.float32))
     assert os.listdir(tmp_path) == []
+
+
+def _dead_pid():
+    """The pid of a process of this host that has exited (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_the_next_extraction_removes_feature_files_of_dead_processes_only(tmp_path):
+    """A file named after a dead process of this host goes; a live process's, another
+    host's and any other file stay."""
+    from simclr_tf import files
+
+    dead = os.path.join(tmp_path, f"simclr_tf-features~{files._HOST}~{_dead_pid()}~0123abcd.f32")
+    kept = [os.path.join(tmp_path, name) for name in (
+        f"simclr_tf-features~{files._HOST}~{os.getpid()}~0123abcd.f32",  # alive
+        f"simclr_tf-features~another-host~{_dead_pid()}~0123abcd.f32",  # not checkable
+        "simclr_tf-features-notes.f32", "unrelated.txt")]
+    for path in [dead, *kept]:
+        with open(path, "wb") as f:
+            f.write(b"\0" * 64)
+    cfg = config_lib.resolve(None, dict(eval_batch_size=64)).data
+    linear_eval.split_features(_small_encoder(), cfg, "test[:64]", memory_limit=0,
+                               scratch_dir=str(tmp_path))
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in kept)
+
+
+KILLED_EXTRACTION = """
+import sys
+import keras
+from simclr_tf import config as config_lib, linear_eval
+encoder = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D()])
+cfg = config_lib.resolve(None, dict(eval_batch_size=8)).data
+linear_eval.split_features(encoder, cfg, "train", memory_limit=0, scratch_dir=sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_a_feature_file_left_by_a_sigkill_is_removed_by_the_next_extraction(tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    child = subprocess.Popen([sys.executable, "-c", KILLED_EXTRACTION, str(scratch)],
+                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not os.listdir(scratch):
+            assert child.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        child.kill()
+        child.wait()
+    left = os.listdir(scratch)
+    assert len(left) == 1 and f"~{child.pid}~" in left[0], left  # SIGKILL runs no cleanup
+    cfg = config_lib.resolve(None, dict(eval_batch_size=64)).data
+    linear_eval.split_features(_small_encoder(), cfg, "test[:64]", memory_limit=0,
+                               scratch_dir=str(scratch))
+    assert os.listdir(scratch) == []
 
 
 TWO_REPLICA_BODY = """

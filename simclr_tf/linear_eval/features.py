@@ -20,12 +20,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import distribute
+from simclr_tf import distribute, files
 from simclr_tf.data import pipeline
 from simclr_tf.errors import RunError
 from simclr_tf.progress import Progress
 
 MEMORY_LIMIT_BYTES = 1 << 30  # features of a split above this go to a memmap on disk
+SCRATCH_PREFIX = "simclr_tf-features"  # + files.temp_token() + ".f32", in TMPDIR
 PAD_LABEL = -2  # padding rows of the last batch; dropped on the host
 CHUNK_BYTES = 64 << 20  # rows read per chunk: about this many bytes of float32 features
 
@@ -118,8 +119,12 @@ class _FeatureSink:
     ``TMPDIR`` moves it), free space checked first. It is written with plain
     ``write`` calls (a full disk is then an ``OSError``, not the ``SIGBUS`` of
     writing through a mapping) and unlinked as soon as it is mapped (POSIX
-    keeps the data while mapped), so nothing is left behind, even after a
-    crash. float32 in both cases, so both give the same numbers.
+    keeps the data while mapped), or when the extraction fails or is
+    interrupted (a SIGTERM during an evaluation raises through here). Its
+    name carries this process's host and pid, so a file left by a process
+    killed while writing it (SIGKILL) is removed by the next extraction on
+    the host (:func:`remove_dead_scratch`). float32 in both cases, so both
+    give the same numbers.
     """
 
     def __init__(self, what, max_rows, memory_limit, scratch_dir):
@@ -142,9 +147,9 @@ class _FeatureSink:
                 f"in {folder!r}, which has {free / 2**30:.1f} GiB free. Point TMPDIR at a "
                 "larger disk, or turn the frozen-feature evaluations off with "
                 "--feature_linear_eval=false --knn_eval=false.")
-        fd, self.path = tempfile.mkstemp(prefix="simclr_tf_features_", suffix=".f32",
-                                         dir=folder)
-        self.file = os.fdopen(fd, "wb")
+        self.path = os.path.join(folder, f"{SCRATCH_PREFIX}{files.temp_token()}.f32")
+        self.file = os.fdopen(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600),
+                              "wb")
         logging.info("Frozen features of %s: up to %d x %d float32 (%.1f GiB) go to %s "
                      "(memory limit %.1f GiB); removed when done.", self.what,
                      self.max_rows, dim, size / 2**30, self.path, self.memory_limit / 2**30)
@@ -187,6 +192,36 @@ class _FeatureSink:
             os.remove(path)  # POSIX: the mapping keeps the data until it is dropped
         except OSError:  # Windows: not while mapped; when the memmap goes, or at exit
             weakref.finalize(mapped if mapped is not None else self, _remove_quietly, path)
+
+
+def remove_dead_scratch(folder=None):
+    """Removes the feature files of dead processes in ``folder`` (default: TMPDIR).
+
+    A process killed while extracting (SIGKILL, a crash, the OOM killer)
+    leaves its file, up to GiBs; its name carries the owner's host and pid
+    (``simclr_tf-features~host~pid~random.f32``), so the next extraction on
+    the host removes those whose process is gone, never a live one's.
+    Returns the paths removed.
+    """
+    folder = folder or tempfile.gettempdir()
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if not (name.startswith(SCRATCH_PREFIX + "~") and name.endswith(".f32")):
+            continue
+        path = os.path.join(folder, name)
+        if files.owner_alive(path) is False:
+            try:
+                os.remove(path)
+            except OSError:
+                continue
+            logging.info("Removed %s, frozen features left by a process that ended "
+                         "before removing them.", path)
+            removed.append(path)
+    return removed
 
 
 def _remove_quietly(path):
@@ -247,6 +282,7 @@ def split_features(encoder, cfg, split, indices=None, *, strategy=None,
         in the split's order.
     """
     strategy = _extraction_strategy(strategy)
+    remove_dead_scratch(scratch_dir)
     infos = []
     dataset = _eval_dataset(cfg, split, strategy, infos)
     num_examples = infos[0].num_examples
