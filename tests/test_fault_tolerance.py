@@ -234,6 +234,8 @@ def test_sigterm_mid_chunk_saves_the_step_reached_within_the_bound(tmp_path):
         assert subprocs.checkpoint_steps(model_dir) == [step]
 
         # The rerun restores that checkpoint and resumes there; SIGTERM it again at once.
+        index = os.path.join(model_dir, "checkpoints", f"ckpt-{step}.index")
+        written = os.stat(index).st_mtime_ns
         second = subprocs.Child(flags, str(tmp_path), "second")
         children = [second]
         took = _sigterm_and_time(
@@ -243,6 +245,8 @@ def test_sigterm_mid_chunk_saves_the_step_reached_within_the_bound(tmp_path):
         assert "Traceback" not in second.stderr
         assert "Stopped by SIGTERM at step " in second.stderr
         assert subprocs.checkpoint_steps(model_dir)[0] == step
+        if f"Stopped by SIGTERM at step {step} " in second.stderr:  # before its first step
+            assert os.stat(index).st_mtime_ns == written  # not saved again
     finally:
         subprocs.stop(children)
 

@@ -196,6 +196,8 @@ def _train(exp, sigterm):
                      (("knn", cfg.knn_every_epochs),
                       ("linear", cfg.feature_eval_every_epochs)) if epochs > 0}
     step, saved = start, None
+    if ckpt.latest and os.path.basename(ckpt.latest) == f"ckpt-{start}":
+        saved = start, ckpt.latest  # resumed from it: a SIGTERM before a step saves nothing
     while step < total:
         chunk = min(cfg.log_every_steps - step % cfg.log_every_steps,
                     save_every - step % save_every, total - step,
