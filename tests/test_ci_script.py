@@ -18,7 +18,14 @@ ASIDE = ".venv.set-aside-by-ci"
 
 FAKE_PYTHON = """#!/usr/bin/env bash
 # "-m venv DIR": a venv whose python is this script and whose simclr-tf writes
-# the files the smoke check looks for; anything else (pip install) succeeds.
+# the files the smoke check looks for; "-c CODE": prints a site-packages folder
+# beside this script (what .ci/run asks of sysconfig); anything else (pip
+# install, the import check) succeeds.
+if [ "$1" = "-c" ]; then
+  site="$(dirname "$0")/../site-packages"
+  mkdir -p "$site" && echo "$site"
+  exit 0
+fi
 if [ "$1" = "-m" ] && [ "$2" = "venv" ]; then
   mkdir -p "$3/bin"
   cp "$0" "$3/bin/python"
@@ -59,8 +66,12 @@ def _developer_venv(repo, name=".venv"):
     (repo / name / "mine").write_text("the developer's venv")
 
 
-# The README command makes CI's own .venv (and checks the developer's is out of the way).
-MAKES_VENV = "test ! -e .venv && mkdir .venv && touch .venv/made-by-ci"
+# The README command makes CI's own .venv (and checks the developer's is out of the way),
+# with a python (the fake, put there by the test) and an activate script; its test part
+# runs that python.
+MAKES_VENV = ("test ! -e .venv && mkdir -p .venv/bin && touch .venv/made-by-ci && "
+              "cp \"$PYTHON\" .venv/bin/python && "
+              "echo 'PATH=\"$PWD/.venv/bin:$PATH\"' > .venv/bin/activate && python -m pytest")
 
 
 def test_a_set_aside_venv_left_by_a_killed_run_is_refused_and_kept(tmp_path):
@@ -90,7 +101,8 @@ def test_the_developers_venv_is_put_back_and_ci_removes_only_its_own(tmp_path):
 
 @pytest.mark.parametrize("developer_venv", [True, False])
 def test_a_failing_test_command_still_restores_the_checkout(tmp_path, developer_venv):
-    repo, fake = _checkout(tmp_path, MAKES_VENV + " && exit 3")
+    repo, fake = _checkout(tmp_path, MAKES_VENV.replace("&& python -m pytest",
+                                                        "&& exit 3 && python -m pytest"))
     if developer_venv:
         _developer_venv(repo)
     r = _run(repo, fake, tmp_path)

@@ -51,8 +51,25 @@ def test_train_then_eval_on_the_builtin_dataset(pretrained):
     with open(os.path.join(model_dir, "result.json")) as f:
         result = json.load(f)
     assert result["global_step"] == 6
-    assert 0.0 <= result["top1"] <= result["top5"] <= 1.0
-    assert "result: top1=" in proc.stdout
+    assert f"result: top1={result['top1']:.4f} top5={result['top5']:.4f}" in proc.stdout
+    # Second path: the exported model's logits on the eval split, scored in NumPy.
+    from simclr_tf import config as config_lib
+    from simclr_tf.data import pipeline
+    cfg = config_lib.resolve(os.path.join(model_dir, "config.yaml"))
+    ds, info = pipeline.build_eval_dataset(cfg.dataset, cfg.eval_split, 128, cfg.image_size)
+    served = tf.saved_model.load(os.path.join(model_dir, "saved_model")).signatures["serve"]
+    logits, labels = [], []
+    for images, y in ds:
+        out = served(images)
+        logits.append(out["logits_sup"].numpy())
+        labels.append(y.numpy())
+    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    assert len(labels) == info.num_examples == 500
+    order = np.argsort(-logits, axis=1)
+    top1 = np.mean(order[:, 0] == labels)
+    top5 = np.mean([labels[i] in order[i, :5] for i in range(len(labels))])
+    # Ties between logits may rank differently: at most one example either way.
+    assert abs(top1 - result["top1"]) <= 1 / 500 and abs(top5 - result["top5"]) <= 1 / 500
     with open(os.path.join(model_dir, "config.yaml")) as f:
         assert "width_multiplier: 0.25" in f.read()
     assert _events(os.path.join(model_dir, "train"))
@@ -65,12 +82,22 @@ def test_train_then_eval_on_the_builtin_dataset(pretrained):
 
 def test_tensorboard_has_the_training_scalars(pretrained):
     model_dir, _ = pretrained
-    tags = set()
+    scalars = {}
     for path in _events(os.path.join(model_dir, "train")):
         for event in tf.compat.v1.train.summary_iterator(path):
-            tags.update(v.tag for v in event.summary.value)
-    assert {"loss", "contrast_loss", "contrast_acc", "contrast_entropy", "sup_acc",
-            "lr", "weight_decay"} <= tags
+            for v in event.summary.value:
+                if v.metadata.plugin_data.plugin_name == "scalars":
+                    scalars[(v.tag, event.step)] = float(tf.make_ndarray(v.tensor))
+    names = ("loss", "contrast_loss", "contrast_acc", "contrast_entropy", "sup_acc", "lr",
+             "weight_decay")
+    assert set(names) <= {tag for tag, _ in scalars}
+    # The same values as train_log.jsonl (a second writer of the same logs).
+    with open(os.path.join(model_dir, "train_log.jsonl")) as f:
+        logged = [json.loads(line) for line in f]
+    assert logged
+    for entry in logged:
+        for name in names:
+            assert scalars[(name, entry["step"])] == pytest.approx(entry[name], rel=1e-6), name
 
 
 def _make_image_folder(root):
