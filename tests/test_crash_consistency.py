@@ -510,11 +510,13 @@ def _fault_injection(tmp_path, kills, seed):
     return survived
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_of_export_convert_and_checkpoint_save(tmp_path):
     _fault_injection(tmp_path, kills=16, seed=0)
 
 
 @pytest.mark.slow
+@pytest.mark.soak
 def test_sigkill_many_times(tmp_path):
     kills = int(os.environ.get("SIMCLR_TF_FAULT_KILLS", "60"))
     _fault_injection(tmp_path, kills=kills, seed=int(os.environ.get("SIMCLR_TF_FAULT_SEED",
