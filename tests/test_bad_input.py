@@ -325,6 +325,9 @@ def test_training_runs_on_a_folder_of_every_kind_of_image(tmp_path):
         (root / "train" / "dogs" / name).write_bytes(make())
     for i, (name, (writer, *_)) in enumerate(sorted(UNUSUAL.items())):
         writer(root / "train" / ("cats", "dogs")[i % 2] / name)
+    for c, name in enumerate(("cats", "dogs")):  # 20 more eval images a class
+        for i in range(3, 23):
+            _image(seed=1000 + 10 * c + i, offset=100 * c).save(root / "test" / name / f"img{i}.png")
     before = _snapshot(root)
     cfg = _cfg(tmp_path, data_dir=str(root))  # image_size=8: the smallest allowed
     exp = runtime.build(cfg)
@@ -335,8 +338,29 @@ def test_training_runs_on_a_folder_of_every_kind_of_image(tmp_path):
     runtime.train(exp)
     result = runtime.evaluate(exp)
     assert exp.step == 2 and result["global_step"] == 2
-    assert 0.0 <= result["top1"] <= 1.0
+    # Second path: the exported SavedModel's logits on the eval split, scored in NumPy.
+    runtime.export(exp)
+    low, high = _top1_bounds_of_export(cfg)
+    assert low <= result["top1"] <= high, (low, high, result)
     assert _snapshot(root) == before
+
+
+def _top1_bounds_of_export(cfg):
+    """Top-1 of model_dir/saved_model's ``serve`` on cfg's eval split, as
+    (ties counted wrong, ties counted right): equal when no logits tie."""
+    from simclr_tf.data import pipeline
+    ds, info = pipeline.build_eval_dataset(cfg.dataset, cfg.eval_split, 16, cfg.image_size,
+                                           data_dir=cfg.data_dir)
+    served = tf.saved_model.load(os.path.join(cfg.model_dir, "saved_model")).signatures["serve"]
+    logits, labels = [], []
+    for images, y in ds:
+        logits.append(served(images)["logits_sup"].numpy())
+        labels.append(y.numpy())
+    logits, labels = np.concatenate(logits), np.concatenate(labels)
+    assert len(labels) == info.num_examples > 0
+    own = logits[np.arange(len(labels)), labels]
+    others = np.where(np.eye(logits.shape[1], dtype=bool)[labels], -np.inf, logits).max(1)
+    return float(np.mean(own > others)), float(np.mean(own >= others))
 
 
 # ----------------------------------------------------------------- folders
