@@ -10,8 +10,8 @@ log and checkpoint points.
 
 Preemption (Cloud TPU and preemptible VMs, Kubernetes; about 30 s of notice):
 a SIGTERM during :func:`train` ends the current chunk of steps after the step
-running when it came (on one worker; on several, the chunk runs to its end,
-at most ``log_every_steps``, since the workers must agree on the step), skips
+running when it came (on several workers the flags are all-reduced before
+each step, so all stop at the same one), skips
 a due kNN / frozen-feature monitor pass (or abandons one under way), saves a
 checkpoint at the step reached on every worker (they agree through a
 collective, so all save the same step) and raises
@@ -175,14 +175,11 @@ def _train(exp, sigterm):
         nonfinite_step = tf.Variable(0, dtype=tf.int64, trainable=False)
     step_fn = steps_lib.make_train_step(model, exp.task, exp.updates, metrics, policy,
                                         exp.loss_scale, exp.weight_decay)
-    # SIGTERM ends a chunk between steps on one worker. On several, each worker
-    # would read its own flag and they could stop at different steps, so they
-    # finish the chunk and agree after it (distribute.any_worker).
-    stop = None
-    if distribute.num_workers(exp.strategy) == 1:
-        with tf.device("CPU:0"):
-            stop = tf.Variable(False, trainable=False)
-        sigterm.watch(stop)
+    # SIGTERM ends a chunk between steps; on several workers the flags are
+    # all-reduced before each step, so every worker stops at the same one.
+    with tf.device("CPU:0"):
+        stop = tf.Variable(False, trainable=False)
+    sigterm.watch(stop)
     train_steps = steps_lib.make_train_steps(step_fn, exp.strategy, exp.optimizer,
                                              exp.jit_compile, nonfinite_step, stop)
     iterator = iter(exp.train_dataset(start))

@@ -8,6 +8,7 @@ step metrics; the non-finite policy lives here, not in the model.
 import keras
 import tensorflow as tf
 
+from simclr_tf import distribute
 from simclr_tf.config import NONFINITE_POLICIES
 
 
@@ -200,8 +201,8 @@ def make_train_steps(train_step, strategy, optimizer, jit_compile=False,
                      nonfinite_step=None, stop=None):
     """The ``tf.function(iterator, num_steps)`` that runs ``num_steps`` steps.
 
-    One call runs the steps in a ``tf.range`` loop without host syncs; with
-    ``jit_compile`` each replica's step is XLA-compiled.
+    One call runs the steps in a loop without host syncs; with ``jit_compile``
+    each replica's step is XLA-compiled.
 
     ``nonfinite_step``: optional int64 ``tf.Variable`` holding 0; after the
     first step whose loss is non-finite on a replica of this worker it holds
@@ -209,15 +210,16 @@ def make_train_steps(train_step, strategy, optimizer, jit_compile=False,
     communication: on several workers it may name a later step).
 
     ``stop``: optional bool ``tf.Variable`` (on the host's CPU), read before
-    each step: once it is true the call returns without running the rest, so
-    it may run fewer than ``num_steps`` steps (``optimizer.iterations`` says
-    how many). The read is of this process's variable only, so on several
-    workers it would let them stop at different steps: pass it only on one
-    worker (the loop does).
+    each step: once it is true (on any worker) the call returns without
+    running the rest, so it may run fewer than ``num_steps`` steps
+    (``optimizer.iterations`` says how many). On several workers the flags are
+    summed over the replicas before each step (one scalar all-reduce), so
+    every worker stops at the same step.
     """
     step_fn = train_step
     if jit_compile:
         step_fn = tf.function(train_step, jit_compile=True, reduce_retracing=True)
+    several_workers = stop is not None and distribute.num_workers(strategy) > 1
 
     def one_step(iterator):
         logs = strategy.run(step_fn, args=(next(iterator),))
@@ -230,8 +232,16 @@ def make_train_steps(train_step, strategy, optimizer, jit_compile=False,
             nonfinite_step.assign(tf.where(
                 tf.logical_or(finite, nonfinite_step > 0), nonfinite_step, step))
 
-    def go_on(done, num_steps):
-        return tf.logical_and(done < num_steps, tf.logical_not(stop.read_value()))
+    def stopped():
+        if not several_workers:
+            return stop.read_value()
+
+        def flag_sum():
+            flag = tf.cast(stop.read_value(), tf.float32)
+            return tf.distribute.get_replica_context().all_reduce(
+                tf.distribute.ReduceOp.SUM, flag)
+
+        return strategy.experimental_local_results(strategy.run(flag_sum))[0] > 0
 
     @tf.function
     def train_steps(iterator, num_steps):
@@ -240,7 +250,7 @@ def make_train_steps(train_step, strategy, optimizer, jit_compile=False,
                 one_step(iterator)
         else:
             done = tf.zeros_like(num_steps)
-            while go_on(done, num_steps):
+            while tf.logical_and(done < num_steps, tf.logical_not(stopped())):
                 one_step(iterator)
                 done += 1
 
