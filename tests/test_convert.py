@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import keras
 import tensorflow as tf
 
 from simclr_tf import config as config_lib
@@ -149,14 +150,30 @@ def test_architecture_is_inferred(converted, name):
 
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_parity_is_reported(converted, name):
-    diffs = converted[name]["result"]["differences"]
+    info = converted[name]
+    diffs = info["result"]["differences"]
     assert set(diffs) == set(KEYS)
-    for absolute, relative in diffs.values():
-        assert relative <= RTOL and absolute >= 0
-    text = "\n".join(converted[name]["lines"])
-    for key in KEYS:
-        assert key in text
+    text = "\n".join(info["lines"])
     assert "max rel diff" in text
+    for key, (absolute, relative) in diffs.items():
+        assert 0 <= relative <= RTOL and absolute >= 0
+        # the log line carries the returned numbers
+        assert f"max abs diff {absolute:.3e}   max rel diff {relative:.3e}" in text, key
+    # Second path, not the converter's: the re-saved official SavedModel and the
+    # converted run's exported SavedModel, each loaded afresh with
+    # tf.saved_model.load, run on the fixture's own batch and compared here.
+    ref = info["ref"]
+    x = tf.constant(ref["x"])
+    official = tf.saved_model.load(str(info["official"]))(x, trainable=False)
+    served = tf.saved_model.load(str(info["model_dir"] / "saved_model")).signatures["serve"]
+    ours = served(x)
+    for key in KEYS:
+        theirs = official[key].numpy()
+        # the reloaded official model is the fixture's (so the comparison means something)
+        assert _rel(ref[key], theirs) <= 1e-5, key
+        assert ours[key].shape == theirs.shape, key
+        assert _rel(theirs, ours[key].numpy()) <= RTOL, key
+    assert np.std(ref["logits_sup"]) > 1e-3
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
@@ -187,18 +204,53 @@ def test_run_dir_layout(converted):
 
 
 def test_one_finetuning_step_from_converted_model(converted):
+    """One plain-SGD fine-tuning step from the converted checkpoint, checked by hand:
+    the step's loss is a NumPy cross-entropy of the model's logits, and the
+    supervised head's kernel moves by -lr * (u^T (softmax - onehot) / N + wd * W),
+    u being what the head was fed."""
     info = converted["r18_cifar"]
     cfg, model = _restored_model(info["model_dir"])
-    before = [w.numpy().copy() for w in model.supervised_head.weights]
+    x = info["ref"]["x"]
+    labels = np.arange(len(x)) % 10
+    head = model.supervised_head
+    state = [w.numpy().copy() for w in model.weights]
+    fed = []
+    head_call = head.call
+
+    def recording_call(inputs, *args, **kwargs):
+        fed.append(np.asarray(inputs))
+        return head_call(inputs, *args, **kwargs)
+
+    head.call = recording_call
+    try:
+        logits = model(tf.constant(x), training=True)["logits_sup"].numpy().astype(np.float64)
+    finally:
+        del head.call
+    for w, value in zip(model.weights, state):  # undo the BN statistics that forward moved
+        w.assign(value)
+    assert len(fed) == 1
+    u = fed[0].astype(np.float64)
+    kernel = next(w for w in head.trainable_weights if "kernel" in w.path)
+    w_before = kernel.numpy().astype(np.float64)
+    bias = [w for w in head.trainable_weights if w is not kernel]
+    b = bias[0].numpy() if bias else 0.0
+    np.testing.assert_allclose(u @ w_before + b, logits, rtol=1e-4, atol=1e-4)
+    shifted = logits - logits.max(1, keepdims=True)
+    p = np.exp(shifted) / np.exp(shifted).sum(1, keepdims=True)
+    onehot = np.eye(logits.shape[1])[labels]
+    hand_loss = float(np.mean(-np.log(p[np.arange(len(x)), labels])))
+
     trainer = TaskModel(model, tasks.build_task("finetune", cfg.loss),
                         weight_decay=(cfg.optimizer, cfg.weight_decay))
-    trainer.compile(optimizer="sgd")
-    x = info["ref"]["x"]
-    data = tf.data.Dataset.from_tensor_slices((x, np.arange(len(x)) % 10)).batch(len(x))
+    trainer.compile(optimizer=keras.optimizers.SGD(learning_rate=0.05))
+    data = tf.data.Dataset.from_tensor_slices((x, labels)).batch(len(x))
     history = trainer.fit(data, epochs=1, verbose=0, shuffle=False)
-    assert np.isfinite(history.history["sup_loss"][-1])
-    assert any(not np.array_equal(b, w.numpy())
-               for b, w in zip(before, model.supervised_head.weights))
+    assert history.history["sup_loss"][-1] == pytest.approx(hand_loss, rel=1e-4)
+    gradient = u.T @ (p - onehot) / len(x) + cfg.weight_decay * w_before
+    step = kernel.numpy().astype(np.float64) - w_before
+    assert np.max(np.abs(gradient)) > 1e-4  # a step that moves something
+    np.testing.assert_allclose(step, -0.05 * gradient, rtol=2e-3,
+                               atol=2e-3 * 0.05 * np.max(np.abs(gradient)))
 
 
 @pytest.mark.slow
