@@ -59,7 +59,10 @@ def temp_token():
     return f"~{_HOST}~{os.getpid()}~{uuid.uuid4().hex[:8]}"
 
 
-def _pid_alive(pid):
+def pid_alive(pid):
+    """Whether process ``pid`` of this host is running (a zombie is not)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
     if pid == os.getpid():
         return True
     try:
@@ -68,6 +71,8 @@ def _pid_alive(pid):
         return False
     except PermissionError:  # another user's process
         return True
+    except OSError:
+        return False
     try:  # a killed child its parent has not reaped yet is dead too
         with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
@@ -85,10 +90,10 @@ def owner_alive(path):
     name = os.path.basename(os.fspath(path).rstrip("/"))
     match = _OWNER.search(name)
     if match:
-        return match.group(1) != _HOST or _pid_alive(int(match.group(2)))
+        return match.group(1) != _HOST or pid_alive(int(match.group(2)))
     match = _LEGACY_OWNER.search(name)
     if match:
-        return _pid_alive(int(match.group(1)))
+        return pid_alive(int(match.group(1)))
     return None
 
 

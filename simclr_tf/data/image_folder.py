@@ -155,6 +155,15 @@ def _shown(path):
     return repr(path) if _is_utf8(path) else repr(os.fsencode(path))
 
 
+def _warn_skipped(paths, what, root, fix=None, show=repr):
+    """One warning for the files of a kind the scan skipped: how many, a few of them, the fix."""
+    if not paths:
+        return
+    examples = ", ".join(show(p) for p in paths[:5]) + (" ..." if len(paths) > 5 else "")
+    logger.warning("image_folder: skipped %d %s under %r, e.g. %s%s", len(paths), what, root,
+                   examples, f"; {fix}." if fix else "")
+
+
 def _decode_shapes(paths):
     """Decodes ``paths`` in parallel; returns ``{index: (h, w)}`` of the good ones."""
     if not paths:
@@ -468,39 +477,22 @@ def image_folder_source(data_dir, split, order=np.arange):
         labels += scan.labels[start:stop]
         shapes += scan.shapes[start:stop]
         orientations += scan.orientations[start:stop]
-    denied = [p for v in scanned.values() for p in v.denied]
-    denied_dirs = [p for v in scanned.values() for p in v.denied_dirs]
-    if denied or denied_dirs:
-        examples = ", ".join(repr(p) for p in (denied_dirs + denied)[:5])
-        logger.warning(
-            "image_folder: skipped %d file(s) or folder(s) that may not be read "
-            "(permission denied) under %r, e.g. %s%s; make them readable "
-            "(chmod -R a+rX) and they are used on the next load.",
-            len(denied) + len(denied_dirs), root, examples,
-            " ..." if len(denied) + len(denied_dirs) > 5 else "")
-    bad = [p for v in scanned.values() for p in v.bad]
-    if bad:
-        examples = ", ".join(repr(p) for p in bad[:5])
-        logger.warning(
-            "image_folder: skipped %d unreadable image file(s) (corrupt, empty, or a "
-            "variant TensorFlow cannot decode such as animated WebP) under %r, "
-            "e.g. %s%s", len(bad), root, examples, " ..." if len(bad) > 5 else "")
-    bad_names = [p for v in scanned.values() for p in v.bad_names]
-    if bad_names:
-        examples = ", ".join(_shown(p) for p in bad_names[:5])
-        logger.warning(
-            "image_folder: skipped %d image file(s) whose path is not valid UTF-8 "
-            "(TensorFlow cannot open them) under %r, e.g. %s%s; rename them to UTF-8 "
-            "(e.g. convmv -f latin1 -t utf8 -r --notest ROOT) and they are used on the "
-            "next load.", len(bad_names), root, examples, " ..." if len(bad_names) > 5 else "")
-    large = [p for v in scanned.values() for p in v.large]
-    if large:
-        examples = ", ".join(repr(p) for p in large[:5])
-        logger.warning(
-            "image_folder: skipped %d image file(s) above the limit of %d pixels "
-            "(skipped_too_large; raise it with %s=PIXELS, 0 for none) under %r, e.g. %s%s",
-            len(large), max_image_pixels(), MAX_PIXELS_ENV,
-            root, examples, " ..." if len(large) > 5 else "")
+    def skipped(field):
+        return [p for v in scanned.values() for p in getattr(v, field)]
+
+    denied, denied_dirs = skipped("denied"), skipped("denied_dirs")
+    bad, bad_names, large = skipped("bad"), skipped("bad_names"), skipped("large")
+    _warn_skipped(denied_dirs + denied, "file(s) or folder(s) that may not be read "
+                  "(permission denied)", root, "make them readable (chmod -R a+rX) and they "
+                  "are used on the next load")
+    _warn_skipped(bad, "unreadable image file(s) (corrupt, empty, or a variant TensorFlow "
+                  "cannot decode such as animated WebP)", root)
+    _warn_skipped(bad_names, "image file(s) whose path is not valid UTF-8 (TensorFlow cannot "
+                  "open them)", root, "rename them to UTF-8 (e.g. convmv -f latin1 -t utf8 -r "
+                  "--notest ROOT) and they are used on the next load", show=_shown)
+    _warn_skipped(large, f"image file(s) above the limit of {max_image_pixels()} pixels "
+                  f"(skipped_too_large; raise it with {MAX_PIXELS_ENV}=PIXELS, 0 for none)",
+                  root)
     if not files:
         raise ValueError(
             f"Split {split!r} of image_folder {root!r} has no readable images "

@@ -418,20 +418,6 @@ def _start_ticks(pid):
         return None
 
 
-def _pid_alive(pid):
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    except OSError:
-        return False
-    return True
-
-
 class RunLock:
     """The exclusive lock of a model_dir: the file ``.simclr_tf.lock``.
 
@@ -549,7 +535,7 @@ class RunLock:
         if holder.get("boot_id") and self.record["boot_id"] and (
                 holder["boot_id"] != self.record["boot_id"]):
             return f"its holder, pid {pid}, ran before this host last restarted"
-        if not _pid_alive(pid):
+        if not files.pid_alive(pid):
             return f"its holder, pid {pid} on this host, is gone"
         start = _start_ticks(pid)
         if holder.get("pid_start") is not None and start is not None and (
