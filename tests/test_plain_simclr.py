@@ -51,16 +51,30 @@ def test_plain_simclr_runs_end_to_end(tmp_path):
     assert not any(m.split(".")[0] == "simclr_tf" for m in imported), imported
 
     rng = np.random.RandomState(0)
-    for split, count in (("train", 32), ("test", 8)):
+    for split, count in (("train", 32), ("test", 32)):
         for cls in ("a", "b"):
             os.makedirs(tmp_path / "data" / split / cls)
             for i in range(count):
                 pixels = rng.randint(0, 256, (32, 32, 3)).astype(np.uint8)
                 Image.fromarray(pixels).save(tmp_path / "data" / split / cls / f"{i}.jpg")
     out = tmp_path / "result.json"
+    # The script's own main(), run in a child process that also saves the encoder
+    # it trained (the script exports nothing itself), to recompute the result.
+    driver = (
+        "import importlib.util, sys\n"
+        "spec = importlib.util.spec_from_file_location('plain_simclr', sys.argv[1])\n"
+        "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "built, resnet18 = [], m.resnet18\n"
+        "m.resnet18 = lambda width: built.append(resnet18(width)) or built[-1]\n"
+        "sys.argv = [sys.argv[1]] + sys.argv[3:]\n"
+        "m.main()\n"
+        "assert not any(n.split('.')[0] == 'simclr_tf' for n in sys.modules), 'simclr_tf imported'\n"
+        "assert len(built) == 1\n"
+        "built[0].save(sys.argv_encoder)\n").replace(
+        "sys.argv_encoder", repr(str(tmp_path / "encoder.keras")))
     proc = subprocess.run(
-        [sys.executable, SCRIPT, f"--data_dir={tmp_path / 'data'}", "--epochs=1", "--width=0.125",
-         "--batch=16", f"--out={out}"],
+        [sys.executable, "-c", driver, SCRIPT, "-", f"--data_dir={tmp_path / 'data'}",
+         "--epochs=1", "--width=0.125", "--batch=16", f"--out={out}"],
         capture_output=True, text=True, timeout=540, cwd=tmp_path,
         env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -68,6 +82,32 @@ def test_plain_simclr_runs_end_to_end(tmp_path):
     result = json.loads(out.read_text())
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == result
     assert set(result) == {"feature_linear_eval_top1", "knn_top1", "epochs", "wall_seconds"}
-    for key in ("feature_linear_eval_top1", "knn_top1"):
-        assert 0.0 <= result[key] <= 1.0, result
     assert result["epochs"] == 1 and result["wall_seconds"] > 0
+
+    # Second path: h of every image, read again with PIL, from the saved encoder;
+    # kNN written out in NumPy; the logistic regression refitted at the l2 the
+    # script chose with simclr_tf.linear_eval's solver (same objective, another
+    # implementation). Within one test example (ties, solver tolerance).
+    import keras
+
+    from simclr_tf import linear_eval
+    encoder = keras.models.load_model(tmp_path / "encoder.keras")
+
+    def split(name):
+        files = sorted((tmp_path / "data" / name).glob("*/*.jpg"))
+        images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+        labels = np.array([("a", "b").index(f.parent.name) for f in files])
+        return encoder.predict(images.astype(np.float32) / 255.0, verbose=0), labels
+
+    (ftr, ytr), (fte, yte) = split("train"), split("test")
+    a = ftr / np.linalg.norm(ftr, axis=1, keepdims=True)
+    b = fte / np.linalg.norm(fte, axis=1, keepdims=True)
+    sims = b @ a.T  # k = min(200, 64): every training image votes
+    votes = np.stack([(np.exp(sims / 0.1) * (ytr == c)).sum(1) for c in (0, 1)], 1)
+    knn_top1 = np.mean(votes.argmax(1) == yte)
+    assert abs(knn_top1 - result["knn_top1"]) <= 1 / len(yte) + 1e-9, (knn_top1, result)
+    chosen = float(proc.stdout.split("-> l2 ")[1].split()[0])
+    predict = linear_eval.fit_logistic_regression(ftr, ytr, 2, chosen)
+    top1 = np.mean(np.asarray(predict(fte)).argmax(1) == yte)
+    assert abs(top1 - result["feature_linear_eval_top1"]) <= 1 / len(yte) + 1e-9, (
+        top1, chosen, result)
