@@ -10,6 +10,7 @@ from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import saved_model_pb2
 
 from simclr_tf.errors import NotSimCLRExportError
+from simclr_tf.export import writer
 from simclr_tf.export.names import (INFO_FILE, KERAS_FILENAME, REPRESENTATION,
                                     SAVED_MODEL_SUBDIR, SERVE, SERVE_TRAINING)
 # Registers every Keras class of a SimCLRModel, so that keras.models.load_model
@@ -32,7 +33,6 @@ def _require_exists(path):
 
 def _require_finished(model_dir):
     """Refuses a model_dir whose export pair is being replaced (or was, by a killed process)."""
-    from simclr_tf.export import writer  # noqa: PLC0415 (writer imports the data pipeline)
     if model_dir and tf.io.gfile.isdir(model_dir) and writer.interrupted_export(model_dir):
         raise NotSimCLRExportError(
             f"An export into {model_dir!r} is in progress or was interrupted, so "

@@ -41,6 +41,8 @@ from absl import logging
 from simclr_tf import config as config_lib
 from simclr_tf import files
 from simclr_tf import errors
+from simclr_tf.data.image_folder import IMAGE_EXTENSIONS
+from simclr_tf.data.source import split_names
 from simclr_tf.errors import RunError
 from simclr_tf.export.names import KERAS_FILENAME, SAVED_MODEL_SUBDIR
 
@@ -353,8 +355,6 @@ def data_identity(dataset, split, data_dir, num_examples):
 
 
 def _folder_fingerprint(root, split):
-    from simclr_tf.data.image_folder import IMAGE_EXTENSIONS
-    from simclr_tf.data.source import split_names
 
     remote = files.is_remote(root)
     rows = []
