@@ -87,7 +87,7 @@ def test_plain_simclr_runs_end_to_end(tmp_path):
     # Second path: h of every image, read again with PIL, from the saved encoder;
     # kNN written out in NumPy; the logistic regression refitted at the l2 the
     # script chose with simclr_tf.linear_eval's solver (same objective, another
-    # implementation). Within one test example (ties, solver tolerance).
+    # implementation). kNN within one test example (ties).
     import keras
 
     from simclr_tf import linear_eval
@@ -109,5 +109,7 @@ def test_plain_simclr_runs_end_to_end(tmp_path):
     chosen = float(proc.stdout.split("-> l2 ")[1].split()[0])
     predict = linear_eval.fit_logistic_regression(ftr, ytr, 2, chosen)
     top1 = np.mean(np.asarray(predict(fte)).argmax(1) == yte)
-    assert abs(top1 - result["feature_linear_eval_top1"]) <= 1 / len(yte) + 1e-9, (
+    # Two solvers on noise features at a weak l2 may end a little apart: two examples
+    # (the breaks this test was shown to catch move it by four or more).
+    assert abs(top1 - result["feature_linear_eval_top1"]) <= 2 / len(yte) + 1e-9, (
         top1, chosen, result)
