@@ -130,13 +130,13 @@ class _Updates:
         self.updates = list(updates)
         self.own = [v for _, variables in self.updates[1:] for v in variables]
         self._own_ids = [{id(v) for v in variables} for _, variables in self.updates[1:]]
+        self._taken = {id(v) for v in self.own}
 
     def apply(self, pairs):
         if len(self.updates) == 1:
             self.updates[0][0].apply_gradients(pairs)
             return
-        taken = set().union(*self._own_ids)
-        self.updates[0][0].apply_gradients([p for p in pairs if id(p[1]) not in taken])
+        self.updates[0][0].apply_gradients([p for p in pairs if id(p[1]) not in self._taken])
         for (optimizer, _), ids in zip(self.updates[1:], self._own_ids):
             optimizer.apply_gradients([p for p in pairs if id(p[1]) in ids])
 
