@@ -19,7 +19,9 @@ examples: the first ``k`` of a permutation of the class's examples drawn
 from ``numpy.random.default_rng([seed, class])``. The subset is a pure
 function of ``(labels, fraction, seed)``, and for one seed a smaller fraction
 gives a subset of a larger one (1% inside 10%, as the official subsets are).
-``label_fraction=1.0`` keeps every example (no balancing).
+``label_fraction=1.0`` keeps every example (no balancing). The same draw
+with a fixed ``k`` (:func:`per_class_indices`) picks the examples that
+``python -m simclr_tf.data.make_folder`` writes as a balanced image folder.
 
 By file (:func:`indices_from_file`): a text file of example ids, one per line
 (blank lines and lines starting with ``#`` are ignored), like the official
@@ -99,6 +101,20 @@ def per_class_count(num_labelled, num_classes, fraction):
     return max(1, int(np.floor(fraction * num_labelled / max(num_classes, 1) + 0.5)))
 
 
+def _class_members(labels):
+    """(classes, [indices of each class]) of the labelled (>= 0) examples."""
+    labels = np.asarray(labels).astype(np.int64)
+    classes = np.unique(labels[labels >= 0])
+    return classes, [np.flatnonzero(labels == c) for c in classes]
+
+
+def _first_k_of_each_class(classes, members, k, seed):
+    """The first ``k`` of each class's permutation from ``default_rng([seed, class])``, sorted."""
+    picked = [m[np.random.default_rng([int(seed), int(c)]).permutation(len(m))[:k]]
+              for c, m in zip(classes, members)]
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
 def balanced_indices(labels, fraction, seed=0):
     """Sorted indices of a class-balanced ``fraction`` of ``labels``.
 
@@ -113,17 +129,42 @@ def balanced_indices(labels, fraction, seed=0):
     Raises:
         SubsetError: no labelled example, or ``fraction`` outside (0, 1].
     """
-    labels = np.asarray(labels).astype(np.int64)
-    classes = np.unique(labels[labels >= 0])
+    classes, members = _class_members(labels)
     if classes.size == 0:
         raise SubsetError("'label_fraction' < 1 needs labels, but the split has no "
                           "labelled example.")
-    members = [np.flatnonzero(labels == c) for c in classes]
     k = min(per_class_count(sum(len(m) for m in members), len(classes), fraction),
             min(len(m) for m in members))
-    picked = [m[np.random.default_rng([int(seed), int(c)]).permutation(len(m))[:k]]
-              for c, m in zip(classes, members)]
-    return np.sort(np.concatenate(picked)).astype(np.int64), k
+    return _first_k_of_each_class(classes, members, k, seed), k
+
+
+def per_class_indices(labels, per_class, seed=0):
+    """Sorted indices of exactly ``per_class`` examples of every class in ``labels``.
+
+    The same draw as :func:`balanced_indices`: for one seed, a fraction that
+    gives ``k`` per class selects exactly ``per_class_indices(labels, k, seed)``,
+    and a smaller ``per_class`` is a subset of a larger one. Used by
+    ``python -m simclr_tf.data.make_folder`` to write fixed-size balanced
+    image folders (e.g. 500 CIFAR-10 photographs per class).
+
+    Raises:
+        SubsetError: ``per_class < 1``, no labelled example, or a class with
+            fewer than ``per_class`` examples (named in the message).
+    """
+    if int(per_class) != per_class or per_class < 1:
+        raise SubsetError(f"Invalid value {per_class!r} for 'per_class': it must be an "
+                          "integer >= 1.")
+    classes, members = _class_members(labels)
+    if classes.size == 0:
+        raise SubsetError("A per-class subset needs labels, but the split has no "
+                          "labelled example.")
+    short = [(int(c), len(m)) for c, m in zip(classes, members) if len(m) < per_class]
+    if short:
+        c, n = short[0]
+        raise SubsetError(f"'per_class'={per_class} is more than class {c} has ({n} "
+                          f"examples; {len(short)} class(es) short): ask for at most "
+                          f"{min(len(m) for m in members)}.")
+    return _first_k_of_each_class(classes, members, int(per_class), seed)
 
 
 def read_subset_file(path):
