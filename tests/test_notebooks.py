@@ -2,7 +2,8 @@
 
 Each notebook runs in a fresh kernel started in colab/ of this checkout, as
 Jupyter would, so its install cell (tagged ``install``) installs simclr_tf from
-the checkout (``pip install -e ..``). The kernel's interpreter is a throwaway
+the checkout (``pip install -e ..``; its other sources, a wheel or a URL, are
+tested in-process by tests/test_notebook_install.py). The kernel's interpreter is a throwaway
 virtualenv layered on the test's one (its site-packages via a .pth file): the
 install lands there, TensorFlow and the other requirements are found already
 installed, and the test environment is left as it was. A cell setting
@@ -68,9 +69,11 @@ def test_there_are_three_notebooks_with_install_and_parameters_cells():
         # They drive the package instead of re-implementing it.
         assert "from simclr_tf import" in code
         assert "!pip" not in code and "pip(" not in code
-        # Installs from the checkout, else from REPO_URL (no placeholder URL).
+        # Installs from WHEEL, REPO_URL, the checkout or a found wheel, with nothing
+        # filled in (the choice itself: tests/test_notebook_install.py, in-process).
         install = "\n".join(c.source for c in tagged)
-        assert "OWNER" not in install and 'REPO_URL = ""' in install
+        assert "OWNER" not in install
+        assert 'REPO_URL = ""' in install and 'WHEEL = ""' in install
         assert "USE_DRIVE" in code and '"tensorboard"' in code
 
 
@@ -129,7 +132,8 @@ def test_notebook_runs_in_smoke_mode(path, tmp_path, monkeypatch):
     assert os.path.realpath(report["sys_prefix"]) == os.path.realpath(tmp_path / "venv")
     install = [c for c in nb.cells if "install" in _tags(c)]
     printed = "".join(o.get("text", "") for c in install for o in c.outputs)
-    assert f"simclr_tf from {report['simclr_tf_source']}, TensorFlow for" in printed, printed
+    assert f"simclr_tf from the checkout {report['simclr_tf_source']}, TensorFlow for" in printed, \
+        printed
     settings = report["smoke_settings"]
     with open(SMOKE_YAML) as f:
         smoke = yaml.safe_load(f)
