@@ -1,4 +1,6 @@
-"""Helpers for tests that run ``python -m simclr_tf.run`` in child processes.
+"""Helpers for tests that run ``python -m simclr_tf.run`` in child processes,
+or in the test's own process (:func:`main_in_process`, for what needs no
+process of its own: flag and model_dir errors, short runs).
 
 Children write stdout/stderr to files (no pipe can fill up and block them),
 every wait is bounded, and :func:`stop` kills what is still running; tests
@@ -68,6 +70,28 @@ def run(flags, log_dir, name, timeout=900, env=None, check=True):
     if check and child.proc.returncode != 0:
         raise AssertionError(child.describe())
     return child
+
+
+def main_in_process(*flags):
+    """Runs ``python -m simclr_tf.run FLAGS`` in this process; returns its exit code.
+
+    Parsed as ``app.run`` parses (a flag error prints and exits 1), after the
+    flags of any earlier call are reset. Output goes to this process's
+    stdout/stderr (``capsys``). Saves a TensorFlow start per call.
+    """
+    from absl import app
+    from absl import flags as absl_flags
+
+    from simclr_tf import run
+    from simclr_tf.config.flags import define_flags
+
+    define_flags()
+    absl_flags.FLAGS.unparse_flags()
+    try:
+        app.run(run.main, argv=["simclr_tf.run", *flags])
+    except SystemExit as e:
+        return 0 if e.code is None else e.code
+    return 0
 
 
 def stop(children):

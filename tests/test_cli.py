@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import subprocs
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(REPO, "configs", "smoke.yaml")
 
@@ -195,27 +197,30 @@ def test_finetune_from_a_pretrain_checkpoint(tmp_path, pretrained, selector):
     (["--train_batch_size=100000"], "100000"),
     (["--config=/nonexistent.yaml"], "not found"),
 ])
-def test_bad_flags_fail_without_touching_model_dir(tmp_path, flags, fragment):
+def test_bad_flags_fail_without_touching_model_dir(tmp_path, capsys, flags, fragment):
+    # In this process (run.main as the CLI calls it): no process start per case.
     model_dir = tmp_path / "existing"
     model_dir.mkdir()
     (model_dir / "keep.txt").write_text("precious")
-    proc = run_cli("--mode=train_then_eval", f"--config={SMOKE}",
-                   f"--model_dir={model_dir}", *flags, check=False)
-    assert proc.returncode != 0
-    assert fragment in proc.stderr, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+    code = subprocs.main_in_process("--mode=train_then_eval", f"--config={SMOKE}",
+                                    f"--model_dir={model_dir}", *flags)
+    err = capsys.readouterr().err
+    assert code != 0
+    assert fragment in err, err[-2000:]
+    assert "Traceback" not in err
     assert sorted(os.listdir(model_dir)) == ["keep.txt"]
     assert (model_dir / "keep.txt").read_text() == "precious"
 
 
-def test_incompatible_model_dir_is_refused(tmp_path, pretrained):
+def test_incompatible_model_dir_is_refused(tmp_path, capsys, pretrained):
     src, _ = pretrained
     before = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(src, "**"),
                                                          recursive=True)}
-    proc = run_cli("--mode=train", f"--config={SMOKE}", "--resnet_depth=34",
-                   f"--model_dir={src}", check=False)
-    assert proc.returncode != 0
-    assert "resnet_depth" in proc.stderr and "new --model_dir" in proc.stderr
+    code = subprocs.main_in_process("--mode=train", f"--config={SMOKE}", "--resnet_depth=34",
+                                    f"--model_dir={src}")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "resnet_depth" in err and "new --model_dir" in err
     after = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(src, "**"),
                                                        recursive=True)}
     assert before == after

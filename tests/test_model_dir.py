@@ -35,6 +35,7 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import subprocs  # noqa: E402
 from simclr_tf.errors import Preempted, RunError  # noqa: E402
 from simclr_tf.runtime import run_dir as run_dir_lib  # noqa: E402
 from simclr_tf.runtime.run_dir import LOCK, RunDir, data_identity  # noqa: E402
@@ -45,21 +46,7 @@ FOLDER = ["--dataset=image_folder", "--train_split=train", "--eval_split=train",
           "--feature_linear_eval=false", "--knn_eval=false"]
 
 
-def _main(*flags):
-    """Runs ``python -m simclr_tf.run FLAGS`` in this process; returns its exit code (0: none)."""
-    from absl import flags as absl_flags
-
-    from simclr_tf import run
-    from simclr_tf.config.flags import define_flags
-
-    define_flags()
-    absl_flags.FLAGS.unparse_flags()
-    absl_flags.FLAGS(["simclr_tf.run", *flags])
-    try:
-        run.main(["simclr_tf.run"])
-    except SystemExit as e:
-        return e.code
-    return 0
+_main = subprocs.main_in_process
 
 
 def _folder(root, n=6, extra=0):
