@@ -155,6 +155,11 @@ def _shown(path):
     return repr(path) if _is_utf8(path) else repr(os.fsencode(path))
 
 
+def _printable(path):
+    """``path`` as text that JSON and CSV can hold (bytes that are not UTF-8 escaped)."""
+    return path if _is_utf8(path) else os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _warn_skipped(paths, what, root, fix=None, show=repr):
     """One warning for the files of a kind the scan skipped: how many, a few of them, the fix."""
     if not paths:
@@ -337,7 +342,8 @@ class SplitScan:
     ``bad`` are corrupt, empty or undecodable files, ``large`` the images above
     the pixel limit (never decoded), ``denied`` the files and ``denied_dirs``
     the folders that may not be read, ``bad_names`` the image files whose
-    path is not valid UTF-8 (TensorFlow cannot open them).
+    path is not valid UTF-8 (TensorFlow cannot open them), ``missing`` the
+    files an image list names that do not exist.
     """
 
     files: list
@@ -349,18 +355,11 @@ class SplitScan:
     denied: list
     denied_dirs: list
     bad_names: list = dataclasses.field(default_factory=list)
+    missing: list = dataclasses.field(default_factory=list)  # listed, but not there
 
 
 def _scan_split(root, split_name, class_names):
     """Lists and validates one split folder; returns a :class:`SplitScan`."""
-    limit = max_image_pixels()
-
-    def too_large(hw):
-        """Whether a stored size is above the limit; None: refused by Pillow as a bomb."""
-        if limit <= 0:
-            return False
-        return hw is None or hw[0] * hw[1] > limit
-
     split_dir = os.path.join(root, split_name)
     candidates = []  # (path, size, mtime, label)
     denied_dirs = []
@@ -369,17 +368,35 @@ def _scan_split(root, split_name, class_names):
         if not _isdir(class_dir):
             continue
         candidates += [(p, s, m, label) for p, s, m in _list_images(class_dir, denied_dirs)]
+    return _check_files(candidates, split_dir, denied_dirs, "for dataset 'image_folder'",
+                        _LAYOUT_HELP)
+
+
+def _check_files(candidates, split_dir, denied_dirs, what, empty_help):
+    """Validates listed ``(path, size, mtime, label)`` files; returns a :class:`SplitScan`.
+
+    ``split_dir`` names the manifest and the messages (manifest rows are
+    paths relative to it); ``what`` and ``empty_help`` complete the errors
+    when nothing could be listed.
+    """
+    limit = max_image_pixels()
+
+    def too_large(hw):
+        """Whether a stored size is above the limit; None: refused by Pillow as a bomb."""
+        if limit <= 0:
+            return False
+        return hw is None or hw[0] * hw[1] > limit
+
     bad_names = [c[0] for c in candidates if not _is_utf8(c[0])]
     if bad_names:  # a str tensor of such a path fails, for the whole folder
         candidates = [c for c in candidates if _is_utf8(c[0])]
     if not candidates and denied_dirs:
         raise ValueError(
-            f"No images could be listed in {split_dir!r} for dataset 'image_folder': "
-            f"permission denied for {denied_dirs[:5]}. Make the folders readable "
-            "(chmod -R a+rX) or run as their owner.")
+            f"No images could be listed in {split_dir!r} {what}: permission denied for "
+            f"{denied_dirs[:5]}. Make the folders readable (chmod -R a+rX) or run as "
+            "their owner.")
     if not candidates and not bad_names:
-        raise ValueError(
-            f"No images found in {split_dir!r} for dataset 'image_folder'. " + _LAYOUT_HELP)
+        raise ValueError(f"No images found in {split_dir!r} {what}. {empty_help}")
 
     manifest_file = _manifest_path(split_dir)
     cached = _read_manifest(manifest_file, split_dir)
@@ -477,11 +494,80 @@ def image_folder_source(data_dir, split, order=np.arange):
         labels += scan.labels[start:stop]
         shapes += scan.shapes[start:stop]
         orientations += scan.orientations[start:stop]
-    def skipped(field):
-        return [p for v in scanned.values() for p in getattr(v, field)]
+    kept = SplitScan(files, labels, shapes, orientations, *(
+        [p for v in scanned.values() for p in getattr(v, field)]
+        for field in ("bad", "large", "denied", "denied_dirs", "bad_names")))
+    return _source(kept, IMAGE_FOLDER_NAME, split, root, class_names, order,
+                   f"Split {split!r} of image_folder {root!r} has no readable images",
+                   _LAYOUT_HELP)
 
-    denied, denied_dirs = skipped("denied"), skipped("denied_dirs")
-    bad, bad_names, large = skipped("bad"), skipped("bad_names"), skipped("large")
+
+def image_files_source(path, order=np.arange):
+    """Unlabelled images: every image file below the folder ``path``, or those a text file lists.
+
+    A folder is walked as a class folder is (sorted, hidden names ignored,
+    links followed once); a list file holds one image path per line (blank
+    lines and lines starting with ``#`` are ignored; relative paths are
+    relative to the list file's folder). Files are checked as an image
+    folder's are (cached manifest, pixel limit); bad, missing and unreadable
+    files are skipped with a warning and named in ``info.skipped_files``.
+    Every label is -1; ``info.name`` is ``"image_files"``, ``info.split``
+    the path.
+    """
+    path = str(path)
+    denied_dirs, candidates, missing = [], [], []
+    if _isdir(path):
+        candidates = [(p, s, m, -1) for p, s, m in _list_images(path, denied_dirs)]
+        what, help_text = "(an unlabelled image folder)", (
+            "Put image files (" + ", ".join(IMAGE_EXTENSIONS) + ") in it or below it.")
+    elif tf.io.gfile.exists(path):
+        base = os.path.dirname(path)
+        with _open(path) as f:
+            raw = f.read()
+        try:
+            lines = raw.decode("utf-8").splitlines() if isinstance(raw, bytes) else (
+                raw.splitlines())
+        except UnicodeDecodeError:
+            raise ValueError(f"The image list {path!r} is not UTF-8 text: write one image "
+                             "path per line.") from None
+        for line in lines:
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            full = entry if (os.path.isabs(entry) or is_remote(entry)) else os.path.join(
+                base, entry)
+            try:
+                if is_remote(full):
+                    st = tf.io.gfile.stat(full)
+                    candidates.append((full, int(st.length), int(st.mtime_nsec), -1))
+                else:
+                    st = os.stat(full)
+                    if not os.path.isfile(full):
+                        raise OSError
+                    candidates.append((full, int(st.st_size), int(st.st_mtime_ns), -1))
+            except (OSError, tf.errors.OpError):
+                missing.append(full)
+        what, help_text = "(an image list)", "Write one image path per line."
+        if not candidates and missing:
+            raise ValueError(
+                f"None of the {len(missing)} files listed in {path!r} exists, e.g. "
+                f"{missing[0]!r}. Relative paths are read relative to the list's folder "
+                f"{base or '.'!r}.")
+    else:
+        raise ValueError(f"{path!r} does not exist: pass a folder of images or a text file "
+                         "listing one image path per line.")
+    scan = _check_files(candidates, path, denied_dirs, what, help_text)
+    scan.missing = missing
+    return _source(scan, "image_files", path, path, None, order,
+                   f"{path!r} holds no readable images", help_text)
+
+
+def _source(scan, name, split, root, class_names, order, none_left, help_text):
+    """The :class:`Source` of the good files of ``scan``; warns about (and lists) the rest."""
+    files, labels, shapes, orientations = scan.files, scan.labels, scan.shapes, scan.orientations
+    denied, denied_dirs, bad, bad_names, large, missing = (
+        scan.denied, scan.denied_dirs, scan.bad, scan.bad_names, scan.large, scan.missing)
+    _warn_skipped(missing, "listed file(s) that do not exist", root)
     _warn_skipped(denied_dirs + denied, "file(s) or folder(s) that may not be read "
                   "(permission denied)", root, "make them readable (chmod -R a+rX) and they "
                   "are used on the next load")
@@ -495,22 +581,25 @@ def image_folder_source(data_dir, split, order=np.arange):
                   root)
     if not files:
         raise ValueError(
-            f"Split {split!r} of image_folder {root!r} has no readable images "
+            f"{none_left} "
             f"({len(bad)} corrupt or empty, {len(denied)} permission denied, "
-            f"{len(large)} above the pixel limit"
+            + (f"{len(missing)} missing, " if missing else "")
+            + f"{len(large)} above the pixel limit"
             + (f", {len(bad_names)} named in bytes that are not UTF-8" if bad_names else "")
-            + "). " + _LAYOUT_HELP)
+            + "). " + help_text)
     unique_shapes = set(shapes)
     image_shape = (*unique_shapes.pop(), 3) if len(unique_shapes) == 1 else None
     info = DatasetInfo(
-        name=IMAGE_FOLDER_NAME,
+        name=name,
         split=split,
         num_examples=len(files),
-        num_classes=len(class_names),
+        num_classes=len(class_names) if class_names else 0,
         image_shape=image_shape,
-        skipped=len(bad) + len(denied) + len(bad_names),
+        skipped=len(bad) + len(denied) + len(bad_names) + len(missing),
         class_names=class_names,
         skipped_too_large=len(large),
+        skipped_files=tuple(_printable(p) for p in (
+            missing + denied_dirs + denied + bad + bad_names + large)),
     )
     perm = order(len(files))
     columns = {

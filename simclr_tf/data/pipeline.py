@@ -266,6 +266,7 @@ def build_eval_dataset(
     cache=False,
     num_shards=1,
     shard_index=0,
+    source=None,
 ):
     """One deterministic pass over a split for evaluation.
 
@@ -282,6 +283,9 @@ def build_eval_dataset(
             deterministic), so repeated evaluations skip decoding.
         num_shards, shard_index: this pipeline's share of the split (example
             ``i`` goes to shard ``i % num_shards``).
+        source: an opened :class:`simclr_tf.data.source.Source` to read
+            instead of ``name``/``split`` (e.g.
+            :func:`simclr_tf.data.image_folder.image_files_source`).
 
     Returns:
         ``(ds, info)``: ``ds`` yields ``(images float32 [b, S, S, 3] in [0, 1],
@@ -295,7 +299,8 @@ def build_eval_dataset(
     _check_shards(num_shards, shard_index)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
-    source = datasets.open_source(name, split, data_dir=data_dir)
+    if source is None:
+        source = datasets.open_source(name, split, data_dir=data_dir)
     image_size = int(image_size)
     decode = source.decode
 

@@ -29,6 +29,8 @@ class DatasetInfo:
         skipped_too_large: files skipped (undecoded) because their header
             gives more pixels than :func:`image_folder.max_image_pixels`
             (image folders only).
+        skipped_files: the paths of the files (and folders) skipped at the
+            scan, of every kind above (image folders and image lists).
     """
 
     name: str
@@ -39,6 +41,7 @@ class DatasetInfo:
     skipped: int = 0
     class_names: Optional[Tuple[str, ...]] = None
     skipped_too_large: int = 0
+    skipped_files: Tuple[str, ...] = ()
 
 
 @dataclasses.dataclass

@@ -53,10 +53,14 @@ def chunks(x, y=None, rows=None, size=None):
 
 
 def _forward(encoder, strategy):
-    """A tf.function running ``encoder`` per replica; returns per-replica (features, labels)."""
+    """A tf.function running ``encoder`` per replica; returns per-replica (features, labels).
+
+    ``features``: what the encoder returns (a tensor, or a dict of them), as float32.
+    """
 
     def replica_fn(images, labels):
-        return tf.cast(encoder(images, training=False), tf.float32), labels
+        features = encoder(images, training=False)
+        return tf.nest.map_structure(lambda t: tf.cast(t, tf.float32), features), labels
 
     @tf.function
     def run(images, labels):
@@ -73,15 +77,18 @@ def _host(per_replica, strategy):
 
 def _feature_batches(encoder, dataset, strategy, progress=None):
     """Yields ``(features float32 [b, C], labels int32 [b])`` per global batch,
-    padding rows (label ``PAD_LABEL``) dropped."""
+    padding rows (label ``PAD_LABEL``) dropped; ``features`` is a dict of
+    such arrays when the encoder returns a dict."""
     forward = _forward(encoder, strategy)
     for images, labels in dataset:
         feats, labels = forward(images, labels)
-        feats = _host(feats, strategy).astype(np.float32, copy=False)
+        feats = tf.nest.map_structure(
+            lambda v: _host(v, strategy).astype(np.float32, copy=False), feats)
         labels = _host(labels, strategy).astype(np.int32, copy=False)
         real = labels != PAD_LABEL
         if not real.all():
-            feats, labels = feats[real], labels[real]
+            feats = tf.nest.map_structure(lambda v: v[real], feats)
+            labels = labels[real]
         if progress is not None:
             progress.update(len(labels))
         yield feats, labels
@@ -231,13 +238,13 @@ def _remove_quietly(path):
         pass
 
 
-def _eval_dataset(cfg, split, strategy, info_out):
+def _eval_dataset(cfg, split, strategy, info_out, source=None):
     """The split's eval pipeline, batches padded to ``eval_batch_size``, distributed."""
 
     def make(batch, num_shards, shard_index, _):
         ds, info = pipeline.build_eval_dataset(
             cfg.dataset, split, batch, cfg.image_size, data_dir=cfg.data_dir,
-            num_shards=num_shards, shard_index=shard_index)
+            num_shards=num_shards, shard_index=shard_index, source=source)
         info_out.append(info)
         image_shape = ds.element_spec[0].shape[1:]
 
@@ -262,6 +269,39 @@ def _extraction_strategy(strategy):
     return strategy
 
 
+def feature_batches(encoder, cfg, split, *, source=None, strategy=None, what=None):
+    """Runs ``encoder(images, training=False)`` over a split through the strategy, batch by batch.
+
+    The one extraction loop: :func:`split_features` (the frozen-feature
+    evaluations) and :mod:`simclr_tf.embed` both read it.
+
+    Args:
+        encoder: a callable ``encoder(images, training=False)`` returning a
+            ``[b, C]`` tensor or a dict of them (e.g. h and z).
+        cfg: a ``DataConfig`` (``cfg.data``): dataset, data_dir, image_size,
+            eval_batch_size (the global batch).
+        split: the split's name.
+        source: an opened :class:`simclr_tf.data.source.Source` to read
+            instead of ``cfg.dataset``'s ``split``.
+        strategy: the run's strategy (default: the current one; with several
+            workers the chief extracts alone on its own devices).
+        what: the progress lines' label.
+
+    Returns:
+        ``(info, batches)``: the split's ``DatasetInfo``, and a generator of
+        ``(features, labels int32 [b])`` per global batch in the split's order
+        (eval preprocessing; every example, unlabelled ones with label -1;
+        padding dropped); ``features`` float32, shaped as the encoder's output.
+        Progress and ETA are logged as it goes.
+    """
+    strategy = _extraction_strategy(strategy)
+    infos = []
+    dataset = _eval_dataset(cfg, split, strategy, infos, source)
+    info = infos[0]
+    progress = Progress(what or f"features of {split!r}", info.num_examples)
+    return info, _feature_batches(encoder, dataset, strategy, progress)
+
+
 def split_features(encoder, cfg, split, indices=None, *, strategy=None,
                    memory_limit=None, scratch_dir=None):
     """Frozen features h and labels of a split's labelled examples (eval preprocessing).
@@ -281,11 +321,10 @@ def split_features(encoder, cfg, split, indices=None, *, strategy=None,
         ``(features float32 [N, C] (ndarray or read-only memmap), labels int32 [N])``
         in the split's order.
     """
-    strategy = _extraction_strategy(strategy)
     remove_dead_scratch(scratch_dir)
-    infos = []
-    dataset = _eval_dataset(cfg, split, strategy, infos)
-    num_examples = infos[0].num_examples
+    info, batches = feature_batches(encoder, cfg, split, strategy=strategy,
+                                    what=f"frozen features of {split!r}")
+    num_examples = info.num_examples
     subset = None
     if indices is not None:
         subset = np.zeros(num_examples, bool)
@@ -296,9 +335,7 @@ def split_features(encoder, cfg, split, indices=None, *, strategy=None,
                         scratch_dir)
     labels, position = [], 0
     try:
-        for feats, batch_labels in _feature_batches(
-                encoder, dataset, strategy,
-                Progress(f"frozen features of {split!r}", num_examples)):
+        for feats, batch_labels in batches:
             keep = batch_labels >= 0
             if subset is not None:
                 keep &= subset[position:position + len(batch_labels)]
