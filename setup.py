@@ -35,6 +35,8 @@ setup(
         "test": ["pytest>=7", "pytest-timeout>=2", "pytest-xdist>=3", "pillow", "nbclient", "nbformat", "ipykernel",
                  "matplotlib"],
         "study": ["matplotlib"],
+        # python -m simclr_tf.neighbours --map: the t-SNE map of the embeddings.
+        "viz": ["scikit-learn"],
         # GPUs: TensorFlow with its CUDA libraries. (No [tpu] extra yet: the
         # tensorflow-tpu distribution ships the same `tensorflow` module as the
         # tensorflow requirement above, so pip would install both over each other;
