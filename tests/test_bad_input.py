@@ -391,18 +391,19 @@ def test_empty_or_misarranged_folder_is_a_clear_error(tmp_path, layout, message)
         assert _snapshot(root) == before
 
 
-@pytest.mark.slow
-def test_empty_folder_through_the_cli_fails_in_one_line(tmp_path):
+# The CLI's refusals below run run.main in this process (subprocs.main_in_process);
+# that a real process prints exactly one line is test_a_config_error_is_exactly_one_line.
+def test_empty_folder_through_the_cli_fails_in_one_line(tmp_path, capsys):
     (tmp_path / "data" / "train" / "cats").mkdir(parents=True)
     model_dir = tmp_path / "existing"
     model_dir.mkdir()
     (model_dir / "keep.txt").write_text("precious")
-    child = subprocs.run([f"--config={subprocs.SMOKE}", "--dataset=image_folder",
-                          "--train_split=train", "--eval_split=test",
-                          f"--data_dir={tmp_path / 'data'}", f"--model_dir={model_dir}"],
-                         str(tmp_path), "cli", timeout=300, check=False)
-    assert child.proc.returncode == 2
-    assert "No images found in" in child.stderr and "Traceback" not in child.stderr
+    code = subprocs.main_in_process(
+        f"--config={subprocs.SMOKE}", "--dataset=image_folder", "--train_split=train",
+        "--eval_split=test", f"--data_dir={tmp_path / 'data'}", f"--model_dir={model_dir}")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "No images found in" in err and "Traceback" not in err
     assert _snapshot(model_dir) == {"keep.txt": hashlib.sha1(b"precious").hexdigest()}
 
 
@@ -481,17 +482,16 @@ def test_eval_split_with_only_missing_labels_is_refused(tmp_path):
 
 # ----------------------------------------------------------------- settings
 
-@pytest.mark.slow
-def test_image_size_below_the_minimum_is_refused_before_anything_runs(tmp_path):
+def test_image_size_below_the_minimum_is_refused_before_anything_runs(tmp_path, capsys):
     model_dir = tmp_path / "existing"
     model_dir.mkdir()
     (model_dir / "keep.txt").write_text("precious")
-    child = subprocs.run([f"--config={subprocs.SMOKE}", "--image_size=4",
-                          f"--model_dir={model_dir}"], str(tmp_path), "cli", timeout=120,
-                         check=False)
-    assert child.proc.returncode == 2
-    assert "Invalid value 4 for 'image_size': it must be >= 8." in child.stderr
-    assert "Traceback" not in child.stderr
+    code = subprocs.main_in_process(f"--config={subprocs.SMOKE}", "--image_size=4",
+                                    f"--model_dir={model_dir}")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "Invalid value 4 for 'image_size': it must be >= 8." in err
+    assert "Traceback" not in err
     assert sorted(os.listdir(model_dir)) == ["keep.txt"]
 
 
@@ -569,29 +569,27 @@ def test_read_only_model_dir_is_refused(tmp_path):
         shutil.rmtree(base, ignore_errors=True)
 
 
-@pytest.mark.slow
-def test_unwritable_model_dir_through_the_cli_fails_in_one_line(tmp_path):
+def test_unwritable_model_dir_through_the_cli_fails_in_one_line(tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("precious")
-    child = subprocs.run([f"--config={subprocs.SMOKE}", f"--model_dir={blocker}/run"],
-                         str(tmp_path), "cli", timeout=300, check=False)
-    assert child.proc.returncode == 2
-    assert "is a file" in child.stderr and "Traceback" not in child.stderr
+    code = subprocs.main_in_process(f"--config={subprocs.SMOKE}", f"--model_dir={blocker}/run")
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "is a file" in err and "Traceback" not in err
     assert blocker.read_text() == "precious"
 
 
-@pytest.mark.slow
-def test_eval_without_a_checkpoint_is_refused_and_writes_nothing(tmp_path):
+def test_eval_without_a_checkpoint_is_refused_and_writes_nothing(tmp_path, capsys):
     """--mode=eval must never report (or export) a randomly initialised model."""
     model_dir = tmp_path / "run"
     model_dir.mkdir()
     (model_dir / "notes.txt").write_text("precious")
-    child = subprocs.run([f"--config={subprocs.SMOKE}", "--mode=eval",
-                          f"--model_dir={model_dir}"], str(tmp_path), "cli", timeout=300,
-                         check=False)
-    assert child.proc.returncode == 2, child.stderr
-    assert "Nothing to evaluate" in child.stderr and str(model_dir) in child.stderr
-    assert "Traceback" not in child.stderr and "result:" not in child.stdout
+    code = subprocs.main_in_process(f"--config={subprocs.SMOKE}", "--mode=eval",
+                                    f"--model_dir={model_dir}")
+    out, err = capsys.readouterr()
+    assert code == 2, err
+    assert "Nothing to evaluate" in err and str(model_dir) in err
+    assert "Traceback" not in err and "result:" not in out
     assert sorted(os.listdir(model_dir)) == ["notes.txt"]  # no config.yaml, export
 
 
