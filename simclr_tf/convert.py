@@ -3,20 +3,30 @@
 Usage::
 
     python -m simclr_tf.convert --official_saved_model=PATH --model_dir=DIR [--image_size=N]
+    python -m simclr_tf.convert --official=NAME --model_dir=DIR     # a released model
+    python -m simclr_tf.convert --official=list                     # their names
 
 ``PATH`` is a SavedModel written by the official google-research/simclr
 ``tf2/run.py`` (``build_saved_model`` + ``tf.saved_model.save``), e.g. a
 released model such as
 ``gs://simclr-checkpoints-tf2/simclrv2/pretrained/r50_1x_sk0/saved_model/``
-(any ``tf.io.gfile`` path). Such exports have no serving signature, so Keras 3
-cannot load them; the converter rebuilds the model in simclr_tf:
+(any ``tf.io.gfile`` path). ``--official=NAME`` takes a released pretrained
+model's name instead (:mod:`simclr_tf.official.releases`); a path that cannot be
+reached (no network) is an error that says how to download it by hand. Such
+exports have no serving signature, so Keras 3 cannot load them; the converter
+rebuilds the model in simclr_tf:
 
 1. It reads the variables of ``loaded.model.resnet_model``,
    ``loaded.model._projection_head`` and ``loaded.model.supervised_head`` and
    infers the architecture from their names and shapes: depth, width
    multiplier, selective kernels, CIFAR or ImageNet stem, projection-head
    mode and layers, supervised-head classes
-   (:func:`simclr_tf.official.layout.infer_architecture`).
+   (:func:`simclr_tf.official.layout.infer_architecture`). A ResNet-18/34
+   with the CIFAR stem does not show its ``sk_ratio`` (with ``sk_ratio > 0``
+   the official basic block only swaps its projection shortcuts for ResNet-D
+   ones, which hold the same variables): both layouts are built and the one
+   that reproduces the official outputs in step 3 is kept (or ``--sk_ratio``
+   names it); the report says which.
 2. It builds the matching model with
    :func:`simclr_tf.tasks.build_model` and copies every variable,
    BatchNorm moving statistics included, with an explicit name mapping
@@ -60,7 +70,7 @@ from simclr_tf.errors import ConversionError  # noqa: E402
 from simclr_tf.export import writer  # noqa: E402
 from simclr_tf import tasks  # noqa: E402
 from simclr_tf.tasks import build_model  # noqa: E402
-from simclr_tf.official import layout, mapping  # noqa: E402
+from simclr_tf.official import layout, mapping, releases  # noqa: E402
 from simclr_tf.official.layout import Architecture, infer_architecture, load_official  # noqa: E402,F401
 from simclr_tf.official.mapping import copy_variables, map_variables, parity  # noqa: E402,F401
 from simclr_tf.runtime.checkpointer import Checkpointer  # noqa: E402
@@ -202,11 +212,58 @@ def write_run_dir(cfg, model, model_dir):
 
 
 # ------------------------------------------------------------------- driver
-def convert(official_saved_model, model_dir, image_size=None, log=print):
+def _selectors(arch, parsed, model):
+    """The projection layers the official supervised head may read (its input width tells)."""
+    if not arch.num_classes or arch.proj_head_mode == "none":
+        return [0]
+    dim = parsed.shapes[parsed.sup["kernel"]][0]
+    h_dim = model.encoder.feature_dim
+    max_sel = 1 if arch.proj_head_mode == "linear" else arch.num_proj_layers
+    widths = [h_dim] + [h_dim] * (max_sel - 1) + [arch.proj_out_dim]
+    return [i for i in range(max_sel + 1) if widths[i] == dim] or [0]
+
+
+def _build_and_compare(arch, parsed, variables, loaded, model_dir, image_size):
+    """Builds ``arch``, copies the official variables into it and runs the parity batch.
+
+    Returns ``(cfg, model, differences)``.
+    """
+    cfg = build_config(arch, model_dir, image_size)
+    model = build_model(cfg, arch.num_classes)
+    model(tf.zeros([1, cfg.image_size, cfg.image_size, 3]), training=False)
+    # The official layout decides where the shortcuts are; ours must agree.
+    mapping.copy_variables(variables, parsed, model)
+    diffs, selector = mapping.parity(loaded, model, cfg.image_size,
+                                     selectors=_selectors(arch, parsed, model))
+    if selector != cfg.ft_proj_selector:
+        cfg = dataclasses.replace(cfg, ft_proj_selector=selector).validate()
+    return cfg, model, diffs
+
+
+def _failures(diffs):
+    """The keys above the tolerance (``final_avg_pool`` missing counts as one)."""
+    bad = {k: d[1] for k, d in diffs.items() if not d[1] <= RELATIVE_TOLERANCE}
+    if "final_avg_pool" not in diffs:
+        bad["final_avg_pool"] = float("inf")
+    return bad
+
+
+def _worst(diffs):
+    return max([d[1] for d in diffs.values()] or [float("inf")])
+
+
+def convert(official_saved_model, model_dir, image_size=None, log=print, sk_ratio=None):
     """Converts ``official_saved_model`` into the run directory ``model_dir``.
 
+    Where the variables cannot tell the layout (a ResNet-18/34 with the CIFAR
+    stem: ``sk_ratio`` 0 or > 0 differ only in the projection shortcuts), each
+    candidate is built and the one that reproduces the official outputs on
+    the parity batch is kept, unless ``sk_ratio`` (``--sk_ratio``) names it;
+    the report says which.
+
     Returns a dict with the inferred ``architecture``, the ``config``, the
-    ``differences`` ({output: (max abs, max rel)}) and the ``paths`` written.
+    ``differences`` ({output: (max abs, max rel)}), the ``candidates``
+    ({sk_ratio: differences} of every layout tried) and the ``paths`` written.
     Raises :class:`ConversionError` (and writes nothing) on any failure.
     """
     recover(model_dir)  # what a killed conversion into model_dir left
@@ -214,30 +271,38 @@ def convert(official_saved_model, model_dir, image_size=None, log=print):
     loaded, variables = layout.load_official(official_saved_model)
     arch, parsed = layout.infer_architecture(variables)
     log(f"official model: {arch.describe()} ({len(variables)} variables)")
-    cfg = build_config(arch, model_dir, image_size)
-    model = build_model(cfg, arch.num_classes)
-    model(tf.zeros([1, cfg.image_size, cfg.image_size, 3]), training=False)
-    # The official layout decides where the shortcuts are; ours must agree.
-    mapping.copy_variables(variables, parsed, model)
-    selectors = [0]
-    if arch.num_classes and arch.proj_head_mode != "none":
-        dim = parsed.shapes[parsed.sup["kernel"]][0]
-        h_dim = model.encoder.feature_dim
-        max_sel = 1 if arch.proj_head_mode == "linear" else arch.num_proj_layers
-        widths = [h_dim] + [h_dim] * (max_sel - 1) + [arch.proj_out_dim]
-        selectors = [i for i in range(max_sel + 1) if widths[i] == dim] or [0]
-    diffs, selector = mapping.parity(loaded, model, cfg.image_size, selectors=selectors)
-    if selector != cfg.ft_proj_selector:
-        cfg = dataclasses.replace(cfg, ft_proj_selector=selector).validate()
+    candidates = layout.sk_ratio_candidates(arch, sk_ratio)
+    tried = [(c, *_build_and_compare(c, parsed, variables, loaded, model_dir, image_size))
+             for c in candidates]
+    if arch.sk_ratio_source == "undecided":
+        log(f"  the variables cannot tell sk_ratio 0 from > 0: with selective kernels the "
+            f"official ResNet-{arch.resnet_depth} basic block changes only its projection "
+            "shortcuts (ResNet-D: 2x2 average pooling, then the 1x1 convolution at stride "
+            "1), which hold the same variables, and the CIFAR stem has no deep-stem "
+            "convolutions; "
+            + ("--sk_ratio chose the layout:" if candidates[0].sk_ratio_source == "flag"
+               else "each layout was built and run on the parity batch:"))
+        for cand, _, _, diffs in tried:
+            log(f"    sk_ratio {cand.sk_ratio:g}: max rel diff {_worst(diffs):.3e} "
+                f"({'reproduces' if not _failures(diffs) else 'does not reproduce'} "
+                "the official outputs)")
+    passing = [t for t in tried if not _failures(t[3])]
+    arch, cfg, model, diffs = min(passing or tried, key=lambda t: _worst(t[3]))
+    if arch.sk_ratio_source != "variables":
+        log(f"  -> sk_ratio {arch.sk_ratio:g} ({arch.describe()})")
     log(f"parity on a random batch of 2 x {cfg.image_size} x {cfg.image_size} x 3 "
         "(official loaded(x, trainable=False) vs simclr_tf training=False; relative = "
         "max abs diff / max abs official value):")
     for key, (absolute, relative) in diffs.items():
         log(f"  {key:17s} max abs diff {absolute:.3e}   max rel diff {relative:.3e}")
-    bad = {k: d for k, d in diffs.items() if not d[1] <= RELATIVE_TOLERANCE}
-    if bad or "final_avg_pool" not in diffs:
-        detail = ", ".join(f"{k} {d[1]:.3e}" for k, d in bad.items()) or (
-            "the official model returned no final_avg_pool")
+    bad = _failures(diffs)
+    if bad:
+        detail = ", ".join(f"{k} {r:.3e}" if r != float("inf") else
+                           f"the official model returned no {k}" for k, r in bad.items())
+        if len(tried) > 1:
+            detail += "; no sk_ratio layout reproduces it: " + ", ".join(
+                f"sk_ratio {c.sk_ratio:g} max rel diff {_worst(d):.3e}"
+                for c, _, _, d in tried)
         raise ConversionError(
             f"Parity check failed: the converted model differs from the official one "
             f"by more than relative {RELATIVE_TOLERANCE:g} ({detail}). Nothing was "
@@ -245,7 +310,8 @@ def convert(official_saved_model, model_dir, image_size=None, log=print):
     paths = write_run_dir(cfg, model, model_dir)
     log(f"wrote {model_dir}: config.yaml, checkpoint {paths['checkpoint']}, "
         "saved_model/ (serve, serve_training, serve_uint8), simclr.keras")
-    return {"architecture": arch, "config": cfg, "differences": diffs, "paths": paths}
+    return {"architecture": arch, "config": cfg, "differences": diffs,
+            "candidates": {c.sk_ratio: d for c, _, _, d in tried}, "paths": paths}
 
 
 FLAGS = flags.FLAGS
@@ -254,25 +320,57 @@ FLAGS = flags.FLAGS
 def define_flags():
     if "official_saved_model" in FLAGS:
         return
+    flags.DEFINE_string("official", None,
+                        "A released SimCLR model by name (e.g. r50_1x_sk0, v1_r50_1x), read "
+                        "from its official gs://simclr-checkpoints-tf2/ path; 'list' prints "
+                        "the names with the paper's linear-eval top-1.")
     flags.DEFINE_string("official_saved_model", None,
                         "An official SimCLR TF2 SavedModel directory (local or gs://).")
     flags.DEFINE_string("model_dir", None, "The new run directory to write.")
     flags.DEFINE_integer("image_size", None, "Image side of the export's serve endpoint "
                          "and the config (default: 224, or 32 for a CIFAR-stem model).")
+    flags.DEFINE_float("sk_ratio", None, "Only where the variables cannot tell it (a "
+                       "ResNet-18/34 with the CIFAR stem): the official sk_ratio the model "
+                       "was trained with. Default: the layout that reproduces the official "
+                       "outputs is chosen.")
+
+
+def _error(message, status):
+    print(f"simclr_tf.convert: error: {message}", file=sys.stderr)
+    return status
+
+
+def cli(official=None, official_saved_model=None, model_dir=None, image_size=None,
+        sk_ratio=None):
+    """The command line's work, given its flag values; returns the exit status."""
+    if official == "list":
+        print(releases.table())
+        return 0
+    if bool(official) == bool(official_saved_model):
+        return _error("pass either --official=NAME (--official=list shows the names) or "
+                      "--official_saved_model=PATH, and --model_dir.", 2)
+    if not model_dir:
+        example = f" (e.g. --model_dir=runs/{official})" if official else ""
+        return _error(f"--model_dir is required{example}.", 2)
+    path, prefix = official_saved_model, ""
+    try:
+        if official:
+            release = releases.resolve(official)
+            path, prefix = release.path, f"--official={official}: "
+            print(f"released model {release.name}: {release.describe()}, the paper's "
+                  f"ImageNet linear-eval top-1 {release.linear_eval_top1:.1f}%; "
+                  f"reading {path}")
+        convert(path, model_dir, image_size, sk_ratio=sk_ratio)
+    except ConversionError as e:
+        return _error(f"{prefix}{e}", 1)
+    return 0
 
 
 def main(argv):
     if len(argv) > 1:
         raise SystemExit(f"simclr_tf.convert: error: unexpected arguments {argv[1:]}")
-    if not FLAGS.official_saved_model or not FLAGS.model_dir:
-        print("simclr_tf.convert: error: --official_saved_model and --model_dir are "
-              "required.", file=sys.stderr)
-        sys.exit(2)
-    try:
-        convert(FLAGS.official_saved_model, FLAGS.model_dir, FLAGS.image_size)
-    except ConversionError as e:
-        print(f"simclr_tf.convert: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    sys.exit(cli(FLAGS.official, FLAGS.official_saved_model, FLAGS.model_dir,
+                 FLAGS.image_size, FLAGS.sk_ratio))
 
 
 def run():

@@ -2,9 +2,12 @@
 
 The fixtures (``shared/fixtures/official_tf2/``, beside the repository) hold
 zeroed official exports; ``fill.py`` gives each variable's value and
-``outputs.npz`` what the official model returned for them. Each test module
-run restores them (untar, load, assign, re-save), converts them once
-(module-scoped) and compares the converted model with the official outputs.
+``outputs.npz`` what the official model returned for them. Each is loaded and
+filled once per module, converted once (module-scoped) and the converted model
+is compared with the official outputs. The converter reads the fixture's own
+SavedModel directory; its loader hands back the filled object for that path
+(the fixture README's recipe without the re-save, which cost more than the
+conversion). Conversions run in this process; one test runs the command line.
 """
 
 import importlib.util
@@ -22,7 +25,9 @@ import tensorflow as tf
 
 from simclr_tf import config as config_lib
 from simclr_tf import convert, tasks
+from simclr_tf.official import layout as official_layout
 from simclr_tf.official import mapping as official_mapping
+from simclr_tf.official import releases
 from simclr_tf.runtime import TaskModel
 from simclr_tf.runtime.checkpointer import weights_by_path
 
@@ -49,14 +54,19 @@ def _require_fixtures():
             pytest.fail(message)
         pytest.skip(message)
 
-# folder -> what the converter must infer (from the folder's flags.txt)
+# folder -> what the converter must infer (from the folder's flags.txt), and how
+# sk_ratio was decided: by the variables, or (ResNet-18 with the CIFAR stem, where
+# the variables cannot tell) by the official outputs
 EXPECTED = {
     "r18_cifar": dict(resnet_depth=18, width_multiplier=1, cifar_stem=True, sk_ratio=0.0,
                       proj_head_mode="nonlinear", num_proj_layers=2, proj_out_dim=128,
-                      num_classes=10),
+                      num_classes=10, sk_ratio_source="outputs"),
+    "r18_cifar_sk1": dict(resnet_depth=18, width_multiplier=1, cifar_stem=True,
+                          sk_ratio=0.0625, proj_head_mode="nonlinear", num_proj_layers=2,
+                          proj_out_dim=128, num_classes=10, sk_ratio_source="outputs"),
     "r50_1x_sk1": dict(resnet_depth=50, width_multiplier=1, cifar_stem=False,
                        sk_ratio=0.0625, proj_head_mode="nonlinear", num_proj_layers=3,
-                       proj_out_dim=128, num_classes=10),
+                       proj_out_dim=128, num_classes=10, sk_ratio_source="variables"),
 }
 
 
@@ -73,7 +83,7 @@ def _official_parts(loaded):
 
 
 def _load_filled(name, tmp):
-    """The fixture's official SavedModel, loaded, with fill.py's values assigned."""
+    """(the fixture's SavedModel directory, its official model loaded with fill.py's values)."""
     _require_fixtures()
     with tarfile.open(FIXTURES / name / "saved_model.tar.xz") as tar:
         tar.extractall(tmp / name, filter="data")
@@ -84,20 +94,27 @@ def _load_filled(name, tmp):
     for part in _official_parts(loaded):
         for v in part.variables:
             v.assign(fill(v.name, v.shape))
-    return loaded
+    return found[0], loaded
 
 
-def _save(loaded, path):
-    # The official functions carry SyncBatchNormalization's custom gradients,
-    # which cannot always be re-traced on save; the tests never need them.
-    tf.saved_model.save(loaded, str(path), options=tf.saved_model.SaveOptions(
-        experimental_custom_gradients=False))
+@pytest.fixture(scope="module")
+def officials(tmp_path_factory):
+    """Every fixture loaded and filled once: {name: (SavedModel dir, loaded)}.
 
-
-def _restore(name, tmp):
-    path = tmp / f"{name}_filled"
-    _save(_load_filled(name, tmp), path)
-    return path
+    While the module runs, the converter's loader returns the filled object
+    for a fixture's directory (the zeroed SavedModel the object was loaded
+    from) and loads any other path as usual.
+    """
+    _require_fixtures()
+    tmp = tmp_path_factory.mktemp("official")
+    out = {name: _load_filled(name, tmp) for name in EXPECTED}
+    by_path = {os.path.normpath(str(path)): loaded for path, loaded in out.values()}
+    real = official_layout._load_saved_model
+    patch = pytest.MonkeyPatch()
+    patch.setattr(official_layout, "_load_saved_model",
+                  lambda path: by_path.get(os.path.normpath(str(path))) or real(path))
+    yield out
+    patch.undo()
 
 
 def _rel(a, b):
@@ -106,20 +123,18 @@ def _rel(a, b):
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
-    """Both fixtures restored and converted once: {name: info}."""
-    _require_fixtures()
-    tmp = tmp_path_factory.mktemp("official")
+def converted(officials, tmp_path_factory):
+    """Every fixture converted once: {name: info}."""
+    tmp = tmp_path_factory.mktemp("converted")
     out = {}
-    for name in EXPECTED:
+    for name, (path, loaded) in officials.items():
         ref = dict(np.load(FIXTURES / name / "outputs.npz"))
-        official = _restore(name, tmp)
         model_dir = tmp / f"{name}_run"
         lines = []
-        result = convert.convert(str(official), str(model_dir),
+        result = convert.convert(str(path), str(model_dir),
                                  image_size=int(ref["x"].shape[1]), log=lines.append)
-        out[name] = dict(ref=ref, official=official, model_dir=model_dir, lines=lines,
-                         result=result)
+        out[name] = dict(ref=ref, official=path, loaded=loaded, model_dir=model_dir,
+                         lines=lines, result=result)
     return out
 
 
@@ -159,17 +174,19 @@ def test_parity_is_reported(converted, name):
         assert 0 <= relative <= RTOL and absolute >= 0
         # the log line carries the returned numbers
         assert f"max abs diff {absolute:.3e}   max rel diff {relative:.3e}" in text, key
-    # Second path, not the converter's: the re-saved official SavedModel and the
-    # converted run's exported SavedModel, each loaded afresh with
-    # tf.saved_model.load, run on the fixture's own batch and compared here.
+    # Second path, not the converter's: the official model the converter read
+    # and the converted run's exported SavedModel (loaded afresh, as a user
+    # would: keras.layers.TFSMLayer, endpoint serve) run on the fixture's own
+    # batch and compared here.
     ref = info["ref"]
     x = tf.constant(ref["x"])
-    official = tf.saved_model.load(str(info["official"]))(x, trainable=False)
-    served = tf.saved_model.load(str(info["model_dir"] / "saved_model")).signatures["serve"]
+    official = info["loaded"](x, trainable=False)
+    served = keras.layers.TFSMLayer(str(info["model_dir"] / "saved_model"),
+                                    call_endpoint="serve")
     ours = served(x)
     for key in KEYS:
         theirs = official[key].numpy()
-        # the reloaded official model is the fixture's (so the comparison means something)
+        # the official model is the fixture's (so the comparison means something)
         assert _rel(ref[key], theirs) <= 1e-5, key
         assert ours[key].shape == theirs.shape, key
         assert _rel(theirs, ours[key].numpy()) <= RTOL, key
@@ -255,6 +272,12 @@ def test_one_finetuning_step_from_converted_model(converted):
 
 @pytest.mark.slow
 def test_export_loads_with_tfsmlayer_without_simclr_tf(converted, tmp_path):
+    """A converted export serves in a process that never imports simclr_tf.
+
+    One fixture is enough for that property (a SavedModel load imports no
+    Python module); test_parity_is_reported checks every fixture's export
+    through TFSMLayer in this process.
+    """
     script = """
 import sys, numpy as np, keras
 out = {}
@@ -268,19 +291,17 @@ np.savez(sys.argv[0] + ".npz", **out)
 """
     script_path = tmp_path / "load_export.py"
     script_path.write_text(script)
-    args = []
-    for name, info in converted.items():
-        args += [name, str(info["model_dir"] / "saved_model"),
-                 str(FIXTURES / name / "outputs.npz")]
+    name = "r18_cifar"
+    args = [name, str(converted[name]["model_dir"] / "saved_model"),
+            str(FIXTURES / name / "outputs.npz")]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     proc = subprocess.run([sys.executable, str(script_path), *args], cwd=tmp_path,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = np.load(str(script_path) + ".npz")
-    for name, info in converted.items():
-        for key in KEYS:
-            assert _rel(info["ref"][key], got[f"{name}/{key}"]) <= RTOL, (name, key)
+    for key in KEYS:
+        assert _rel(converted[name]["ref"][key], got[f"{name}/{key}"]) <= RTOL, key
 
 
 # ------------------------------------------------------------------ bad input
@@ -328,54 +349,54 @@ def test_our_own_export_is_not_official(converted, tmp_path):
     _assert_untouched(model_dir, None)
 
 
-def _mutated(tmp_path, change):
-    loaded = _load_filled("r18_cifar", tmp_path)
-    change(loaded)
-    path = tmp_path / "mutated"
-    _save(loaded, path)
-    return path
+def _convert_changed(monkeypatch, officials, tmp_path, change):
+    """Converts r18_cifar with its variables as ``change`` leaves them (the export's
+    variables as the converter reads them, one missing or one more)."""
+    real = official_layout.load_official
+
+    def load(path):
+        loaded, variables = real(path)
+        return loaded, change(dict(variables))
+
+    monkeypatch.setattr(official_layout, "load_official", load)
+    convert.convert(str(officials["r18_cifar"][0]), str(tmp_path / "run"), log=lambda s: None)
 
 
-def test_missing_variable_is_named(tmp_path):
-    def drop(loaded):
-        head = loaded.model._projection_head
-        head.variables = [v for v in head.variables
-                          if not ("nl_1/" in v.name and "moving_variance" in v.name)]
+def test_missing_variable_is_named(officials, tmp_path, monkeypatch):
+    def drop(variables):
+        name = next(n for n in variables if n.startswith("projection_head/nl_1/")
+                    and n.endswith("moving_variance"))
+        del variables[name]
+        return variables
 
-    path = _mutated(tmp_path, drop)
-    model_dir = tmp_path / "run"
     with pytest.raises(convert.ConversionError,
                        match="projection_head/batch_normalization_1/moving_variance"):
-        convert.convert(str(path), str(model_dir), log=lambda s: None)
-    _assert_untouched(model_dir, None)
+        _convert_changed(monkeypatch, officials, tmp_path, drop)
+    _assert_untouched(tmp_path / "run", None)
 
 
-def test_extra_variable_is_named(tmp_path):
+def test_extra_variable_is_named(officials, tmp_path, monkeypatch):
     extra = ("resnet/block_group1/residual_block/batch_norm_relu_99/"
              "sync_batch_normalization_99/gamma")
 
-    def add(loaded):
-        resnet = loaded.model.resnet_model
-        resnet.variables = list(resnet.variables) + [
-            tf.Variable(tf.ones([64]), name=extra)]
+    def add(variables):
+        variables[extra] = tf.Variable(tf.ones([64]), name=extra)
+        return variables
 
-    path = _mutated(tmp_path, add)
-    model_dir = tmp_path / "run"
     with pytest.raises(convert.ConversionError, match=f"Cannot place official variable '{extra}'"):
-        convert.convert(str(path), str(model_dir), log=lambda s: None)
-    _assert_untouched(model_dir, None)
+        _convert_changed(monkeypatch, officials, tmp_path, add)
+    _assert_untouched(tmp_path / "run", None)
 
 
-def test_unknown_variable_is_named(tmp_path):
+def test_unknown_variable_is_named(officials, tmp_path, monkeypatch):
     extra = "projection_head/nl_0/dense/bias"
 
-    def add(loaded):
-        head = loaded.model._projection_head
-        head.variables = list(head.variables) + [tf.Variable(tf.zeros([512]), name=extra)]
+    def add(variables):
+        variables[extra] = tf.Variable(tf.zeros([512]), name=extra)
+        return variables
 
-    path = _mutated(tmp_path, add)
     with pytest.raises(convert.ConversionError, match=extra):
-        convert.convert(str(path), str(tmp_path / "run"), log=lambda s: None)
+        _convert_changed(monkeypatch, officials, tmp_path, add)
     _assert_untouched(tmp_path / "run", None)
 
 
@@ -412,36 +433,184 @@ def test_cifar_model_with_large_image_size_is_refused(converted, tmp_path):
     _assert_untouched(tmp_path / "run", None)
 
 
-@pytest.mark.slow
-def test_cli_reports_error_in_one_line(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(
-        [sys.executable, "-m", "simclr_tf.convert",
-         f"--official_saved_model={tmp_path / 'nope'}", f"--model_dir={tmp_path / 'run'}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1
-    assert "simclr_tf.convert: error:" in proc.stderr and "does not exist" in proc.stderr
+def test_trainer_restores_converted_run(converted, tmp_path):
+    """--mode=export of simclr_tf.run (in this process) restores the converted
+    checkpoint strictly: the export it writes anew reproduces the official logits."""
+    import shutil
+
+    from absl import flags as absl_flags
+
+    from simclr_tf import run
+    from simclr_tf.config.flags import define_flags
+
+    model_dir = tmp_path / "run"
+    shutil.copytree(converted["r18_cifar"]["model_dir"], model_dir)
+    shutil.rmtree(model_dir / "saved_model")  # so what is checked below is written now
+    (model_dir / "simclr.keras").unlink()
+    define_flags()
+    absl_flags.FLAGS.unparse_flags()
+    absl_flags.FLAGS(["simclr_tf.run", f"--config={model_dir / 'config.yaml'}",
+                      f"--model_dir={model_dir}", "--mode=export"])
+    try:
+        run.main(["simclr_tf.run"])
+    finally:
+        absl_flags.FLAGS.unparse_flags()
+    served = tf.saved_model.load(str(model_dir / "saved_model")).signatures["serve"]
+    ref = converted["r18_cifar"]["ref"]
+    ours = served(tf.constant(ref["x"]))
+    for key in KEYS:
+        assert _rel(ref[key], ours[key].numpy()) <= RTOL, key
+
+
+# ------------------------------------------------ sk_ratio the variables cannot show
+def test_undecided_sk_ratio_is_chosen_by_the_official_outputs(converted):
+    """A ResNet-18 with the CIFAR stem holds the same variables with and without
+    selective kernels (only its projection shortcuts differ); both layouts are
+    built, and the one that reproduces the official outputs is kept and reported."""
+    for name, wrong in (("r18_cifar", 0.0625), ("r18_cifar_sk1", 0.0)):
+        info = converted[name]
+        right = EXPECTED[name]["sk_ratio"]
+        candidates = info["result"]["candidates"]
+        assert sorted(candidates) == [0.0, 0.0625], name
+        worst = {r: max(d[1] for d in diffs.values()) for r, diffs in candidates.items()}
+        assert worst[right] <= RTOL, name
+        assert worst[wrong] > 1e-3, name  # the other layout is really different
+        text = "\n".join(info["lines"])
+        assert "the variables cannot tell sk_ratio 0 from > 0" in text
+        assert f"sk_ratio {wrong:g}: max rel diff {worst[wrong]:.3e} (does not reproduce" in text
+        assert f"sk_ratio {right:g}: max rel diff {worst[right]:.3e} (reproduces" in text
+        assert f"-> sk_ratio {right:g} (" in text and "chosen by the official outputs" in text
+        cfg = config_lib.from_dict(config_lib.load_yaml(str(info["model_dir"] / "config.yaml")))
+        assert cfg.sk_ratio == right, name
+    assert converted["r50_1x_sk1"]["result"]["candidates"].keys() == {0.0625}
+
+
+def test_sk_ratio_flag_names_the_layout(officials, tmp_path, monkeypatch):
+    path = str(officials["r18_cifar_sk1"][0])
+    # the wrong layout by flag: refused by the parity check, nothing written
+    lines = []
+    with pytest.raises(convert.ConversionError, match="Parity check failed"):
+        convert.convert(path, str(tmp_path / "wrong"), sk_ratio=0.0, log=lines.append)
+    _assert_untouched(tmp_path / "wrong", None)
+    assert "--sk_ratio chose the layout" in "\n".join(lines)
+    # the right one: only that layout is built (the run dir's writing is stubbed out)
+    written = {}
+    monkeypatch.setattr(convert, "write_run_dir", lambda cfg, model, model_dir: written.update(
+        cfg=cfg) or {"checkpoint": "-"})
+    lines = []
+    result = convert.convert(path, str(tmp_path / "right"), sk_ratio=0.0625,
+                             log=lines.append)
+    assert list(result["candidates"]) == [0.0625]
+    assert written["cfg"].sk_ratio == 0.0625
+    assert result["architecture"].sk_ratio_source == "flag"
+    assert "(from --sk_ratio)" in "\n".join(lines)
+    # where the variables show sk_ratio, a flag that contradicts them is refused
+    with pytest.raises(convert.ConversionError, match="contradicts the export"):
+        convert.convert(str(officials["r50_1x_sk1"][0]), str(tmp_path / "r50"),
+                        sk_ratio=0.0, log=lambda s: None)
+    _assert_untouched(tmp_path / "r50", None)
+
+
+# ------------------------------------------------------- released models by name
+def _release_rows():
+    """The official README's list (tests/fixtures/official_releases.txt, its source cited there)."""
+    rows = []
+    text = (REPO / "tests" / "fixtures" / "official_releases.txt").read_text()
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("#"):
+            version, depth, width, sk, top1, path = line.split()
+            rows.append((int(version), int(depth), int(width), bool(int(sk)), float(top1),
+                         path))
+    return rows
+
+
+def test_release_names_match_the_official_list():
+    rows = _release_rows()
+    assert len(rows) == 16  # v1: 3 widths; v2: Table 1's 13 models
+    ours = {(r.version, r.resnet_depth, r.width_multiplier, r.selective_kernels,
+             r.linear_eval_top1, r.path): name for name, r in releases.RELEASES.items()}
+    assert sorted(ours) == sorted(rows)
+    for key, name in ours.items():
+        version, depth, width, sk, _, path = key
+        # v2 names are the bucket's folder names; v1 folders are named by width only
+        expected = (f"r{depth}_{width}x_sk{int(sk)}" if version == 2 else f"v1_r50_{width}x")
+        assert name == expected
+        assert path.split("/")[-3] == (name if version == 2 else f"{width}x")
+
+
+def test_official_list_prints_every_name_with_its_top1(capsys):
+    assert convert.cli(official="list") == 0
+    out = capsys.readouterr().out
+    for version, depth, width, sk, top1, path in _release_rows():
+        name = f"r{depth}_{width}x_sk{int(sk)}" if version == 2 else f"v1_r50_{width}x"
+        line = next(x for x in out.splitlines() if x.startswith(name + " "))
+        assert f"{top1:.1f}%" in line, line
+
+
+# The error tf.io.gfile raises for a gs:// path on a machine without network
+# (TF 2.21: at once, the host name does not resolve).
+_OFFLINE = ("Error executing an HTTP request: libcurl code 6 meaning 'Could not resolve "
+            "hostname', error details: Could not resolve host: www.googleapis.com\n\t when "
+            "reading metadata of {}")
+
+
+def test_official_name_offline_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    asked = []
+
+    def offline_exists(path):
+        asked.append(path)
+        if str(path).startswith("gs://"):
+            raise tf.errors.FailedPreconditionError(None, None, _OFFLINE.format(path))
+        return os.path.exists(path)
+
+    monkeypatch.setattr(tf.io.gfile, "exists", offline_exists)
+    model_dir = tmp_path / "run"
+    assert convert.cli(official="r50_1x_sk0", model_dir=str(model_dir)) == 1
+    path = "gs://simclr-checkpoints-tf2/simclrv2/pretrained/r50_1x_sk0/saved_model/"
+    assert path in asked  # the official path was the one read
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("simclr_tf.convert: error: --official=r50_1x_sk0: Cannot reach "
+                          f"'{path}' (FailedPreconditionError: ")
+    assert "Could not resolve host" in err
+    assert ("mkdir -p r50_1x_sk0 && gsutil -m cp -r gs://simclr-checkpoints-tf2/simclrv2/"
+            "pretrained/r50_1x_sk0/saved_model r50_1x_sk0/") in err
+    assert ("https://storage.googleapis.com/simclr-checkpoints-tf2/simclrv2/pretrained/"
+            "r50_1x_sk0/saved_model/") in err
+    assert "then pass --official_saved_model=r50_1x_sk0/saved_model" in err
+    _assert_untouched(model_dir, None)
+    # a v1 name reads its own folder
+    asked.clear()
+    assert convert.cli(official="v1_r50_2x", model_dir=str(model_dir)) == 1
+    assert asked[-1] == "gs://simclr-checkpoints-tf2/simclrv1/pretrain/2x/saved_model/"
+    assert "--official_saved_model=v1_r50_2x/saved_model" in capsys.readouterr().err
+
+
+def test_official_flag_misuse(tmp_path, capsys):
+    assert convert.cli(official="r50_9x_sk0", model_dir=str(tmp_path / "run")) == 1
+    err = capsys.readouterr().err
+    assert "is not a released SimCLR model" in err and "r152_3x_sk1" in err
+    assert convert.cli(official="r50_1x_sk0", official_saved_model="x",
+                       model_dir=str(tmp_path / "run")) == 2
+    assert convert.cli(official="r50_1x_sk0") == 2
+    assert "--model_dir is required (e.g. --model_dir=runs/r50_1x_sk0)" in (
+        capsys.readouterr().err)
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
-def test_trainer_restores_converted_run(converted, tmp_path):
-    """--mode=export of simclr_tf.run restores the converted checkpoint strictly."""
-    import shutil
-
-    model_dir = tmp_path / "run"
-    shutil.copytree(converted["r18_cifar"]["model_dir"], model_dir)
+def test_cli_reports_error_in_one_line(tmp_path):
+    """The one run of the command line itself (flags, one error line, exit status)."""
     env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
     proc = subprocess.run(
-        [sys.executable, "-m", "simclr_tf.run", f"--config={model_dir / 'config.yaml'}",
-         f"--model_dir={model_dir}", "--mode=export"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "ckpt-0" in proc.stdout + proc.stderr
-    _, model = _restored_model(model_dir)
-    ref = converted["r18_cifar"]["ref"]
-    ours = model(tf.constant(ref["x"]), training=False)
-    assert _rel(ref["logits_sup"], ours["logits_sup"]) <= RTOL
+        [sys.executable, "-m", "simclr_tf.convert", "--official=r50_9x_sk0",
+         f"--model_dir={tmp_path / 'run'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("simclr_tf.convert")]
+    assert len(lines) == 1 and lines[0].startswith(
+        "simclr_tf.convert: error: --official='r50_9x_sk0' is not a released SimCLR model")
+    assert not (tmp_path / "run").exists()
 
 
 # ------------------------------------------- synthetic official layouts (no fixtures)
@@ -544,6 +713,7 @@ def _official_layout(depth, width, cifar_stem, sk, proj_mode, num_proj, out_dim,
 @pytest.mark.parametrize("depth,width,cifar_stem,sk,proj_mode,num_proj,classes", [
     (34, 0.25, False, False, "nonlinear", 2, 1000),   # 7x7 stem, basic blocks
     (18, 0.25, False, True, "linear", 1, 0),          # SK stem + ResNet-D basic blocks
+    (34, 0.25, True, True, "nonlinear", 2, 10),       # CIFAR stem + ResNet-D: undecided
     (101, 0.25, False, True, "nonlinear", 3, 10),     # v2 layout, deep
     (152, 0.25, True, False, "none", 1, 10),          # no projection head
     (200, 0.25, False, False, "nonlinear", 3, 0),
@@ -555,7 +725,12 @@ def test_official_layouts_map_completely(depth, width, cifar_stem, sk, proj_mode
     arch, parsed = convert.infer_architecture(variables)
     assert (arch.resnet_depth, arch.width_multiplier, arch.cifar_stem) == (
         depth, width, cifar_stem)
-    assert arch.sk_ratio == (0.0625 if sk else 0.0)
+    undecided = cifar_stem and depth in (18, 34)  # no SK unit, no deep stem
+    assert arch.sk_ratio_source == ("undecided" if undecided else "variables")
+    assert arch.sk_ratio == (0.0625 if sk and not undecided else 0.0)
+    candidates = official_layout.sk_ratio_candidates(arch)
+    assert [c.sk_ratio for c in candidates] == ([0.0, 0.0625] if undecided else [arch.sk_ratio])
+    arch = next(c for c in candidates if (c.sk_ratio > 0) == sk)
     assert (arch.proj_head_mode, arch.num_classes) == (proj_mode, classes)
     if proj_mode == "nonlinear":
         assert arch.num_proj_layers == num_proj
@@ -563,6 +738,6 @@ def test_official_layouts_map_completely(depth, width, cifar_stem, sk, proj_mode
     assert cfg.image_size == (32 if cifar_stem else 224)  # the --image_size defaults
     assert cfg.cifar_stem == cifar_stem
     model = tasks.build_model(cfg, arch.num_classes)
-    model(tf.zeros([1, cfg.image_size, cfg.image_size, 3]), training=False)
+    model(tf.zeros([1, 32, 32, 3]), training=False)  # the weights do not depend on the size
     mapping = convert.copy_variables(variables, parsed, model)  # all placed, none left
     assert len(mapping) == len(variables) == len(model.weights)

@@ -31,12 +31,13 @@ def load_official(path):
 
     Names are the variables' ``name`` without the ``:0`` suffix, e.g.
     ``resnet/block_group1/bottleneck_block/conv2d_fixed_padding/conv2d/kernel``.
-    Raises :class:`ConversionError` for a missing path, a directory that is not
-    a SavedModel, or a SavedModel that is not an official SimCLR export.
+    Raises :class:`ConversionError` for a missing path, a remote path that
+    cannot be reached (with how to download it by hand), a directory that is
+    not a SavedModel, or a SavedModel that is not an official SimCLR export.
     """
-    if not tf.io.gfile.exists(path):
+    if not _exists(path):
         raise ConversionError(f"--official_saved_model={path!r} does not exist.")
-    if not any(tf.io.gfile.exists(os.path.join(path, f))
+    if not any(_exists(os.path.join(path, f))
                for f in ("saved_model.pb", "saved_model.pbtxt")):
         raise ConversionError(
             f"--official_saved_model={path!r} is not a SavedModel directory (it has no "
@@ -45,7 +46,7 @@ def load_official(path):
             "saved_model/.")
     try:
         with _quiet_tf_logs():
-            loaded = tf.saved_model.load(path)
+            loaded = _load_saved_model(path)
     except Exception as e:  # noqa: BLE001 - any loader failure is a bad input here
         raise ConversionError(f"Cannot load the SavedModel {path!r}: "
                               f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
@@ -79,6 +80,30 @@ def load_official(path):
         raise ConversionError(f"{path!r} is not an official SimCLR TF2 export: its "
                               "'model.resnet_model' holds no variables.")
     return loaded, variables
+
+
+def _exists(path):
+    """``tf.io.gfile.exists``, turning an unreachable remote path into a one-line error.
+
+    Offline, ``gs://`` paths raise (``FailedPreconditionError``: could not
+    resolve the host) rather than return False; the error says so and how
+    to fetch the model by hand.
+    """
+    try:
+        return tf.io.gfile.exists(path)
+    except tf.errors.OpError as e:
+        from simclr_tf.official import releases
+
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise ConversionError(
+            f"Cannot reach {path!r} ({type(e).__name__}: {reason}). Without network "
+            f"access, download it by hand where there is: "
+            f"{releases.download_hint(path)}.") from None
+
+
+def _load_saved_model(path):
+    """``tf.saved_model.load`` (one place, so tests can hand in a model already loaded)."""
+    return tf.saved_model.load(path)
 
 
 @contextlib.contextmanager
@@ -171,6 +196,11 @@ class Architecture:
     proj_out_dim: int
     num_classes: int
     global_bn: bool
+    # How sk_ratio was found: "variables" (SK units or the deep stem show it),
+    # "undecided" (ResNet-18/34 with the CIFAR stem: only the projection
+    # shortcuts differ, and they hold the same variables), then "outputs" or
+    # "flag" once the converter has decided (simclr_tf.convert).
+    sk_ratio_source: str = "variables"
 
     def describe(self):
         width = (int(self.width_multiplier) if float(self.width_multiplier).is_integer()
@@ -180,7 +210,10 @@ class Architecture:
                 f"-> {self.proj_out_dim}")
         sup = (f"supervised head {self.num_classes} classes" if self.num_classes
                else "no supervised head")
-        return (f"ResNet-{self.resnet_depth} {width}x, sk_ratio {self.sk_ratio}, "
+        sk = {"variables": "", "undecided": " (undecided by the variables)",
+              "outputs": " (chosen by the official outputs)",
+              "flag": " (from --sk_ratio)"}.get(self.sk_ratio_source, "")
+        return (f"ResNet-{self.resnet_depth} {width}x, sk_ratio {self.sk_ratio}{sk}, "
                 f"{'CIFAR' if self.cifar_stem else 'ImageNet'} stem, {head}, {sup}")
 
 
@@ -254,6 +287,12 @@ def infer_architecture(variables):
     its floor of 32, else the official 0.0625), the stem type from the stem
     convolutions, the projection head from its ``nl_<j>``/``l_0`` layers and
     the supervised head's classes from its kernel.
+
+    A ResNet-18/34 with the CIFAR stem has neither SK units (the official
+    basic block has none) nor the deep stem, so its variables cannot tell
+    ``sk_ratio`` 0 from > 0 (ResNet-D projection shortcuts, which add no
+    variable): it is returned with ``sk_ratio`` 0 and ``sk_ratio_source``
+    ``"undecided"``, for the converter to decide (:func:`sk_ratio_candidates`).
     """
     p = _parse(variables)
     stem_convs = _Scope.ordered(p.stem.convs)
@@ -311,5 +350,29 @@ def infer_architecture(variables):
     num_classes = p.shapes[p.sup["kernel"]][-1] if "kernel" in p.sup else 0
     if width.is_integer():
         width = int(width)
+    undecided = not sks and not deep and cifar_stem and block_type == "basic"
     return Architecture(depths[0], width, cifar_stem, sk_ratio, mode, num_layers,
-                        out_dim, int(num_classes), p.sync_bn), p
+                        out_dim, int(num_classes), p.sync_bn,
+                        "undecided" if undecided else "variables"), p
+
+
+def sk_ratio_candidates(arch, sk_ratio=None):
+    """The architectures the export may be: one, or both sk_ratio layouts where undecided.
+
+    ``sk_ratio`` (``--sk_ratio``) fixes the choice where the variables cannot;
+    where they show the ratio, a different ``sk_ratio`` is a
+    :class:`ConversionError`. Any ratio > 0 builds the same ResNet-18/34 (only
+    the shortcuts change), so the candidates are 0 and the official 0.0625.
+    """
+    if arch.sk_ratio_source != "undecided":
+        if sk_ratio is not None and float(sk_ratio) != float(arch.sk_ratio):
+            raise ConversionError(
+                f"--sk_ratio={sk_ratio:g} contradicts the export: its variables show "
+                f"sk_ratio {arch.sk_ratio:g} ({arch.describe()}). Leave --sk_ratio out.")
+        return [arch]
+    if sk_ratio is not None:
+        if sk_ratio < 0:
+            raise ConversionError(f"--sk_ratio must be >= 0, got {sk_ratio:g}.")
+        return [dataclasses.replace(arch, sk_ratio=float(sk_ratio), sk_ratio_source="flag")]
+    return [dataclasses.replace(arch, sk_ratio=r, sk_ratio_source="outputs")
+            for r in (0.0, _DEFAULT_SK_RATIO)]
