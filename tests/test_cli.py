@@ -1,10 +1,12 @@
 """End-to-end runs of ``python -m simclr_tf.run`` in subprocesses."""
 
 import glob
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -224,3 +226,118 @@ def test_incompatible_model_dir_is_refused(tmp_path, capsys, pretrained):
     after = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(src, "**"),
                                                        recursive=True)}
     assert before == after
+
+
+def _tree_digest(path):
+    digest = hashlib.sha256()
+    for root, dirs, files in sorted(os.walk(path)):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            digest.update(os.path.relpath(full, path).encode())
+            with open(full, "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()
+
+
+def _file_digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _arrays(outputs):
+    return {k: np.asarray(v) for k, v in outputs.items()}
+
+
+def _assert_close(actual, expected, atol=1e-5):
+    assert sorted(actual) == sorted(expected)
+    for key in expected:
+        np.testing.assert_allclose(actual[key], expected[key], atol=atol, rtol=0, err_msg=key)
+
+
+def test_cli_exports_after_eval_and_in_export_mode_and_failures_keep_it(
+        pretrained, tmp_path, monkeypatch, capsys):
+    """The shared run's train_then_eval exported after its eval; --mode=export
+    (in this process) replaces the export and keeps config.yaml; a failing
+    export changes nothing."""
+    from simclr_tf import config as config_lib
+    from simclr_tf import errors, runtime
+    from simclr_tf.data import augment
+    from simclr_tf.export import writer
+
+    model_dir, _ = pretrained
+    sm = os.path.join(model_dir, "saved_model")
+    keras_path = os.path.join(model_dir, "simclr.keras")
+
+    def layout():
+        return sorted(os.listdir(model_dir))
+
+    # 1. train_then_eval exported after the eval.
+    assert os.path.isfile(os.path.join(sm, "saved_model.pb"))
+    assert os.path.isfile(keras_path)
+    files = layout()
+    assert {"checkpoints", "result.json", "saved_model", "simclr.keras"} <= set(files)
+    assert not [name for name in files if name.startswith(".")]  # no temporaries
+
+    # 2. The export holds the checkpointed weights (smoke config: 16 px, the
+    # CIFAR path of the uint8 endpoint: resize only).
+    cfg = config_lib.resolve(os.path.join(model_dir, "config.yaml"), {"mode": "export"})
+    exp = runtime.build(cfg)
+    exp.checkpointer.restore_finished("export")
+    assert exp.step == 6
+    rng = np.random.default_rng(4)
+    x = rng.uniform(size=(3, 16, 16, 3)).astype("float32")
+    u8 = rng.integers(0, 256, size=(2, 20, 24, 3), dtype=np.uint8)
+    loaded = tf.saved_model.load(sm)
+    _assert_close(_arrays(loaded.serve(x)), _arrays(exp.model(x, training=False)))
+    by_hand = tf.stack([augment.preprocess_for_eval(image, 16) for image in u8])
+    _assert_close(_arrays(loaded.serve_uint8(u8)),
+                          _arrays(exp.model(by_hand, training=False)))
+    del loaded
+    # (simclr.keras in a fresh process: test_export's reload script.)
+
+    # Export mode refuses a model_dir without checkpoints (run.py turns the
+    # RunError into this message and exit status 2).
+    from simclr_tf.runtime.checkpointer import Checkpointer
+    from simclr_tf.runtime.run_dir import RunDir
+
+    empty_dir = RunDir(str(tmp_path / "empty"))
+    empty = types.SimpleNamespace(
+        cfg=cfg.replace(model_dir=empty_dir.path), model=exp.model, run_dir=empty_dir,
+        checkpointer=Checkpointer(exp.model, exp.optimizer, empty_dir))
+    with pytest.raises(errors.RunError, match="holds no checkpoint. Train first"):
+        runtime.export(empty, restore=True)
+    assert not os.path.exists(tmp_path / "empty")
+
+    # 3. A failing export (SavedModel complete, .keras half-written) changes
+    # nothing and leaves no temporary files.
+    sm_digest, keras_digest = _tree_digest(sm), _file_digest(keras_path)
+
+    def broken_write_keras(model, path):
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(writer, "_write_keras", broken_write_keras)
+    for v in exp.model.trainable_weights:  # what a new export would change
+        v.assign(v * 0.5)
+    with pytest.raises(errors.RunError, match="previous export there is unchanged"):
+        runtime.export(exp)
+    monkeypatch.undo()
+    assert _tree_digest(sm) == sm_digest
+    assert _file_digest(keras_path) == keras_digest
+    assert layout() == files
+
+    # 4. --mode=export replaces the export with the latest checkpoint and
+    # keeps the run's config.yaml.
+    config_before = open(os.path.join(model_dir, "config.yaml")).read()
+    inode = os.stat(sm).st_ino
+    os.remove(keras_path)
+    capsys.readouterr()
+    assert subprocs.main_in_process(f"--config={SMOKE}", f"--model_dir={model_dir}",
+                                    "--mode=export") == 0
+    assert "exported:" in capsys.readouterr().out
+    assert os.stat(sm).st_ino != inode
+    assert os.path.isfile(keras_path)
+    assert open(os.path.join(model_dir, "config.yaml")).read() == config_before
+    assert layout() == files

@@ -4,19 +4,18 @@ The exported artifacts are compared against the in-process model they came
 from (same images, same weights), never against stored numbers.
 """
 
-import hashlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
-import types
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import subprocs
 from simclr_tf import config as config_lib
 from simclr_tf import export, tasks
 from simclr_tf.export import writer
@@ -122,6 +121,12 @@ _RELOAD_SCRIPT = textwrap.dedent('''
     results["losses"] = [float(v) for v in history.history["loss"]]
     results["dtypes"] = sorted({w.dtype for w in layer.weights})
     results["simclr_tf_imported"] = any(m.split(".")[0] == "simclr_tf" for m in sys.modules)
+
+    # 4. Last, with the import block lifted: simclr.keras loads in a fresh
+    # process once simclr_tf.export is imported (it registers the classes).
+    sys.meta_path.pop(0)
+    import simclr_tf.export
+    save("keras_fresh", keras.models.load_model(sys.argv[4])(x))
     np.savez(out_path + ".npz", **arrays)
     print(json.dumps(results))
 ''')
@@ -156,8 +161,8 @@ def exported(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     proc = subprocess.run([sys.executable, str(script), paths["saved_model"], data_path,
-                           out_path], capture_output=True, text=True, cwd=str(tmp),
-                          env=env, timeout=600)
+                           out_path, paths["keras"]], capture_output=True, text=True,
+                          cwd=str(tmp), env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-5000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     arrays = np.load(out_path + ".npz")
@@ -257,6 +262,10 @@ def test_keras_file_round_trip_gives_identical_outputs(exported):
         np.testing.assert_array_equal(a, b)
 
 
+def test_keras_file_loads_in_a_fresh_process_once_simclr_tf_export_is_imported(exported):
+    _assert_outputs_close(exported["reloaded"]["keras_fresh"], exported["refs"]["serve"])
+
+
 def _fit(encoder_output, inputs, x, optimizer):
     logits = keras.layers.Dense(2)(encoder_output)
     classifier = keras.Model(inputs, logits)
@@ -336,136 +345,10 @@ def test_an_export_killed_mid_swap_is_recovered(tmp_path):
     assert (tmp_path / "saved_model" / "saved_model.pb").read_bytes() == b"good"
 
 
-def _tree_digest(path):
-    digest = hashlib.sha256()
-    for root, dirs, files in sorted(os.walk(path)):
-        dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            digest.update(os.path.relpath(full, path).encode())
-            with open(full, "rb") as f:
-                digest.update(f.read())
-    return digest.hexdigest()
-
-
-def _file_digest(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-@pytest.mark.slow
-def test_cli_exports_after_eval_and_in_export_mode_and_failures_keep_it(
-        tmp_path, monkeypatch):
-    from simclr_tf import errors, runtime
-
-    model_dir = str(tmp_path / "run")
-    sm = os.path.join(model_dir, "saved_model")
-    keras_path = os.path.join(model_dir, "simclr.keras")
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
-
-    # Two steps are enough here; skip the optional feature eval where it exists.
-    quick = ["--train_steps=2"] + (["--feature_linear_eval=false"]
-                                   if "feature_linear_eval" in config_lib.FIELDS else [])
-
-    def cli(*flags):
-        proc = subprocess.run(
-            [sys.executable, "-m", "simclr_tf.run", f"--config={SMOKE}",
-             f"--model_dir={model_dir}", *quick, *flags],
-            capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
-        assert proc.returncode == 0, proc.stderr[-5000:]
-        return proc
-
-    def layout():
-        return sorted(os.listdir(model_dir))
-
-    # 1. train_then_eval exports after the eval.
-    cli("--mode=train_then_eval")
-    assert os.path.isfile(os.path.join(sm, "saved_model.pb"))
-    assert os.path.isfile(keras_path)
-    files = layout()
-    assert {"checkpoints", "result.json", "saved_model", "simclr.keras"} <= set(files)
-    assert not [name for name in files if name.startswith(".")]  # no temporaries
-
-    # 2. The export holds the checkpointed weights (smoke config: 16 px, the
-    # CIFAR path of the uint8 endpoint: resize only).
-    cfg = config_lib.resolve(SMOKE, {"model_dir": model_dir, "mode": "export",
-                                     "train_steps": 2})
-    exp = runtime.build(cfg)
-    exp.checkpointer.restore_finished("export")
-    assert exp.step == 2
-    rng = np.random.default_rng(4)
-    x = rng.uniform(size=(3, 16, 16, 3)).astype("float32")
-    u8 = rng.integers(0, 256, size=(2, 20, 24, 3), dtype=np.uint8)
-    loaded = tf.saved_model.load(sm)
-    _assert_outputs_close(_np(loaded.serve(x)), _np(exp.model(x, training=False)))
-    by_hand = tf.stack([augment.preprocess_for_eval(image, 16) for image in u8])
-    _assert_outputs_close(_np(loaded.serve_uint8(u8)),
-                          _np(exp.model(by_hand, training=False)))
-    del loaded
-    # simclr.keras loads in a fresh process once simclr_tf.export is imported.
-    np.save(tmp_path / "x.npy", x)
-    proc = subprocess.run(
-        [sys.executable, "-c",
-         "import sys, json, keras, numpy as np; import simclr_tf.export; "
-         "m = keras.models.load_model(sys.argv[1]); "
-         "print(json.dumps(m(np.load(sys.argv[2]))['final_avg_pool'].numpy().tolist()))",
-         keras_path, str(tmp_path / "x.npy")],
-        capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    np.testing.assert_allclose(np.array(json.loads(proc.stdout.splitlines()[-1])),
-                               exp.model(x, training=False)["final_avg_pool"],
-                               atol=ATOL, rtol=0)
-
-    # Export mode refuses a model_dir without checkpoints (run.py turns the
-    # RunError into this message and exit status 2).
-    from simclr_tf.runtime.checkpointer import Checkpointer
-    from simclr_tf.runtime.run_dir import RunDir
-
-    empty_dir = RunDir(str(tmp_path / "empty"))
-    empty = types.SimpleNamespace(
-        cfg=cfg.replace(model_dir=empty_dir.path), model=exp.model, run_dir=empty_dir,
-        checkpointer=Checkpointer(exp.model, exp.optimizer, empty_dir))
-    with pytest.raises(errors.RunError, match="holds no checkpoint. Train first"):
-        runtime.export(empty, restore=True)
-    assert not os.path.exists(tmp_path / "empty")
-
-    # 3. A failing export (SavedModel complete, .keras half-written) changes
-    # nothing and leaves no temporary files.
-    sm_digest, keras_digest = _tree_digest(sm), _file_digest(keras_path)
-
-    def broken_write_keras(model, path):
-        with open(path, "wb") as f:
-            f.write(b"partial")
-        raise OSError("disk full (simulated)")
-
-    monkeypatch.setattr(writer, "_write_keras", broken_write_keras)
-    for v in exp.model.trainable_weights:  # what a new export would change
-        v.assign(v * 0.5)
-    with pytest.raises(errors.RunError, match="previous export there is unchanged"):
-        runtime.export(exp)
-    monkeypatch.undo()
-    assert _tree_digest(sm) == sm_digest
-    assert _file_digest(keras_path) == keras_digest
-    assert layout() == files
-
-    # 4. --mode=export replaces the export with the latest checkpoint and
-    # keeps the run's config.yaml.
-    config_before = open(os.path.join(model_dir, "config.yaml")).read()
-    inode = os.stat(sm).st_ino
-    os.remove(keras_path)
-    proc = cli("--mode=export")
-    assert "exported:" in proc.stdout
-    assert os.stat(sm).st_ino != inode
-    assert os.path.isfile(keras_path)
-    assert open(os.path.join(model_dir, "config.yaml")).read() == config_before
-    assert layout() == files
-
-
-@pytest.mark.slow
-def test_cli_export_falls_back_from_a_corrupt_newest_checkpoint(tmp_path):
+def test_cli_export_falls_back_from_a_corrupt_newest_checkpoint(tmp_path, capfd, caplog):
     """--mode=export skips a truncated newest checkpoint with a warning, as
     training does, and exports the previous checkpoint's weights."""
-    from simclr_tf import errors, runtime
+    from simclr_tf import runtime
 
     model_dir = str(tmp_path / "run")
     cfg = config_lib.resolve(SMOKE, dict(model_dir=model_dir, train_steps=2,
@@ -486,15 +369,15 @@ def test_cli_export_falls_back_from_a_corrupt_newest_checkpoint(tmp_path):
         content = f.read()
     with open(data, "wb") as f:
         f.write(content[: len(content) // 2])
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(
-        [sys.executable, "-m", "simclr_tf.run", "--mode=export",
-         f"--config={os.path.join(model_dir, 'config.yaml')}"],
-        capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    assert "exported:" in proc.stdout
-    assert "ckpt-2 is unreadable" in proc.stderr and "trying the previous one" in proc.stderr
-    assert "skipped unreadable ckpt-2" in proc.stderr
+    capfd.readouterr()
+    code = subprocs.main_in_process("--mode=export",
+                                    f"--config={os.path.join(model_dir, 'config.yaml')}")
+    out, err = capfd.readouterr()
+    assert code == 0, err[-5000:]
+    assert "exported:" in out
+    logged = caplog.text  # absl's warnings
+    assert "ckpt-2 is unreadable" in logged and "trying the previous one" in logged
+    assert "skipped unreadable ckpt-2" in logged
     loaded = tf.saved_model.load(os.path.join(model_dir, "saved_model"))
     _assert_outputs_close(_np(loaded.serve(x)), older)
     assert len(content) // 2 == os.path.getsize(data)  # the bad file is left as it was
