@@ -321,7 +321,10 @@ def _run_cfg(model_dir, **changes):
                 train_batch_size=64, eval_batch_size=500, optimizer="adam",
                 learning_rate=0.02, weight_decay=0.0, warmup_epochs=0.0,
                 global_bn=False, checkpoint_steps=100_000, log_every_steps=100,
-                eval_split="test", model_dir=str(model_dir))
+                eval_split="test", model_dir=str(model_dir),
+                # top-1 of the classifier is the check: no frozen-feature or kNN
+                # pass over the 10,000 training images at every evaluation
+                feature_linear_eval=False, knn_eval=False)
     return config_lib.resolve(None, {**base, **changes})
 
 
@@ -374,7 +377,8 @@ import numpy as np
 from simclr_tf import config as config_lib, export, runtime, tasks
 
 root = tempfile.mkdtemp()
-small = dict(image_size=16, proj_out_dim=8, train_batch_size=8, eval_batch_size=250)
+small = dict(image_size=16, proj_out_dim=8, train_batch_size=8, eval_batch_size=250,
+             feature_linear_eval=False, knn_eval=False)
 teacher = tasks.build_model(
     config_lib.Config(train_mode="finetune", global_bn=False, **small), 10)
 teacher(tf.zeros([1, 16, 16, 3]))
