@@ -32,8 +32,9 @@ setup(
         "pillow",
     ],
     extras_require={
+        # The test extra holds every optional dependency (study, viz): no test skips in CI.
         "test": ["pytest>=7", "pytest-timeout>=2", "pytest-xdist>=3", "pillow", "nbclient", "nbformat", "ipykernel",
-                 "matplotlib"],
+                 "matplotlib", "scikit-learn"],
         "study": ["matplotlib"],
         # python -m simclr_tf.neighbours --map: the t-SNE map of the embeddings.
         "viz": ["scikit-learn"],

@@ -51,7 +51,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import flags, logging  # noqa: E402
 
-from simclr_tf import __version__, distribute, errors, files  # noqa: E402
+from simclr_tf import __version__, distribute, errors, files, runtime  # noqa: E402
+from simclr_tf import config as config_lib  # noqa: E402
 from simclr_tf.config import sections  # noqa: E402
 from simclr_tf.data import datasets, image_folder  # noqa: E402
 from simclr_tf.errors import ConfigError, NotSimCLRExportError, RunError  # noqa: E402
@@ -116,7 +117,6 @@ def _run_config(model_dir):
     path = os.path.join(model_dir, "config.yaml")
     if not tf.io.gfile.exists(path):
         return None
-    from simclr_tf import config as config_lib
     return config_lib.resolve(path, {"model_dir": model_dir, "mode": "eval"})
 
 
@@ -179,7 +179,6 @@ def _load_export(saved_model, model_dir):
 
 
 def _load_checkpoint(model_dir):
-    from simclr_tf import runtime  # the whole training stack: only for this path
     cfg = _run_config(model_dir)
     if cfg is None:
         raise EmbedError(f"{model_dir!r} has checkpoints but no config.yaml, so the model "

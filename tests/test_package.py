@@ -10,7 +10,8 @@ import pytest
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                        "simclr_tf")
 # Imports allowed inside functions: slow, optional dependencies.
-LAZY_OK = {"tensorflow_datasets", "matplotlib", "matplotlib.pyplot"}
+LAZY_OK = {"tensorflow_datasets", "matplotlib", "matplotlib.pyplot",
+           "sklearn.manifold", "sklearn.manifold.TSNE"}  # optional extras
 # ... and, per module, package modules that load TensorFlow where it must stay unloaded
 # (see test_config_imports_without_tensorflow).
 LAZY_OK_IN = {"simclr_tf.config.schema": {"simclr_tf.files"},

@@ -18,6 +18,7 @@ import tensorflow as tf
 from absl import logging as absl_logging
 
 from simclr_tf.errors import ConversionError
+from simclr_tf.official import releases
 from simclr_tf.models import resnet as resnet_lib
 
 # The official code's only selective-kernel ratio (SimCLRv2); used when the
@@ -92,8 +93,6 @@ def _exists(path):
     try:
         return tf.io.gfile.exists(path)
     except tf.errors.OpError as e:
-        from simclr_tf.official import releases
-
         reason = (str(e).strip().splitlines() or [""])[0]
         raise ConversionError(
             f"Cannot reach {path!r} ({type(e).__name__}: {reason}). Without network "
