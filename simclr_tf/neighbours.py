@@ -155,6 +155,19 @@ def draw_grid(tiles, num_rows, k, tile, out_png):
     return width, height
 
 
+def _rows_of(batches, rows, num_examples):
+    """(h, labels) of ``rows`` (sorted indices) from streamed (features, labels) batches."""
+    wanted = np.zeros(num_examples, bool)
+    wanted[rows] = True
+    feats, labels, position = [], [], 0
+    for f, y in batches:
+        keep = wanted[position:position + len(y)]
+        position += len(y)
+        feats.append(f["h"][keep])
+        labels.append(y[keep])
+    return np.concatenate(feats), np.concatenate(labels)
+
+
 def neighbour_grid(model, train, queries, out_png, k=5, num_queries=8, scale=None,
                    log=print):
     """Writes the neighbour grid of ``queries``' eval rows among ``train`` (see the module docstring).
@@ -176,15 +189,7 @@ def neighbour_grid(model, train, queries, out_png, k=5, num_queries=8, scale=Non
     info, batches = embed.feature_batches(model, queries, what=f"embedding the queries' "
                                                               f"split {queries.split!r}")
     rows = query_rows(info.num_examples, num_queries)
-    wanted = np.zeros(info.num_examples, bool)
-    wanted[rows] = True
-    q_feats, q_labels, position = [], [], 0
-    for feats, labels in batches:
-        keep = wanted[position:position + len(labels)]
-        position += len(labels)
-        q_feats.append(feats["h"][keep])
-        q_labels.append(labels[keep])
-    q_feats, q_labels = np.concatenate(q_feats), np.concatenate(q_labels)
+    q_feats, q_labels = _rows_of(batches, rows, info.num_examples)
     train_info, train_batches = embed.feature_batches(
         model, train, what=f"embedding the training split {train.split!r}")
     k = min(int(k), train_info.num_examples)
@@ -272,15 +277,7 @@ def embedding_map(model, inp, out_png, max_points=2000, seed=0, log=print):
     n = info.num_examples
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(n, size=min(n, int(max_points)), replace=False))
-    wanted = np.zeros(n, bool)
-    wanted[chosen] = True
-    feats, labels, position = [], [], 0
-    for f, y in batches:
-        keep = wanted[position:position + len(y)]
-        position += len(y)
-        feats.append(f["h"][keep])
-        labels.append(y[keep])
-    feats, labels = np.concatenate(feats), np.concatenate(labels)
+    feats, labels = _rows_of(batches, chosen, n)
     if len(feats) < 5:
         raise ConfigError(f"The map needs at least 5 images; {inp.split!r} has {len(feats)}.")
     xy = TSNE(n_components=2, metric="cosine", init="pca", random_state=seed,

@@ -60,13 +60,18 @@ def read_index(out):
         return list(csv.DictReader(f))
 
 
-def run_embed(*argv):
-    """``python -m simclr_tf.embed ARGV`` in this process; returns the exit status (0: none)."""
+def run_main(main, *argv):
+    """An argparse tool's ``main(ARGV)`` in this process; returns the exit status (0: none)."""
     try:
-        embed.main([str(a) for a in argv])
+        main([str(a) for a in argv])
     except SystemExit as e:
         return e.code
     return 0
+
+
+def run_embed(*argv):
+    """``python -m simclr_tf.embed ARGV`` in this process."""
+    return run_main(embed.main, *argv)
 
 
 @pytest.fixture(scope="module")

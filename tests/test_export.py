@@ -5,6 +5,7 @@ from (same images, same weights), never against stored numbers.
 """
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -134,8 +135,7 @@ _RELOAD_SCRIPT = textwrap.dedent('''
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A tiny exported model, its inputs, the in-process references and a
-    reload in a fresh process without simclr_tf."""
+    """A tiny exported model, its inputs and the in-process references."""
     tmp = tmp_path_factory.mktemp("export")
     model_dir = str(tmp / "run")
     rng = np.random.default_rng(0)
@@ -152,9 +152,17 @@ def exported(tmp_path_factory):
     twin(tf.zeros([1, IMAGE_SIZE, IMAGE_SIZE, 3]))
     twin.set_weights(model.get_weights())
     refs["train"] = _np(twin(x, training=True))
+    return dict(model=model, model_dir=model_dir, paths=paths, x=x, u8=u8, refs=refs,
+                tmp=tmp)
 
+
+@pytest.fixture(scope="module")
+def reloaded(exported):
+    """(results, outputs) of the export read in a fresh process without simclr_tf
+    (_RELOAD_SCRIPT); the tests that use it start a process: marked slow."""
+    tmp, paths = exported["tmp"], exported["paths"]
     data_path = str(tmp / "inputs.npz")
-    np.savez(data_path, x=x, u8=u8)
+    np.savez(data_path, x=exported["x"], u8=exported["u8"])
     script = tmp / "reload.py"
     script.write_text(_RELOAD_SCRIPT)
     out_path = str(tmp / "reloaded")
@@ -166,12 +174,11 @@ def exported(tmp_path_factory):
     assert proc.returncode == 0, proc.stderr[-5000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     arrays = np.load(out_path + ".npz")
-    reloaded = {}
+    outputs = {}
     for key in arrays.files:
         prefix, name = key.split("/", 1)
-        reloaded.setdefault(prefix, {})[name] = arrays[key]
-    return dict(model=model, model_dir=model_dir, paths=paths, x=x, u8=u8, refs=refs,
-                results=results, reloaded=reloaded)
+        outputs.setdefault(prefix, {})[name] = arrays[key]
+    return results, outputs
 
 
 def _assert_outputs_close(actual, expected, atol=ATOL):
@@ -211,8 +218,9 @@ def test_an_export_without_the_marker_file_still_loads(exported, tmp_path):
                                atol=ATOL, rtol=0)
 
 
-def test_reloaded_without_simclr_tf_matches_in_process_model(exported):
-    results, reloaded, refs = exported["results"], exported["reloaded"], exported["refs"]
+@pytest.mark.slow
+def test_reloaded_without_simclr_tf_matches_in_process_model(exported, reloaded):
+    (results, reloaded), refs = reloaded, exported["refs"]
     assert results["simclr_tf_imported"] is False
     assert {"serve", "serve_training", "serve_uint8", "serving_default"} <= set(
         results["signatures"])
@@ -222,20 +230,23 @@ def test_reloaded_without_simclr_tf_matches_in_process_model(exported):
     assert results["dtypes"] == ["float32"]
 
 
-def test_serve_training_runs_batchnorm_in_training_mode(exported):
-    reloaded, refs = exported["reloaded"], exported["refs"]
+@pytest.mark.slow
+def test_serve_training_runs_batchnorm_in_training_mode(exported, reloaded):
+    reloaded, refs = reloaded[1], exported["refs"]
     _assert_outputs_close(reloaded["layer_train"], refs["train"], atol=1e-4)
     # Batch statistics differ from the (randomised) moving statistics.
     diff = np.abs(refs["train"]["final_avg_pool"] - refs["serve"]["final_avg_pool"]).max()
     assert diff > 1e-2
 
 
-def test_uint8_endpoint_preprocesses_like_evaluation(exported):
-    _assert_outputs_close(exported["reloaded"]["load_uint8"], exported["refs"]["uint8"])
+@pytest.mark.slow
+def test_uint8_endpoint_preprocesses_like_evaluation(exported, reloaded):
+    _assert_outputs_close(reloaded[1]["load_uint8"], exported["refs"]["uint8"])
 
 
-def test_tfsmlayer_fine_tunes_inside_fit(exported):
-    results, model = exported["results"], exported["model"]
+@pytest.mark.slow
+def test_tfsmlayer_fine_tunes_inside_fit(exported, reloaded):
+    results, model = reloaded[0], exported["model"]
     assert results["num_trainable"] == len(model.trainable_weights)
     assert results["num_non_trainable"] == len(model.non_trainable_weights)
     # Gradients reach the whole encoder (the heads are unused by this classifier)...
@@ -262,8 +273,10 @@ def test_keras_file_round_trip_gives_identical_outputs(exported):
         np.testing.assert_array_equal(a, b)
 
 
-def test_keras_file_loads_in_a_fresh_process_once_simclr_tf_export_is_imported(exported):
-    _assert_outputs_close(exported["reloaded"]["keras_fresh"], exported["refs"]["serve"])
+@pytest.mark.slow
+def test_keras_file_loads_in_a_fresh_process_once_simclr_tf_export_is_imported(exported,
+                                                                                reloaded):
+    _assert_outputs_close(reloaded[1]["keras_fresh"], exported["refs"]["serve"])
 
 
 def _fit(encoder_output, inputs, x, optimizer):
@@ -370,6 +383,8 @@ def test_cli_export_falls_back_from_a_corrupt_newest_checkpoint(tmp_path, capfd,
     with open(data, "wb") as f:
         f.write(content[: len(content) // 2])
     capfd.readouterr()
+    caplog.set_level(logging.INFO)  # the "resumed from" line is INFO, whatever
+    caplog.set_level(logging.INFO, logger="absl")  # earlier tests in this process set
     code = subprocs.main_in_process("--mode=export",
                                     f"--config={os.path.join(model_dir, 'config.yaml')}")
     out, err = capfd.readouterr()

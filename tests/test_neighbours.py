@@ -16,7 +16,7 @@ from PIL import Image
 
 from simclr_tf import neighbours
 from simclr_tf.data import offline
-from test_embed import build_exported, serve
+from test_embed import build_exported, run_main, serve
 
 TRAIN, EVAL, K, QUERIES, SCALE = "train[:120]", "test[:30]", 4, 5, 2
 
@@ -27,11 +27,7 @@ def model_dir(tmp_path_factory):
 
 
 def run_neighbours(*argv):
-    try:
-        neighbours.main([str(a) for a in argv])
-    except SystemExit as e:
-        return e.code
-    return 0
+    return run_main(neighbours.main, *argv)
 
 
 def expected_neighbours(model_dir):

@@ -94,6 +94,7 @@ def test_no_import_circle_and_no_import_inside_a_function():
     assert len(graph) > 40  # the walk saw the package
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_public_api_and_no_environment_change_on_import():
     code = (
         "import os, sys\n"
@@ -123,6 +124,7 @@ def test_unknown_public_name_is_an_attribute_error():
         simclr_tf.Sessionn  # noqa: B018
 
 
+@pytest.mark.slow  # a fresh Python process
 def test_config_imports_without_tensorflow():
     """The config (schema, sections, flag table) is plain Python: tools that only build
     or check settings must not pay for, or depend on, TensorFlow and Keras."""
