@@ -185,3 +185,27 @@ def test_manifest_keys_are_the_relative_paths_they_always_were(tmp_path, spellin
              os.path.join(str(tmp_path), "elsewhere", "c.png")]  # an image list's file
     assert image_folder._relative_paths(paths, split_dir) == [
         os.path.relpath(p, split_dir) for p in paths]
+
+
+def test_header_reads_go_to_threads_only_when_they_wait(monkeypatch):
+    """Quick reads stay in this thread; reads that wait (a slow mount) go to threads; same order."""
+    import threading
+    import time
+
+    threads = set()
+
+    def header(path, wait=0.0):
+        threads.add(threading.current_thread().name)
+        if wait:
+            time.sleep(wait)
+        return path.upper()
+
+    paths = [f"/mount/c{i % 3}/{i:04d}.jpg" for i in range(300)]
+    monkeypatch.setattr(image_folder, "_header", header)
+    assert image_folder._headers(paths) == [p.upper() for p in paths]
+    assert threads == {threading.current_thread().name}
+
+    threads.clear()
+    monkeypatch.setattr(image_folder, "_header", lambda p: header(p, wait=0.001))
+    assert image_folder._headers(paths) == [p.upper() for p in paths]
+    assert len(threads - {threading.current_thread().name}) > 1
