@@ -867,6 +867,7 @@ def test_default_list_equals_preprocess_for_train():
             np.testing.assert_array_equal(ref.numpy(), got.numpy())
 
 
+@pytest.mark.slow
 def test_augment_view_lists_in_tf_data():
     x = np.random.default_rng(15).uniform(0, 1, size=(20, 20, 3)).astype(np.float32)
     resized = augment.augment_view(x, tf.constant([0, 0]), 16, "none").numpy()

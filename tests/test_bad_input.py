@@ -160,6 +160,7 @@ def test_image_gone_bad_after_the_scan_is_replaced_in_place_and_counted(tmp_path
     assert "the same number of examples" in caplog.text
 
 
+@pytest.mark.slow
 def test_training_stream_goes_on_past_a_file_gone_bad_and_resumes_exactly(tmp_path):
     from simclr_tf.data import pipeline
 
@@ -316,6 +317,7 @@ def test_unusual_image_decodes_to_rgb_uint8(tmp_path, name):
     assert _snapshot(root) == before
 
 
+@pytest.mark.slow
 def test_training_runs_on_a_folder_of_every_kind_of_image(tmp_path):
     """All the odd files above in one folder: 2 steps of training and an eval."""
     root = _folder(tmp_path / "data", n=3)
@@ -407,6 +409,7 @@ def test_empty_folder_through_the_cli_fails_in_one_line(tmp_path, capsys):
     assert _snapshot(model_dir) == {"keep.txt": hashlib.sha1(b"precious").hexdigest()}
 
 
+@pytest.mark.slow
 def test_a_single_class_trains_with_a_warning(tmp_path, caplog):
     root = _folder(tmp_path / "data", classes=("only",), n=6)
     cfg = _cfg(tmp_path, data_dir=str(root))

@@ -152,6 +152,7 @@ def _restored_model(model_dir):
     return cfg, model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_architecture_is_inferred(converted, name):
     arch = converted[name]["result"]["architecture"]
@@ -163,6 +164,7 @@ def test_architecture_is_inferred(converted, name):
     assert cfg.image_size == converted[name]["ref"]["x"].shape[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_parity_is_reported(converted, name):
     info = converted[name]
@@ -193,6 +195,7 @@ def test_parity_is_reported(converted, name):
     assert np.std(ref["logits_sup"]) > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_checkpoint_reproduces_official_outputs(converted, name):
     info = converted[name]
@@ -207,6 +210,7 @@ def test_checkpoint_reproduces_official_outputs(converted, name):
     assert np.std(ref["final_avg_pool"]) > 1e-3
 
 
+@pytest.mark.slow
 def test_run_dir_layout(converted):
     model_dir = converted["r18_cifar"]["model_dir"]
     names = sorted(os.listdir(model_dir))
@@ -220,6 +224,7 @@ def test_run_dir_layout(converted):
     assert not [p for p in model_dir.parent.iterdir() if "convert-tmp" in p.name]
 
 
+@pytest.mark.slow
 def test_one_finetuning_step_from_converted_model(converted):
     """One plain-SGD fine-tuning step from the converted checkpoint, checked by hand:
     the step's loss is a NumPy cross-entropy of the model's logits, and the
@@ -341,6 +346,7 @@ def test_saved_model_that_is_not_official_simclr(tmp_path):
     _assert_untouched(model_dir, [])
 
 
+@pytest.mark.slow
 def test_our_own_export_is_not_official(converted, tmp_path):
     model_dir = tmp_path / "run"
     with pytest.raises(convert.ConversionError, match="not an official SimCLR TF2 export"):
@@ -362,6 +368,7 @@ def _convert_changed(monkeypatch, officials, tmp_path, change):
     convert.convert(str(officials["r18_cifar"][0]), str(tmp_path / "run"), log=lambda s: None)
 
 
+@pytest.mark.slow
 def test_missing_variable_is_named(officials, tmp_path, monkeypatch):
     def drop(variables):
         name = next(n for n in variables if n.startswith("projection_head/nl_1/")
@@ -375,6 +382,7 @@ def test_missing_variable_is_named(officials, tmp_path, monkeypatch):
     _assert_untouched(tmp_path / "run", None)
 
 
+@pytest.mark.slow
 def test_extra_variable_is_named(officials, tmp_path, monkeypatch):
     extra = ("resnet/block_group1/residual_block/batch_norm_relu_99/"
              "sync_batch_normalization_99/gamma")
@@ -388,6 +396,7 @@ def test_extra_variable_is_named(officials, tmp_path, monkeypatch):
     _assert_untouched(tmp_path / "run", None)
 
 
+@pytest.mark.slow
 def test_unknown_variable_is_named(officials, tmp_path, monkeypatch):
     extra = "projection_head/nl_0/dense/bias"
 
@@ -400,6 +409,7 @@ def test_unknown_variable_is_named(officials, tmp_path, monkeypatch):
     _assert_untouched(tmp_path / "run", None)
 
 
+@pytest.mark.slow
 def test_parity_failure_writes_nothing(converted, tmp_path, monkeypatch):
     real_copy = official_mapping.copy_variables
 
@@ -417,6 +427,7 @@ def test_parity_failure_writes_nothing(converted, tmp_path, monkeypatch):
     _assert_untouched(model_dir, None)
 
 
+@pytest.mark.slow
 def test_existing_run_is_refused(converted):
     model_dir = converted["r18_cifar"]["model_dir"]
     before = sorted(os.listdir(model_dir))
@@ -426,6 +437,7 @@ def test_existing_run_is_refused(converted):
     _assert_untouched(model_dir, before)
 
 
+@pytest.mark.slow
 def test_cifar_model_with_large_image_size_is_refused(converted, tmp_path):
     with pytest.raises(convert.ConversionError, match="CIFAR stem"):
         convert.convert(str(converted["r18_cifar"]["official"]), str(tmp_path / "run"),
@@ -433,6 +445,7 @@ def test_cifar_model_with_large_image_size_is_refused(converted, tmp_path):
     _assert_untouched(tmp_path / "run", None)
 
 
+@pytest.mark.slow
 def test_trainer_restores_converted_run(converted, tmp_path):
     """--mode=export of simclr_tf.run (in this process) restores the converted
     checkpoint strictly: the export it writes anew reproduces the official logits."""
@@ -463,6 +476,7 @@ def test_trainer_restores_converted_run(converted, tmp_path):
 
 
 # ------------------------------------------------ sk_ratio the variables cannot show
+@pytest.mark.slow
 def test_undecided_sk_ratio_is_chosen_by_the_official_outputs(converted):
     """A ResNet-18 with the CIFAR stem holds the same variables with and without
     selective kernels (only its projection shortcuts differ); both layouts are
@@ -485,6 +499,7 @@ def test_undecided_sk_ratio_is_chosen_by_the_official_outputs(converted):
     assert converted["r50_1x_sk1"]["result"]["candidates"].keys() == {0.0625}
 
 
+@pytest.mark.slow
 def test_sk_ratio_flag_names_the_layout(officials, tmp_path, monkeypatch):
     path = str(officials["r18_cifar_sk1"][0])
     # the wrong layout by flag: refused by the parity check, nothing written

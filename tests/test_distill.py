@@ -252,6 +252,7 @@ def exports(tmp_path_factory):
     return paths
 
 
+@pytest.mark.slow
 def test_teacher_loads_export_and_returns_inference_logits(exports):
     path, model = exports["with_head"]
     teacher = export.Teacher(path, 16)
@@ -263,6 +264,7 @@ def test_teacher_loads_export_and_returns_inference_logits(exports):
     export.Teacher(os.path.join(path, "saved_model"), 16)  # the SavedModel itself
 
 
+@pytest.mark.slow
 def test_config_rejects_bad_teachers(exports, tmp_path):
     def resolve(**changes):
         """The config, then the run's setup (which loads and checks the teacher)."""
@@ -293,6 +295,7 @@ def test_config_rejects_bad_teachers(exports, tmp_path):
     assert cfg.distill_temperature == 1.0 and cfg.distill_label_weight == 0.0
 
 
+@pytest.mark.slow
 def test_session_rejects_a_teacher_of_another_class_count(exports, tmp_path):
     from simclr_tf import runtime
 

@@ -79,6 +79,7 @@ def model_dir(tmp_path_factory):
     return build_exported(str(tmp_path_factory.mktemp("embed") / "run"))
 
 
+@pytest.mark.slow
 def test_offline_split_h_and_z_equal_the_savedmodel_on_the_same_images(model_dir, tmp_path,
                                                                       capsys):
     out = tmp_path / "emb"
@@ -125,6 +126,7 @@ def _write_png(path, rng):
     Image.fromarray(pixels).save(path)
 
 
+@pytest.mark.slow
 def test_unlabelled_folder_and_image_list_join_on_paths(model_dir, tmp_path, capsys):
     rng = np.random.default_rng(3)
     photos = tmp_path / "photos"

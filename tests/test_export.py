@@ -188,6 +188,7 @@ def _assert_outputs_close(actual, expected, atol=ATOL):
                                    err_msg=key)
 
 
+@pytest.mark.slow
 def test_layout_and_output_names(exported):
     model_dir = exported["model_dir"]
     assert sorted(os.listdir(model_dir)) == ["saved_model", "simclr.keras"]
@@ -204,6 +205,7 @@ def test_layout_and_output_names(exported):
     assert export.read_export_info(exported["paths"]["saved_model"]) == info
 
 
+@pytest.mark.slow
 def test_an_export_without_the_marker_file_still_loads(exported, tmp_path):
     """Exports written before the marker existed are recognised by their signatures."""
     import shutil
@@ -258,6 +260,7 @@ def test_tfsmlayer_fine_tunes_inside_fit(exported, reloaded):
     assert all(np.isfinite(results["losses"]))
 
 
+@pytest.mark.slow
 def test_keras_file_round_trip_gives_identical_outputs(exported):
     restored = keras.models.load_model(exported["paths"]["keras"])
     assert isinstance(restored, simclr_model.SimCLRModel)
@@ -286,6 +289,7 @@ def _fit(encoder_output, inputs, x, optimizer):
     classifier.fit(x, np.array([0, 1] * (len(x) // 2)), epochs=2, verbose=0)
 
 
+@pytest.mark.slow
 def test_load_encoder_frozen(exported):
     """Frozen: inference mode even when the caller trains, weights untouched."""
     x = exported["x"]
@@ -307,6 +311,7 @@ def test_load_encoder_frozen(exported):
         export.load_encoder(exported["model_dir"] + "_missing")
 
 
+@pytest.mark.slow
 def test_load_encoder_fine_tunes_with_adam(exported):
     """A plain TFSMLayer fails with optimizers that keep per-weight slots
     (Keras 3.15: ':' in the slot names); load_encoder's layer does not."""
@@ -324,6 +329,7 @@ def test_load_encoder_fine_tunes_with_adam(exported):
     assert changed == len(model.encoder.trainable_weights)
 
 
+@pytest.mark.slow
 def test_frozen_finetune_run_exports_a_trainable_encoder(tmp_path):
     """A linear-eval run (encoder frozen) still exports training-mode BN."""
     model = _build(np.random.default_rng(2), train_mode="finetune",
@@ -358,6 +364,7 @@ def test_an_export_killed_mid_swap_is_recovered(tmp_path):
     assert (tmp_path / "saved_model" / "saved_model.pb").read_bytes() == b"good"
 
 
+@pytest.mark.slow
 def test_cli_export_falls_back_from_a_corrupt_newest_checkpoint(tmp_path, capfd, caplog):
     """--mode=export skips a truncated newest checkpoint with a warning, as
     training does, and exports the previous checkpoint's weights."""

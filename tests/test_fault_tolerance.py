@@ -351,6 +351,7 @@ def _assert_session_holds(exp, expected, tmp_path):
         np.testing.assert_array_equal(reader.get_tensor(key), expected[key], err_msg=key)
 
 
+@pytest.mark.slow
 def test_truncated_newest_checkpoint_falls_back_with_a_warning(three_checkpoints, tmp_path,
                                                                 caplog):
     cfg, directory, tensors = _copy_run(three_checkpoints, tmp_path)
@@ -370,6 +371,7 @@ def test_truncated_newest_checkpoint_falls_back_with_a_warning(three_checkpoints
     assert sorted(os.listdir(directory)) == before  # nothing deleted or rewritten
 
 
+@pytest.mark.slow
 def test_corrupt_bytes_and_missing_files_fall_back_too(three_checkpoints, tmp_path):
     cfg, directory, tensors = _copy_run(three_checkpoints, tmp_path)
     data3 = os.path.join(directory, "ckpt-3.data-00000-of-00001")
@@ -385,6 +387,7 @@ def test_corrupt_bytes_and_missing_files_fall_back_too(three_checkpoints, tmp_pa
     _assert_session_holds(exp, tensors[1], tmp_path)
 
 
+@pytest.mark.slow
 def test_no_readable_checkpoint_is_a_clear_error(three_checkpoints, tmp_path):
     cfg, directory, _ = _copy_run(three_checkpoints, tmp_path)
     for step in (1, 2, 3):
@@ -396,6 +399,7 @@ def test_no_readable_checkpoint_is_a_clear_error(three_checkpoints, tmp_path):
         exp.checkpointer.restore_for_training(exp.cfg.checkpoint)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_refused_not_skipped(three_checkpoints, tmp_path):
     """Eval with other model settings: a clear error, no fallback, files untouched."""
     cfg, directory, _ = _copy_run(three_checkpoints, tmp_path)
@@ -408,6 +412,7 @@ def test_checkpoint_of_another_model_is_refused_not_skipped(three_checkpoints, t
                       for f in os.listdir(directory)}
 
 
+@pytest.mark.slow
 def test_truncated_state_file_still_finds_the_checkpoints(three_checkpoints, tmp_path):
     cfg, directory, tensors = _copy_run(three_checkpoints, tmp_path)
     state = os.path.join(directory, "checkpoint")
@@ -421,6 +426,7 @@ def test_truncated_state_file_still_finds_the_checkpoints(three_checkpoints, tmp
     _assert_session_holds(exp, tensors[3], tmp_path)
 
 
+@pytest.mark.slow
 def test_interrupted_save_leaves_the_previous_checkpoint_usable(three_checkpoints, tmp_path):
     """TF writes ckpt-N_temp/, renames the data to ckpt-N.data-*, writes ckpt-N.index
     and only then rewrites the state file atomically: a crash at any point leaves the
@@ -461,6 +467,7 @@ def _nan_batches(exp, nan_at):
     return lambda start: exp.strategy.experimental_distribute_dataset(ds)
 
 
+@pytest.mark.slow
 def test_skip_policy_skips_the_bad_step_and_counts_it(tmp_path):
     cfg = _cfg(tmp_path, nonfinite_policy="skip", train_steps=3, checkpoint_steps=3)
     os.makedirs(cfg.model_dir)
@@ -476,6 +483,7 @@ def test_skip_policy_skips_the_bad_step_and_counts_it(tmp_path):
         assert np.all(np.isfinite(np.asarray(v))), v.path
 
 
+@pytest.mark.slow
 def test_stop_policy_names_the_first_bad_step(tmp_path):
     cfg = _cfg(tmp_path, train_steps=4, checkpoint_steps=4, log_every_steps=4)
     os.makedirs(cfg.model_dir)

@@ -332,6 +332,7 @@ def test_fit_and_score_reports_the_choice_and_is_deterministic():
     assert fixed["l2"] == 1e-2 and fixed["heldout_top1"] == {} and fixed["num_heldout"] == 0
 
 
+@pytest.mark.slow
 def test_new_fit_is_at_least_as_good_as_the_old_adam_fit_on_real_features():
     """Frozen features of a randomly initialised ResNet on offline_shapes
     (2,000 test images, split 1,500 / 500): the protocol's held-out choice
@@ -375,6 +376,7 @@ def _small_encoder(seed=0):
     return encoder
 
 
+@pytest.mark.slow
 def test_memmap_path_equals_the_in_memory_path(tmp_path):
     """memory_limit=0 sends every split to a file on disk, read back as a
     memmap: the features, labels, label subset, fit, scores and kNN equal the

@@ -10,6 +10,7 @@ SMOKE = ["--config=smoke", "--train_steps=2", "--checkpoint_steps=2", "--feature
          "--knn_eval=false"]
 
 
+@pytest.mark.slow
 def test_eval_with_other_flags_leaves_the_runs_config_alone(tmp_path):
     run = str(tmp_path / "run")
     assert _main("--mode=train", f"--model_dir={run}", *SMOKE) == 0
@@ -311,6 +312,7 @@ def test_a_run_from_before_data_json_resumes_with_a_warning(tmp_path, caplog):
     new.check_data(data_identity("offline_shapes", "train", None, 10000))
 
 
+@pytest.mark.slow
 def test_training_records_the_data_and_refuses_to_resume_on_other_images(tmp_path, capsys):
     a = _folder(tmp_path / "a")
     run = str(tmp_path / "run")

@@ -44,6 +44,7 @@ def expected_neighbours(model_dir):
     return queries, np.argsort(-sims, axis=1, kind="stable")[:, :K], sims
 
 
+@pytest.mark.slow
 def test_grid_tiles_are_the_numpy_top_k(model_dir, tmp_path, capsys):
     png = tmp_path / "grid.png"
     assert run_neighbours("--model_dir", model_dir, "--dataset=offline_shapes",
@@ -88,6 +89,7 @@ def test_grid_tiles_are_the_numpy_top_k(model_dir, tmp_path, capsys):
     assert tops == sorted(tops) and len(set(tops)) == QUERIES
 
 
+@pytest.mark.slow
 def test_map_of_the_eval_split(model_dir, tmp_path, monkeypatch, capsys):
     argv = ["--model_dir", model_dir, "--dataset=offline_shapes", f"--train_split={TRAIN}",
             f"--eval_split={EVAL}", "--k=1", "--num_queries=1", "--out", tmp_path / "g.png",

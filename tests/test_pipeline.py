@@ -393,6 +393,7 @@ def test_view_augmentations_apply_on_top_of_the_shared_crop():
                                    atol=1e-5)
 
 
+@pytest.mark.slow
 def test_default_stream_is_unchanged_without_shared_augmentations():
     """Unset, "none" or () give the same batches, and these are the SimCLR
     views of preprocess_for_train for each example's two keys."""

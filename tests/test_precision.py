@@ -132,6 +132,7 @@ def test_bfloat16_model_dtypes():
     assert _build("float32").network.encoder.dtype_policy.name == "float32"
 
 
+@pytest.mark.slow
 def test_bfloat16_train_step_matches_float32():
     batch = _batch()
     reference = _build("float32")
@@ -243,6 +244,7 @@ def _update(model, batch):
     return [v.numpy() - b for v, b in zip(model.trainable_variables, before)], metrics
 
 
+@pytest.mark.slow
 def test_float16_step_with_loss_scaling_matches_float32():
     """One SGD step in mixed_float16 changes every weight as float32 does, to
     float16 accuracy; the encoder computes in float16, the rest stays float32."""
@@ -284,6 +286,7 @@ def test_float16_step_with_loss_scaling_matches_float32():
     assert float(scale.scale.numpy()) == 2.0 ** 12 and int(scale.good_steps.numpy()) == 1
 
 
+@pytest.mark.slow
 def test_loss_scale_backs_off_on_overflow_and_grows_after_finite_steps():
     batch = _batch()
     # 2**40 overflows float16 (max 65504) in the encoder's backward pass.
@@ -305,6 +308,7 @@ def test_loss_scale_backs_off_on_overflow_and_grows_after_finite_steps():
     assert float(floor.scale.numpy()) == 1.0  # never below 1
 
 
+@pytest.mark.slow
 def test_float16_run_logs_and_checkpoints_its_loss_scale_and_resumes_a_float32_run(tmp_path):
     values = dict(dataset="cifar10", train_split="train", eval_split="test",
                   image_size=SIZE, width_multiplier=0.25, train_batch_size=16,

@@ -141,6 +141,7 @@ def _cfg(tmp_path, **overrides):
     return config_lib.resolve(None, values)
 
 
+@pytest.mark.slow
 def test_run_checkpoints_the_probe_optimizer_and_resumes_older_runs(tmp_path):
     """A run of the shared-probe layout (0.2) resumes with the probe's own SGD;
     a run with it restores its momentum exactly."""

@@ -117,6 +117,7 @@ def test_probe_does_not_change_the_encoder_update():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_pretrain_logs_and_probe_learns_on_a_fixed_batch():
     tf.keras.utils.set_random_seed(0)
     model = _model()

@@ -49,6 +49,7 @@ def _one_step(train_mode, jit_compile):
     return {n: float(m.result()) for n, m in metrics.items()}, before, after
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("train_mode", ["pretrain", "finetune"])
 def test_xla_compiled_step_matches_the_uncompiled_step(train_mode):
     """jit_compile=True (what "auto" picks on one GPU) must take the same step."""

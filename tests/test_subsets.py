@@ -71,6 +71,7 @@ def test_select_on_offline_shapes_matches_its_labels():
     assert subsets.select("offline_shapes", "train", None, 1.0, None, 0) is None
 
 
+@pytest.mark.slow
 def test_finetune_stream_holds_only_the_subset_and_distill_stream_masks_the_rest():
     sub = subsets.select("offline_shapes", "test", None, 0.05, None, 0)  # 10 per class
     x, y = offline.generate("test")

@@ -21,6 +21,7 @@ def _cfg(tmp_path, **overrides):
     return config_lib.resolve(None, values)
 
 
+@pytest.mark.slow
 def test_tfds_dataset_trains_and_evaluates_offline(tmp_path):
     cfg = _cfg(tmp_path)
     with tfds.testing.mock_data(num_examples=64):
@@ -38,6 +39,7 @@ def test_tfds_dataset_trains_and_evaluates_offline(tmp_path):
     assert abs(saved["top1"] * 64 - round(saved["top1"] * 64)) < 1e-4
 
 
+@pytest.mark.slow
 def test_run_schedule_and_stream_share_the_step_counts(tmp_path):
     """One definition of an epoch: the run's steps, its schedule and the stream."""
     # 60 examples, batch 16: 3 full batches an epoch (12 examples dropped).
@@ -80,6 +82,7 @@ def test_batch_not_divisible_by_replicas_is_refused(tmp_path):
         runtime.build(cfg, strategy=TwoReplicas())
 
 
+@pytest.mark.slow
 def test_knn_and_linear_eval_during_pretraining_and_at_evaluation(tmp_path):
     cfg = _cfg(tmp_path, train_steps=0, train_epochs=2, knn_every_epochs=1,
                feature_eval_every_epochs=2, log_every_steps=1)
