@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from simclr_tf.data import image_folder
+from simclr_tf.data import image_folder, image_headers
 from simclr_tf.data.source import decode_image_bytes
 
 
@@ -110,9 +110,9 @@ def test_header_parser_says_what_pillow_says(tmp_path, monkeypatch):
     fast = {name: image_folder.read_header(str(tmp_path / name)) for name in files}
     monkeypatch.undo()
     assert sorted(opened) == sorted(name for name, (_, plain) in files.items() if not plain)
-    parsed = {name: image_folder._parse_header(data[:image_folder._HEAD_BYTES])
+    parsed = {name: image_headers._parse_header(data[:image_headers._HEAD_BYTES])
               for name, (data, _) in files.items()}
-    monkeypatch.setattr(image_folder, "_parse_header", lambda head: None)  # Pillow only
+    monkeypatch.setattr(image_headers, "_parse_header", lambda head: None)  # Pillow only
     pillow = {name: image_folder.read_header(str(tmp_path / name)) for name in files}
     assert fast == pillow
     assert {name for name, p in parsed.items() if p is not None} == {

@@ -119,7 +119,7 @@ def apply_orientation(image, orientation):
     """Turns decoded pixels [H, W, C] into the image as displayed.
 
     ``orientation`` is the EXIF orientation tag (int32 scalar, 1-8; other
-    values leave the image as it is), as :func:`image_folder.read_header`
+    values leave the image as it is), as :func:`image_headers.read_header`
     returns it: 2 mirrors left-right, 3 rotates by 180 degrees, 4 mirrors
     top-bottom, 5 transposes, 6 rotates 90 degrees clockwise, 7 transverses
     and 8 rotates 90 degrees counter-clockwise. One branch runs per image.
