@@ -444,13 +444,19 @@ def test_contrast_matches_the_channel_mean_formula():
     """(x - mean) * f + mean with the per-channel mean over the pixels, f drawn
     from U[max(0, 1 - c), 1 + c]."""
     x = _colour_image(6, 5, seed=17).astype(np.float64)
+    _check_strength_op(augment._contrast, _np_contrast, x, salt=31)
+
+
+def _check_strength_op(op, reference, x, salt):
+    """``op(x, seed, 0.8)`` equals ``reference(x, f)`` for eight seeds, f drawn from
+    U[0.2, 1.8] by the seed; factors below and above 1 are both met."""
     factors = []
     for k in range(8):
-        seed = tf.constant([k, 31], tf.int64)
+        seed = tf.constant([k, salt], tf.int64)
         f = _drawn(seed, 0.2, 1.8)
         factors.append(f)
-        got = augment._contrast(tf.constant(x, tf.float32), seed, 0.8).numpy()
-        np.testing.assert_allclose(got, _np_contrast(x, f), atol=2e-6)
+        got = op(tf.constant(x, tf.float32), seed, 0.8).numpy()
+        np.testing.assert_allclose(got, reference(x, f), atol=2e-6)
     assert min(factors) < 0.9 and max(factors) > 1.1  # both directions are tested
 
 
@@ -459,14 +465,7 @@ def test_saturation_matches_the_hsv_formula():
     x = _colour_image(6, 5, seed=18).astype(np.float64)
     # The reference round-trips: HSV -> RGB inverts RGB -> HSV.
     np.testing.assert_allclose(_np_hsv_to_rgb(_np_rgb_to_hsv(x)), x, atol=1e-12)
-    factors = []
-    for k in range(8):
-        seed = tf.constant([k, 32], tf.int64)
-        f = _drawn(seed, 0.2, 1.8)
-        factors.append(f)
-        got = augment._saturation(tf.constant(x, tf.float32), seed, 0.8).numpy()
-        np.testing.assert_allclose(got, _np_saturation(x, f), atol=2e-6)
-    assert min(factors) < 0.9 and max(factors) > 1.1
+    _check_strength_op(augment._saturation, _np_saturation, x, salt=32)
     # A factor of 0 leaves no colour: every channel becomes the value V = max.
     np.testing.assert_allclose(_np_saturation(x, 0.0), np.repeat(x.max(-1, keepdims=True), 3, -1))
 
