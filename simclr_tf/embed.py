@@ -17,7 +17,9 @@ of a SimCLR package ask for after training; this way they need no code.
 The model: ``--model_dir`` is a run's model_dir, a converted official model
 (``python -m simclr_tf.convert``) or an exported SavedModel directory. With
 ``--weights=auto`` (default) the export (``saved_model/``) is used when there
-is one, else the newest checkpoint (with the run's ``config.yaml``);
+is one, else the newest checkpoint (with the run's ``config.yaml``); a
+checkpoint written after the export (training went on in ``--mode=train``)
+is used instead of the stale export, with a line saying so;
 ``--weights=export|checkpoint`` chooses. A model_dir is only read.
 
 The output directory is never half-written: everything goes to a hidden
@@ -149,6 +151,10 @@ def load_model(path, weights="auto"):
     has_checkpoint = bool(tf.io.gfile.glob(os.path.join(path, "checkpoints", "*.index")))
     if weights == "export" and export is None:
         reader.find_saved_model(path)  # raises the reader's one-line reason
+    if export is not None and weights == "auto" and _newer_checkpoint(path, export):
+        logging.warning("%s has a checkpoint newer than its export %s: embedding the "
+                        "checkpoint (pass --weights=export for the export).", path, export)
+        export = None
     if export is not None:
         return _load_export(export, path)
     if not has_checkpoint:
@@ -157,6 +163,16 @@ def load_model(path, weights="auto"):
             "model_dir of a trained run, a converted model "
             "(python -m simclr_tf.convert) or a saved_model/ directory.")
     return _load_checkpoint(path)
+
+
+def _newer_checkpoint(model_dir, saved_model):
+    """Whether model_dir's newest checkpoint was written after the export (and can be loaded)."""
+    indexes = tf.io.gfile.glob(os.path.join(model_dir, "checkpoints", "*.index"))
+    pb = os.path.join(saved_model, "saved_model.pb")
+    if not indexes or not tf.io.gfile.exists(pb) or _run_config(model_dir) is None:
+        return False
+    newest = max(tf.io.gfile.stat(p).mtime_nsec for p in indexes)
+    return newest > tf.io.gfile.stat(pb).mtime_nsec
 
 
 def _load_export(saved_model, model_dir):

@@ -195,6 +195,25 @@ def test_a_checkpoint_only_model_dir_embeds_its_newest_checkpoint(tmp_path):
                                atol=ATOL, rtol=1e-5)
     assert [int(r["label"]) for r in read_index(out)] == y[:12].tolist()
 
+    # An export older than the checkpoint (training went on without exporting):
+    # auto takes the checkpoint; once the export is the newer, the export.
+    build_exported(model_dir, seed=3)
+    pb = os.path.join(model_dir, "saved_model", "saved_model.pb")
+    index = [p for p in os.listdir(os.path.join(model_dir, "checkpoints")) if p.endswith(".index")]
+    newest = max(os.stat(os.path.join(model_dir, "checkpoints", p)).st_mtime for p in index)
+    os.utime(pb, (newest - 60, newest - 60))
+    assert run_embed("--model_dir", model_dir, "--out", out, "--split=test[:12]") == 0
+    assert json.loads((out / "embed.json").read_text())["model"].startswith("checkpoint ")
+    np.testing.assert_allclose(np.load(out / "h.npy"), reference["final_avg_pool"],
+                               atol=ATOL, rtol=1e-5)
+    os.utime(pb, (newest + 60, newest + 60))
+    assert run_embed("--model_dir", model_dir, "--out", out, "--split=test[:12]") == 0
+    assert json.loads((out / "embed.json").read_text())["model"].startswith("export ")
+    np.testing.assert_allclose(
+        np.load(out / "h.npy"),
+        serve(os.path.join(model_dir, "saved_model"), x[:12] / 255.0)["final_avg_pool"],
+        atol=ATOL, rtol=1e-5)
+
 
 @pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path):
