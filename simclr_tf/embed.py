@@ -302,30 +302,13 @@ def check_out(out):
             "new --out.")
 
 
-def _temp_dirs(out):
-    parent, base = os.path.split(os.path.abspath(out))
-    prefix = f".{base}{_TEMP_TAG}~"
-    try:
-        names = os.listdir(parent)
-    except OSError:
-        return []
-    return [os.path.join(parent, n) for n in names if n.startswith(prefix)]
-
-
-def _remove_dead_temp(out):
-    for path in _temp_dirs(out):
-        if files.owner_alive(path) is False:
-            shutil.rmtree(path, ignore_errors=True)
-
-
 def _publish(tmp, out):
     """Moves the finished ``tmp`` to ``out``, replacing an empty folder or an earlier output."""
     old = None
     if os.path.isdir(out):
         check_out(out)  # again: something may have been written there meanwhile
         if os.listdir(out):
-            parent, base = os.path.split(os.path.abspath(out))
-            old = os.path.join(parent, f".{base}{_TEMP_TAG}{files.temp_token()}-old")
+            old = files.temp_sibling(out, _TEMP_TAG) + "-old"
             os.rename(out, old)
         else:
             os.rmdir(out)
@@ -353,11 +336,9 @@ def write_embeddings(model, inp, out, names=("h",), log=print):
     out = os.fspath(out).rstrip("/")
     check_out(out)
     model.encoder(names)  # refuses a missing output before any work
-    _remove_dead_temp(out)
-    parent, base = os.path.split(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{base}{_TEMP_TAG}{files.temp_token()}")
-    os.makedirs(tmp)
+    files.remove_dead_siblings(out, _TEMP_TAG)
+    tmp = files.temp_sibling(out, _TEMP_TAG)
+    os.makedirs(tmp)  # and the parent
     try:
         with errors.writing(tmp, "the embeddings", f"{out!r} is unchanged"):
             meta = _write(model, inp, tmp, names)

@@ -17,6 +17,7 @@ what another live process is writing.
 import json
 import os
 import re
+import shutil
 import socket
 import uuid
 
@@ -57,6 +58,30 @@ def read_text(path):
 def temp_token():
     """``~host~pid~random``: names a temporary path after the process writing it."""
     return f"~{_HOST}~{os.getpid()}~{uuid.uuid4().hex[:8]}"
+
+
+def temp_sibling(path, tag):
+    """A hidden local path beside ``path``, owned by this process: ``.BASE{tag}~host~pid~rand``."""
+    parent, base = os.path.split(os.path.abspath(path))
+    return os.path.join(parent, f".{base}{tag}{temp_token()}")
+
+
+def remove_dead_siblings(path, tag):
+    """Removes the :func:`temp_sibling` paths of ``path`` and ``tag`` whose writer is gone.
+
+    Only names of that form, and only when :func:`owner_alive` says the owner
+    died: a live writer's work and anything else beside ``path`` stay.
+    """
+    parent, base = os.path.split(os.path.abspath(path))
+    prefix = f".{base}{tag}~"
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        full = os.path.join(parent, name)
+        if name.startswith(prefix) and owner_alive(full) is False:
+            shutil.rmtree(full, ignore_errors=True)
 
 
 def pid_alive(pid):

@@ -7,7 +7,9 @@ and decoded by PIL, a second path that shares nothing with the writer.
 
 import json
 import os
+import pathlib
 import re
+import socket
 
 import numpy as np
 import pytest
@@ -121,7 +123,7 @@ def test_folder_is_balanced_exact_and_equals_the_tfds_examples(built):
     with open(root / "make_folder.json") as f:
         on_disk = json.load(f)
     assert on_disk["seed"] == 0 and on_disk["train"]["per_class"] == 3
-    assert not os.path.exists(str(root) + ".partial")
+    assert not [n for n in os.listdir(root.parent) if n.startswith(f".{root.name}.")]
 
 
 def test_the_examples_are_a_function_of_labels_and_seed(built):
@@ -161,7 +163,7 @@ def test_a_short_class_leaves_no_folder(tmp_path):
         with pytest.raises(subsets.SubsetError, match="more than class"):
             make_folder.build(str(tmp_path / "out"), per_class=5, data_dir=str(tmp_path / "t"))
     assert not os.path.exists(tmp_path / "out")
-    assert not os.path.exists(str(tmp_path / "out") + ".partial")
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".out.")]  # no temporaries
 
 
 # ------------------------------------------ the recipe and the docs use the folder
@@ -193,3 +195,26 @@ def test_studies_commands_use_only_what_a_user_can_get():
         for data_dir in re.findall(r"--data_dir=(\S+)", block):
             assert data_dir == folder, block
     assert "/work/" not in text and "../shared" not in text
+
+
+def test_only_dead_writers_temporaries_are_removed(tmp_path):
+    """files.remove_dead_siblings (make_folder's and embed's cleanup): a killed
+    writer's sibling goes; a live writer's, and the user's own look-alikes, stay."""
+    import subprocess
+
+    from simclr_tf import files
+
+    out = tmp_path / "out"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    gone = tmp_path / f".out.make_folder~{socket.gethostname()}~{dead.pid}~0abc1234"
+    live = pathlib.Path(files.temp_sibling(out, ".make_folder"))
+    keep = [tmp_path / "out.partial", tmp_path / ".out.make_folder-notes",
+            tmp_path / f".out.embed~{socket.gethostname()}~{dead.pid}~0abc1234"]
+    for d in [gone, live, *keep]:
+        d.mkdir()
+        (d / "f").write_text("x")
+    assert live.name.startswith(".out.make_folder~")
+    files.remove_dead_siblings(out, ".make_folder")
+    assert not gone.exists()
+    assert live.exists() and all(d.exists() for d in keep)

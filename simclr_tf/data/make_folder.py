@@ -20,7 +20,9 @@ class])`` (:func:`simclr_tf.data.subsets.per_class_indices`, the draw that
 smaller ``--per_class`` gives a subset of a larger one. ``OUT/make_folder.json``
 records the dataset, its TFDS version, the seed and every chosen index.
 
-The folder appears only when complete (written next to ``OUT`` and renamed);
+The folder appears only when complete (written to a hidden sibling named
+after this process, ``.OUT.make_folder~host~pid~random``, and renamed; the
+next build removes such siblings only when their process is gone);
 an existing non-empty ``OUT`` is left alone: rerunning with the same settings
 reports it as done, other settings are refused. TFDS downloads the dataset on
 first use (``--data_dir``: the TFDS data directory, default
@@ -38,10 +40,12 @@ import sys
 import numpy as np
 import tensorflow as tf
 
+from simclr_tf import files
 from simclr_tf.data import datasets, subsets
 from simclr_tf.errors import ConfigError
 
 MANIFEST = "make_folder.json"
+_TEMP_TAG = ".make_folder"
 FOLDERS = ("train", "test")  # what --train_split and --eval_split are written as
 
 
@@ -146,8 +150,8 @@ def build(out, dataset="cifar10", per_class=500, test_per_class=100, train_split
         raise ConfigError(f"{out} exists and holds something else"
                           f"{' (another make_folder subset)' if manifest else ''}: pass a "
                           "new or empty --out.")
-    partial = out.rstrip(os.sep) + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)  # an interrupted earlier build of this --out
+    files.remove_dead_siblings(out, _TEMP_TAG)  # killed earlier builds of this --out
+    partial = files.temp_sibling(out, _TEMP_TAG)
     manifest = dict(spec)
     version = None
     try:
