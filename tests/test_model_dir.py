@@ -11,16 +11,33 @@ SMOKE = ["--config=smoke", "--train_steps=2", "--checkpoint_steps=2", "--feature
 
 
 @pytest.mark.slow
-def test_eval_with_other_flags_leaves_the_runs_config_alone(tmp_path):
+def test_eval_and_export_read_the_run_as_trained(tmp_path, capsys):
     run = str(tmp_path / "run")
     assert _main("--mode=train", f"--model_dir={run}", *SMOKE) == 0
+    # Training does not export; a first export with the run's settings does.
+    assert _main("--mode=export", f"--model_dir={run}", *SMOKE) == 0
+    capsys.readouterr()
+    before = _snapshot(run)
+    # Settings the run was not trained with: refused in one line, nothing written
+    # (was: exit 0, config.yaml rewritten; then an export at 24 px replaced the run's).
+    for mode, flags, named in (
+            ("eval", ("--temperature=0.9", "--learning_rate=0.05"),
+             ("learning_rate: 2.0 -> 0.05", "temperature: 0.2 -> 0.9")),
+            ("export", ("--image_size=24",), ("image_size: 16 -> 24",))):
+        code = _main(f"--mode={mode}", f"--model_dir={run}", *SMOKE, *flags)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1, err
+        assert all(n in err[0] for n in named), err[0]
+        assert f"--config={os.path.join(run, 'config.yaml')}" in err[0]
+        assert _snapshot(run) == before
+    # Where and how to evaluate may differ.
+    assert _main("--mode=eval", f"--model_dir={run}", *SMOKE, "--eval_split=test[:64]",
+                 "--eval_batch_size=32") == 0
+    with open(os.path.join(run, "result.json")) as f:
+        assert json.load(f)["eval_split"] == "test[:64]"
     with open(os.path.join(run, "config.yaml")) as f:
-        before = f.read()
-    assert _main("--mode=eval", f"--model_dir={run}", *SMOKE, "--temperature=0.9",
-                 "--learning_rate=0.05") == 0
-    with open(os.path.join(run, "config.yaml")) as f:
-        assert f.read() == before
-    assert "temperature: 0.2" in before and "mode: train\n" in before
+        saved = f.read()
+    assert "temperature: 0.2" in saved and "mode: train\n" in saved and "eval_split: test[:500]" in saved
     # The original training command still resumes (here: finds the run finished).
     assert _main("--mode=train", f"--model_dir={run}", *SMOKE) == 0
 

@@ -141,18 +141,21 @@ class RunDir:
         return bool(tf.io.gfile.glob(os.path.join(self.checkpoints, "*.index")))
 
     def check_compatible(self, cfg):
-        """Refuses to continue a run in progress with settings it was not started with.
+        """Refuses to continue, evaluate or export a run with settings it was not trained with.
 
-        Applies when ``model_dir`` holds a checkpoint and its ``config.yaml``
-        and ``cfg`` trains. Keys of :data:`RESUME_FREE_KEYS` may change; the
+        Applies when ``model_dir`` holds its ``config.yaml`` and, for training,
+        a checkpoint. Keys of :data:`RESUME_FREE_KEYS` (where and how to
+        evaluate, where outputs go, how steps run) may change. A resumed
         run's length (``train_steps`` / ``train_epochs``) may grow in the same
-        unit, with a warning that the cosine schedule now ends later; any other
-        change raises :class:`RunError` naming each key, its old and new value,
-        and the way out. Reads only: nothing in model_dir is touched.
+        unit, with a warning that the cosine schedule now ends later. Any
+        other change raises :class:`RunError` naming each key, its old and new
+        value, and the way out: an eval or export with another image size,
+        model or data would report or export something the run never was.
+        Reads only: nothing in model_dir is touched.
         """
         saved = self.join(CONFIG)
-        if cfg.mode not in ("train", "train_then_eval") or not (
-                files.exists(saved) and self.has_checkpoint()):
+        trains = cfg.mode in ("train", "train_then_eval")
+        if not files.exists(saved) or (trains and not self.has_checkpoint()):
             return
         old_values = config_lib.load_yaml(saved)
         try:
@@ -164,11 +167,19 @@ class RunDir:
             if key in RESUME_FREE_KEYS or key in _AUGMENT_KEYS or key not in config_lib.FIELDS:
                 continue
             new = getattr(cfg, key)
-            if value == new or (key in RESUME_LENGTH_KEYS and self._lengthens(old_values, cfg)):
+            if value == new or (trains and key in RESUME_LENGTH_KEYS
+                                and self._lengthens(old_values, cfg)):
                 continue
             diffs.append(f"{key}: {value!r} -> {new!r}")
         if old is not None and old.augment != cfg.augment:
             diffs.append(f"the views: {_views(old)} -> {_views(cfg)}")
+        if diffs and not trains:
+            raise RunError(
+                f"model_dir {self.path!r} holds a run trained with other settings "
+                f"({'; '.join(diffs)}); --mode={cfg.mode} reads the run as it was trained. "
+                f"Rerun with its settings (--config={saved}); of the flags, only where and "
+                "how to evaluate (eval_split, data_dir, eval_batch_size, feature_linear_eval, "
+                "knn_eval, ...) may differ.")
         if diffs:
             raise RunError(
                 f"model_dir {self.path!r} holds checkpoints of a run with other settings "
@@ -176,8 +187,8 @@ class RunDir:
                 "meaning. To resume, rerun with its settings "
                 f"(--config={saved}); to start over, use a new --model_dir (with "
                 f"--checkpoint={self.path} to start from its weights).")
-        if any(old_values.get(k, getattr(cfg, k)) != getattr(cfg, k)
-               for k in RESUME_LENGTH_KEYS):
+        if trains and any(old_values.get(k, getattr(cfg, k)) != getattr(cfg, k)
+                          for k in RESUME_LENGTH_KEYS):
             logging.warning(
                 "Resuming %s with a longer run (train_steps %s -> %s, train_epochs %s -> "
                 "%s): the warm-up + cosine schedule now decays to 0 at the new last step, "
