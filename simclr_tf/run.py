@@ -19,12 +19,21 @@ import sys  # noqa: E402
 
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from absl import app, logging  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 from simclr_tf import distribute, runtime  # noqa: E402
 from simclr_tf.config.flags import config_from_flags, define_flags  # noqa: E402
 from simclr_tf.errors import ConfigError, Preempted, RunError, short_tf_error  # noqa: E402
 from simclr_tf.runtime.run_dir import RunDir, data_identity  # noqa: E402
+
+# Not a setting of the experiment (config.yaml does not record it): a
+# permission for this command only.
+flags.DEFINE_boolean(
+    "overwrite", False, "Write into a model_dir that holds files but no simclr_tf run: "
+    "the run's own files (config.yaml, data.json, result.json, train_log.jsonl, "
+    "checkpoints/, saved_model/, simclr.keras, eval/, train/) replace any of the same "
+    "name; other files are left as they are. Without it such a directory is refused.")
+
 
 def fail(message, program="simclr_tf.run"):
     print(f"{program}: error: {message}", file=sys.stderr)
@@ -96,7 +105,7 @@ def main(argv):
         exp = runtime.build(cfg)
         if cfg.mode in ("eval", "export"):  # never report or export a random model
             exp.checkpointer.restore_finished("evaluate" if cfg.mode == "eval" else "export")
-        run_dir.check_is_run_or_empty()
+        _check_is_run_or_empty(run_dir)
     except (ConfigError, RunError, ValueError) as e:
         fail(str(e))
 
@@ -108,7 +117,7 @@ def main(argv):
                     lock = run_dir.lock()
                     # Checked again under the lock: another run may have written
                     # there while this one was being built.
-                    run_dir.check_is_run_or_empty()
+                    _check_is_run_or_empty(run_dir)
                     run_dir.check_compatible(cfg)
                     if cfg.mode in TRAIN_MODES:
                         identity = data_identity(cfg.dataset, cfg.train_split, cfg.data_dir,
@@ -123,6 +132,16 @@ def main(argv):
     finally:
         if lock is not None:
             lock.release()
+
+
+def _check_is_run_or_empty(run_dir):
+    if flags.FLAGS.overwrite:
+        return
+    try:
+        run_dir.check_is_run_or_empty()
+    except RunError as e:
+        raise RunError(f"{e} Or pass --overwrite to write there anyway (the run's own "
+                       "files replace those of the same name; others are left).") from None
 
 
 def _run(cfg, exp, run_dir, identity):

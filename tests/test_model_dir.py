@@ -260,8 +260,22 @@ def test_a_directory_of_other_files_is_refused_before_anything_is_written(tmp_pa
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert "holds files but no simclr_tf run (config.yaml, notes.txt, train_log.jsonl)" in err[0]
-    assert "Pass an empty or new --model_dir." in err[0]
+    assert "Pass an empty or new --model_dir." in err[0] and "--overwrite" in err[0]
     assert _snapshot(path) == before
+
+
+@pytest.mark.slow
+def test_overwrite_writes_into_a_directory_of_other_files_and_leaves_the_others(tmp_path):
+    path = tmp_path / "mine"
+    path.mkdir()
+    (path / "notes.txt").write_text("precious")
+    (path / "config.yaml").write_text("learning_rate: 3\n")  # another tool's
+    assert _main("--mode=train", f"--model_dir={path}", *SMOKE, "--overwrite") == 0
+    assert (path / "notes.txt").read_text() == "precious"
+    assert "temperature: 0.2" in (path / "config.yaml").read_text()  # replaced by the run's
+    assert RunDir(str(path)).has_checkpoint()
+    # Now it is a run: the same command resumes it without --overwrite.
+    assert _main("--mode=train", f"--model_dir={path}", *SMOKE) == 0
 
 
 def test_new_empty_and_own_directories_are_accepted(tmp_path):
