@@ -17,8 +17,10 @@ class TrainReport:
         start_step: the step the run (re)starts at.
         metric_names: the step metrics (``lr`` is added).
         is_chief: whether this process writes.
-        views: optional iterator of ``(views [N, S, S, 6], labels)``: a grid of
-            view pairs goes to TensorBoard (``augmented_views``) at every log point.
+        views: optional iterator of ``(views, labels)``, ``views`` a dict
+            ``{"view1", "view2"[, "clean"]}`` of ``[N, S, S, 3]`` images: a grid of
+            the view1 | view2 pairs goes to TensorBoard (``augmented_views``) at
+            every log point.
     """
 
     def __init__(self, run_dir, total_steps, start_step, metric_names, is_chief=True,
