@@ -801,6 +801,25 @@ def test_a_config_error_is_exactly_one_line_on_stderr(tmp_path, program):
                            "model_dir/config.yaml).\n"), proc.stderr
 
 
+@pytest.mark.slow
+def test_make_folder_error_is_exactly_one_line_on_stderr(tmp_path):
+    """make_folder imports TensorFlow quietly too (was: five start-up lines first)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=subprocs.REPO)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    proc = subprocess.run([sys.executable, "-m", "simclr_tf.data.make_folder",
+                           "--dataset=no_such_dataset", f"--out={tmp_path / 'out'}"],
+                          env=env, cwd=str(tmp_path), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "simclr_tf.data.make_folder: error: Unknown dataset 'no_such_dataset'"), proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 _IMPORT_NOISE = (
     "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
     "I0000 00:00:1796654226.651247   27161 port.cc:153] oneDNN custom operations are on.\n"

@@ -31,18 +31,22 @@ names; ``image_folder`` numbers classes in sorted name order, which for
 CIFAR-10 is TFDS's own label order.
 """
 
-import argparse
-import json
-import os
-import shutil
-import sys
+from simclr_tf import env
 
-import numpy as np
-import tensorflow as tf
+env.tune_for_cli()  # before TensorFlow is imported: no start-up lines before an error
 
-from simclr_tf import files
-from simclr_tf.data import datasets, subsets
-from simclr_tf.errors import ConfigError
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from simclr_tf import files  # noqa: E402
+from simclr_tf.data import datasets, subsets  # noqa: E402
+from simclr_tf.errors import ConfigError  # noqa: E402
 
 MANIFEST = "make_folder.json"
 _TEMP_TAG = ".make_folder"
