@@ -66,7 +66,8 @@ from absl import app, flags, logging  # noqa: E402
 
 from simclr_tf import config as config_lib  # noqa: E402
 from simclr_tf import files  # noqa: E402
-from simclr_tf.errors import ConversionError  # noqa: E402
+from simclr_tf import errors  # noqa: E402
+from simclr_tf.errors import ConversionError, RunError  # noqa: E402
 from simclr_tf.export import writer  # noqa: E402
 from simclr_tf import tasks  # noqa: E402
 from simclr_tf.tasks import build_model  # noqa: E402
@@ -360,8 +361,11 @@ def cli(official=None, official_saved_model=None, model_dir=None, image_size=Non
             print(f"released model {release.name}: {release.describe()}, the paper's "
                   f"ImageNet linear-eval top-1 {release.linear_eval_top1:.1f}%; "
                   f"reading {path}")
-        convert(path, model_dir, image_size, sk_ratio=sk_ratio)
-    except ConversionError as e:
+        # A full disk anywhere in the copy (config, checkpoint, export) is one
+        # line; the copy is hidden until complete, so model_dir stays as it was.
+        with errors.writing(model_dir, "the converted model", "model_dir is left as it was"):
+            convert(path, model_dir, image_size, sk_ratio=sk_ratio)
+    except (ConversionError, RunError) as e:
         return _error(f"{prefix}{e}", 1)
     return 0
 

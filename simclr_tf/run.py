@@ -21,7 +21,7 @@ import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
-from simclr_tf import distribute, runtime  # noqa: E402
+from simclr_tf import distribute, errors, runtime  # noqa: E402
 from simclr_tf.config.flags import config_from_flags, define_flags  # noqa: E402
 from simclr_tf.errors import ConfigError, Preempted, RunError, short_tf_error  # noqa: E402
 from simclr_tf.runtime.run_dir import RunDir, data_identity  # noqa: E402
@@ -126,12 +126,19 @@ def main(argv):
                 except (ConfigError, RunError) as e:
                     fail(str(e))
                 except (OSError, tf.errors.OpError) as e:
-                    fail(f"Cannot write to model_dir {cfg.model_dir!r} "
-                         f"({getattr(e, 'strerror', None) or e}). Pass a writable --model_dir.")
+                    _cannot_write(cfg, e)
             _run(cfg, exp, run_dir, identity)
     finally:
         if lock is not None:
             lock.release()
+
+
+def _cannot_write(cfg, error):
+    if errors.is_disk_full(error):  # e.g. the lock file on a full disk
+        fail(str(errors.disk_full_error(cfg.model_dir, "to model_dir",
+                                        "nothing of the run was written")))
+    fail(f"Cannot write to model_dir {cfg.model_dir!r} "
+         f"({getattr(error, 'strerror', None) or error}). Pass a writable --model_dir.")
 
 
 def _check_is_run_or_empty(run_dir):
@@ -155,8 +162,7 @@ def _run(cfg, exp, run_dir, identity):
     except RunError as e:  # a full disk
         fail(str(e))
     except (OSError, tf.errors.OpError) as e:
-        fail(f"Cannot write to model_dir {cfg.model_dir!r} "
-             f"({getattr(e, 'strerror', None) or e}). Pass a writable --model_dir.")
+        _cannot_write(cfg, e)
     try:
         if cfg.mode in TRAIN_MODES:
             runtime.train(exp)

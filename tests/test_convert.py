@@ -756,3 +756,18 @@ def test_official_layouts_map_completely(depth, width, cifar_stem, sk, proj_mode
     model(tf.zeros([1, 32, 32, 3]), training=False)  # the weights do not depend on the size
     mapping = convert.copy_variables(variables, parsed, model)  # all placed, none left
     assert len(mapping) == len(variables) == len(model.weights)
+
+
+def test_a_full_disk_during_the_conversion_is_one_line(tmp_path, capsys, monkeypatch):
+    """The export inside a conversion raises a plain OSError (ENOSPC): one line, exit 1."""
+    import errno
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / ".run~tmp"))
+
+    monkeypatch.setattr(convert, "convert", full_disk)
+    assert convert.cli(official_saved_model="x", model_dir=str(tmp_path / "run")) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("simclr_tf.convert: error: Could not write the converted model")
+    assert "no space left on device; model_dir is left as it was. Free disk space" in err[0]

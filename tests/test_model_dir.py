@@ -422,6 +422,18 @@ def test_a_full_disk_while_writing_the_runs_files_is_one_line(tmp_path, monkeypa
         write()
 
 
+@pytest.mark.slow
+def test_a_full_disk_when_taking_the_lock_is_one_line(tmp_path, monkeypatch, capsys):
+    """The lock is the first write of a run (was: 'Pass a writable --model_dir')."""
+    monkeypatch.setattr(RunDir, "lock", _no_space)
+    path = tmp_path / "run"
+    code = _main("--config=smoke", "--mode=train", f"--model_dir={path}")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "no space left on device; nothing of the run was written. Free disk space" in err[0]
+    assert not path.exists() or os.listdir(path) == []
+
+
 def test_a_full_disk_during_a_checkpoint_save_is_one_line_and_keeps_the_last(tmp_path,
                                                                              monkeypatch):
     import keras
