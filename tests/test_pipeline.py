@@ -254,6 +254,29 @@ def test_eval_sharding_partitions_the_split():
     assert sorted(ids[0] + ids[1]) == list(range(150))
 
 
+def test_eval_dataset_from_the_data_section_matches_the_loose_arguments():
+    """build_eval_dataset(cfg.data, shard) (the eval_split, image_size, data_dir and
+    cache_dataset of the section) gives the batches of the earlier loose form bit for
+    bit, and the task's eval stream (what runtime evaluates) is the same."""
+    cfg = _cfg(eval_split="test[:150]", cache_dataset=True)
+    task = tasks.PretrainTask(cfg.loss)
+    for shard in (pipeline.Shard(64), pipeline.Shard(16, num_shards=2, shard_index=1)):
+        old, old_info = pipeline.build_eval_dataset(
+            NAME, "test[:150]", shard.batch_size, S, cache=True,
+            num_shards=shard.num_shards, shard_index=shard.shard_index)
+        want = _take(old, 20)
+        for ds, info in (pipeline.build_eval_dataset(cfg.data, shard),
+                         task.build_eval_inputs(cfg.data, shard)):
+            assert info == old_info
+            got = _take(ds, 20)
+            assert len(got[0]) == len(want[0])
+            for a, b in zip(got[0] + got[1], want[0] + want[1]):
+                np.testing.assert_array_equal(a, b)
+    # split= reads another split of the same dataset; an int is a one-shard batch size.
+    ds, info = pipeline.build_eval_dataset(cfg.data, 50, split="train[:100]", cache=False)
+    assert info.num_examples == 100 and [len(y) for y in _take(ds, 5)[1]] == [50, 50]
+
+
 def test_finetune_dataset():
     ds, info = pipeline.build_finetune_dataset(_cfg(seed=0).data, B)
     assert ds.element_spec[0].shape.as_list() == [B, S, S, 3]

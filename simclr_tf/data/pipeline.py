@@ -256,18 +256,7 @@ def build_finetune_dataset(data, shard, *, label_subset=None, keep_unlabeled=Fal
                          label_subset=label_subset, keep_unlabeled=keep_unlabeled)
 
 
-def build_eval_dataset(
-    name,
-    split,
-    batch_size,
-    image_size,
-    *,
-    data_dir=None,
-    cache=False,
-    num_shards=1,
-    shard_index=0,
-    source=None,
-):
+def build_eval_dataset(data, shard, *legacy, split=None, source=None, cache=None, **legacy_kw):
     """One deterministic pass over a split for evaluation.
 
     No shuffling, no repetition; images go through
@@ -276,32 +265,51 @@ def build_eval_dataset(
     cover every example exactly once.
 
     Args:
-        name, split, data_dir: as in :func:`build_train_dataset`.
-        batch_size: examples per batch (the last batch may be smaller).
-        image_size: output side.
-        cache: cache the preprocessed images in memory (they are
-            deterministic), so repeated evaluations skip decoding.
-        num_shards, shard_index: this pipeline's share of the split (example
-            ``i`` goes to shard ``i % num_shards``).
+        data: a ``simclr_tf.config.DataConfig`` (``cfg.data``): dataset,
+            ``eval_split``, ``image_size``, ``data_dir``, ``cache_dataset``.
+        shard: a :class:`Shard` (its batch size, the last batch may be
+            smaller; example ``i`` goes to shard ``i % num_shards``) or an int
+            batch size.
+        split: the split to read (default ``data.eval_split``).
         source: an opened :class:`simclr_tf.data.source.Source` to read
-            instead of ``name``/``split`` (e.g.
+            instead of the dataset's split (e.g.
             :func:`simclr_tf.data.image_folder.image_files_source`).
+        cache: cache the preprocessed images in memory (they are
+            deterministic), so repeated evaluations skip decoding (default
+            ``data.cache_dataset``).
+
+    The earlier form ``build_eval_dataset(name, split, batch_size, image_size,
+    *, data_dir=None, cache=False, num_shards=1, shard_index=0, source=None)``
+    is still accepted.
 
     Returns:
         ``(ds, info)``: ``ds`` yields ``(images float32 [b, S, S, 3] in [0, 1],
         labels int32 [b])`` with ``b <= batch_size``.
 
     Example:
-        >>> ds, info = build_eval_dataset("offline_shapes", "test", 500, 32)
+        >>> cfg = simclr_tf.Config(dataset="offline_shapes", image_size=32)
+        >>> ds, info = build_eval_dataset(cfg.data, 500)
         >>> sum(int(labels.shape[0]) for _, labels in ds) == info.num_examples
         True
     """
+    if isinstance(data, str):
+        data, shard, split, cache = _legacy_eval_args(data, shard, *legacy, cache=cache,
+                                                      **legacy_kw)
+    elif legacy or legacy_kw:
+        raise TypeError("build_eval_dataset(data, shard, *, split=None, source=None, "
+                        f"cache=None) got unexpected arguments {legacy or ''}"
+                        f"{sorted(legacy_kw) or ''}.")
+    if isinstance(shard, int):
+        shard = Shard(shard)
+    batch_size, num_shards, shard_index = shard.batch_size, shard.num_shards, shard.shard_index
     _check_shards(num_shards, shard_index)
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
     if source is None:
-        source = datasets.open_source(name, split, data_dir=data_dir)
-    image_size = int(image_size)
+        source = datasets.open_source(data.dataset, split or data.eval_split,
+                                      data_dir=data.data_dir)
+    cache = data.cache_dataset if cache is None else cache
+    image_size = int(data.image_size)
     decode = source.decode
 
     def prepare(record):
@@ -317,3 +325,21 @@ def build_eval_dataset(
         ds = ds.cache()
     ds = ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(_options(num_shards)), source.info
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalData:
+    """What :func:`build_eval_dataset` reads of a ``DataConfig`` (the earlier loose form)."""
+
+    dataset: str
+    eval_split: str
+    image_size: int
+    data_dir: object = None
+    cache_dataset: bool = False
+
+
+def _legacy_eval_args(name, split, batch_size, image_size, *, data_dir=None, cache=None,
+                      num_shards=1, shard_index=0):
+    """``(data, shard, split, cache)`` of the earlier loose arguments."""
+    data = _EvalData(name, split, image_size, data_dir, bool(cache))
+    return data, Shard(batch_size, num_shards, shard_index), split, cache

@@ -243,8 +243,8 @@ def _eval_dataset(cfg, split, strategy, info_out, source=None):
 
     def make(batch, num_shards, shard_index, _):
         ds, info = pipeline.build_eval_dataset(
-            cfg.dataset, split, batch, cfg.image_size, data_dir=cfg.data_dir,
-            num_shards=num_shards, shard_index=shard_index, source=source)
+            cfg, pipeline.Shard(batch, num_shards, shard_index), split=split, source=source,
+            cache=False)
         info_out.append(info)
         image_shape = ds.element_spec[0].shape[1:]
 

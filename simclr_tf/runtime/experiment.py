@@ -10,7 +10,7 @@ from absl import logging
 
 from simclr_tf import distribute, optimizers, tasks
 from simclr_tf.config import ConfigError
-from simclr_tf.data import datasets, pipeline, subsets
+from simclr_tf.data import datasets, subsets
 from simclr_tf.data.pipeline import Shard
 from simclr_tf.errors import short_tf_error
 from simclr_tf.export import Teacher
@@ -94,13 +94,11 @@ class Experiment:
                                              skip_steps=skip)
 
     def eval_dataset(self):
+        """The task's distributed evaluation stream (one pass of ``eval_split``)."""
         data = self.cfg.data
 
         def make(batch, num_shards, shard_index, _):
-            return pipeline.build_eval_dataset(
-                data.dataset, data.eval_split, batch, data.image_size,
-                data_dir=data.data_dir, cache=data.cache_dataset,
-                num_shards=num_shards, shard_index=shard_index)
+            return self.task.build_eval_inputs(data, Shard(batch, num_shards, shard_index))
 
         return distribute.distribute_dataset(self.strategy, make, data.eval_batch_size)
 

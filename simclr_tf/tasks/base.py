@@ -1,6 +1,7 @@
 """What every objective has: a model, optimizers, an input stream and a loss."""
 
 from simclr_tf import optimizers
+from simclr_tf.data import pipeline
 from simclr_tf.models import simclr_model
 
 
@@ -76,6 +77,15 @@ class Task:
         ``shard``: a :class:`simclr_tf.data.pipeline.Shard`.
         """
         raise NotImplementedError
+
+    def build_eval_inputs(self, data_cfg, shard):
+        """``(tf.data.Dataset, info)``: one pass of ``data_cfg.eval_split`` as
+        ``(images, labels)`` batches (eval preprocessing, the last batch partial),
+        what the run's evaluation scores.
+
+        ``shard``: a :class:`simclr_tf.data.pipeline.Shard` (or a batch size).
+        """
+        return pipeline.build_eval_dataset(data_cfg, shard)
 
     def objective_metrics(self, model):
         """Names of the metrics :meth:`compute_loss` returns for ``model``."""
