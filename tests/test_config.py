@@ -44,7 +44,7 @@ def test_paper_recipes():
     cifar = config_lib.resolve(os.path.join(REPO, "configs", "cifar10_resnet18.yaml"))
     assert (cifar.train_batch_size, cifar.train_epochs, cifar.learning_rate,
             cifar.weight_decay, cifar.temperature) == (512, 1000, 1.0, 1e-4, 0.5)
-    assert cifar.resolved_color_jitter_strength == 0.5 and not cifar.resolved_use_blur
+    assert cifar.augment.color_jitter_strength == 0.5 and "blur" not in cifar.augment.view1
     cpu = config_lib.resolve("cifar10_cpu")  # the tuned CPU recipe (BENCHMARKS.md)
     assert (cpu.optimizer, cpu.learning_rate, cpu.weight_decay, cpu.temperature,
             cpu.train_batch_size, cpu.train_steps) == ("momentum", 0.3, 5e-4, 0.2, 128, 390)
@@ -52,7 +52,7 @@ def test_paper_recipes():
         os.path.join(REPO, "configs", "imagenet_resnet50_tpu.yaml"))
     assert (imnet.train_batch_size, imnet.learning_rate, imnet.weight_decay,
             imnet.temperature, imnet.train_epochs) == (4096, 0.3, 1e-6, 0.1, 100)
-    assert imnet.resolved_use_blur and imnet.resolved_color_jitter_strength == 1.0
+    assert "blur" in imnet.augment.view1 and imnet.augment.color_jitter_strength == 1.0
     assert imnet.learning_rate * imnet.train_batch_size / 256 == pytest.approx(4.8)
 
 
@@ -114,8 +114,10 @@ def test_derived_presets():
     small = config_lib.Config(image_size=32)
     large = config_lib.Config(image_size=224)
     assert small.cifar_stem and not large.cifar_stem
-    assert (small.resolved_color_jitter_strength, small.resolved_use_blur) == (0.5, False)
-    assert (large.resolved_color_jitter_strength, large.resolved_use_blur) == (1.0, True)
+    assert (small.augment.color_jitter_strength, small.augment.view1) == (
+        0.5, ("crop", "flip", "color"))
+    assert (large.augment.color_jitter_strength, large.augment.view1) == (
+        1.0, ("crop", "flip", "color", "blur"))
 
 
 def test_flag_table_lists_every_field():
@@ -126,19 +128,19 @@ def test_flag_table_lists_every_field():
 
 def test_augmentation_lists(tmp_path):
     default = config_lib.Config()
-    assert default.view_augmentations == (("crop", "flip", "color"),) * 2
-    assert config_lib.Config(image_size=64).resolved_augmentations == (
+    assert (default.augment.view1, default.augment.view2) == (("crop", "flip", "color"),) * 2
+    assert config_lib.Config(image_size=64).augment.view2 == (
         "crop", "flip", "color", "blur")
     path = _write(tmp_path, {"augmentations": ["crop", "cutout"],
                              "view2_augmentations": []})
     cfg = config_lib.resolve(path, {"view1_augmentations": "crop, sobel"})
     assert cfg.augmentations == "crop,cutout"
-    assert cfg.view_augmentations == (("crop", "sobel"), ())
+    assert (cfg.augment.view1, cfg.augment.view2) == (("crop", "sobel"), ())
     saved = str(tmp_path / "saved.yaml")
     config_lib.save_yaml(cfg, saved)
     assert config_lib.resolve(saved) == cfg
     both = config_lib.resolve(None, {"augmentations": "crop,blur", "use_blur": True})
-    assert both.view_augmentations == (("crop", "blur"),) * 2
+    assert (both.augment.view1, both.augment.view2) == (("crop", "blur"),) * 2
     assert default.augment.shared == () and cfg.augment.shared == ()
     path = _write(tmp_path, {"shared_augmentations": ["crop"]}, "shared.yaml")
     shared = config_lib.resolve(path, {"view2_augmentations": "none"})

@@ -390,6 +390,34 @@ def test_shared_crop_is_one_draw_for_both_views():
         np.testing.assert_allclose(x["view1"][row], crop, atol=1e-6)
 
 
+def test_the_stream_applies_the_parsed_views_without_parsing_again(monkeypatch):
+    """cfg.augment is parsed once, by the config; the stream applies its tuples
+    (augment.apply_view), and its views are augment_view's of the same names."""
+    cfg = _cfg(seed=3, view1_augmentations="crop,noise,gray", view2_augmentations="flip,cutout",
+               shared_augmentations="crop", color_jitter_strength=0.7)
+    spec = cfg.augment
+    assert (spec.shared, spec.view1, spec.view2) == (
+        ("crop",), ("crop", "noise", "gray"), ("flip", "cutout"))
+
+    def parse_again(*args, **kwargs):
+        raise AssertionError("the augmentation names were parsed again")
+
+    monkeypatch.setattr(augment, "parse_augmentations", parse_again)
+    ds, _ = pipeline.build_train_dataset(cfg.data, spec, 4)
+    (x,), _ = _take(ds, 1)
+    monkeypatch.undo()
+    images, _ = offline.generate("train")
+    params = augment.ViewParams(S, 0.7, cfg.color_jitter_impl)
+    for name in spec.view1, ("color",), ():
+        for seed in range(3):
+            key = tf.constant([seed, 11], tf.int64)
+            np.testing.assert_array_equal(
+                augment.apply_view(images[seed], key, name, params).numpy(),
+                augment.augment_view(images[seed], key, S, ",".join(name) or "none",
+                                     color_jitter_strength=0.7).numpy())
+    assert x["view1"].shape == (4, S, S, 3)
+
+
 def test_view_augmentations_apply_on_top_of_the_shared_crop():
     """The paper's protocol (shared crop, colour on view 1, view 2 = identity):
     view 2 is the shared crop, view 1 is that crop with colour distortion only."""

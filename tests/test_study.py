@@ -58,7 +58,7 @@ def test_grids_priorities_and_cell_configs(tmp_path):
                     continue
                 assert getattr(cfg, key) == value
     cfg = {c.name: cfg for c, cfg in study.cell_configs("augmentations", "d", SMOKE)}["crop"]
-    assert cfg.view_augmentations == (("crop",), ())
+    assert (cfg.augment.view1, cfg.augment.view2) == (("crop",), ())
 
 
 def test_protocols_of_the_augmentation_study(tmp_path):

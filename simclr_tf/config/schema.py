@@ -282,15 +282,7 @@ class Config:
             raise ConfigError("Invalid value for 'fine_tune_after_block': allowed "
                               "values are -1 (train all), 0 (stem frozen) .. 4.")
         self._validate_semi_supervised()
-        for key in AUGMENTATION_KEYS:
-            if getattr(self, key) is not None:
-                parse_augmentations(getattr(self, key), key)
-        if self.augmentations is not None and self.use_blur is not None and (
-                ("blur" in parse_augmentations(self.augmentations)) != self.use_blur):
-            raise ConfigError(
-                f"'use_blur' is {self.use_blur} but 'augmentations' "
-                f"({self.augmentations!r}) {'lacks' if self.use_blur else 'has'} blur: "
-                "list blur in augmentations (or not) and leave use_blur unset.")
+        self.augment  # parses and checks the augmentation keys
         return self
 
     def _validate_semi_supervised(self):
@@ -321,42 +313,13 @@ class Config:
         return is_small_image(self.image_size)
 
     @property
-    def resolved_color_jitter_strength(self):
-        if self.color_jitter_strength is not None:
-            return self.color_jitter_strength
-        return preset(self.image_size)["color_jitter_strength"]
-
-    @property
-    def resolved_use_blur(self):
-        if self.use_blur is not None:
-            return self.use_blur
-        return preset(self.image_size)["use_blur"]
-
-    @property
-    def resolved_augmentations(self):
-        """Tuple of augmentation names of a pretraining view (both by default)."""
-        if self.augmentations is not None:
-            return parse_augmentations(self.augmentations)
-        return default_augmentations(self.resolved_use_blur)
-
-    @property
-    def view_augmentations(self):
-        """(view 1 names, view 2 names): the per-view keys, else augmentations."""
-        return tuple(parse_augmentations(v) if v is not None else self.resolved_augmentations
-                     for v in (self.view1_augmentations, self.view2_augmentations))
-
-    @property
     def data(self):
         return section(DataConfig, self)
 
     @property
     def augment(self):
-        view1, view2 = self.view_augmentations
-        return AugmentConfig(
-            image_size=self.image_size, view1=view1, view2=view2,
-            shared=parse_augmentations(self.shared_augmentations or ()),
-            color_jitter_strength=self.resolved_color_jitter_strength,
-            color_jitter_impl=self.color_jitter_impl)
+        """The views, parsed and with the image-size preset resolved (:class:`AugmentConfig`)."""
+        return AugmentConfig.of(self)
 
     @property
     def model(self):

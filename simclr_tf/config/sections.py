@@ -3,6 +3,9 @@
 import dataclasses
 from typing import Optional, Tuple
 
+from simclr_tf.config.choices import default_augmentations, parse_augmentations, preset
+from simclr_tf.errors import ConfigError
+
 
 def section(cls, cfg, **derived):
     """``cls`` filled from the same-named keys of ``cfg`` plus ``derived``."""
@@ -29,10 +32,12 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
-    """The pretraining views: op names per view (see simclr_tf.data.augment.OPS).
+    """The pretraining views, parsed and resolved: op names per view (see
+    simclr_tf.data.augment.OPS) and the colour settings.
 
     ``shared`` runs once per image, one draw for both views, before ``view1``
-    and ``view2``.
+    and ``view2``. :meth:`of` is the one place the augmentation keys are
+    parsed and checked; the pipeline applies these tuples as they are.
     """
 
     image_size: int
@@ -41,6 +46,34 @@ class AugmentConfig:
     shared: Tuple[str, ...]
     color_jitter_strength: float
     color_jitter_impl: str
+
+    @classmethod
+    def of(cls, cfg):
+        """The views of ``cfg`` (a Config): each per-view key, else ``augmentations``,
+        else the image-size preset's list; ConfigError naming the key for an
+        unknown name or an ``augmentations`` list that contradicts ``use_blur``."""
+        parsed = {key: parse_augmentations(getattr(cfg, key), key)
+                  for key in ("augmentations", "view1_augmentations", "view2_augmentations",
+                              "shared_augmentations") if getattr(cfg, key) is not None}
+        size_preset = preset(cfg.image_size)
+        both = parsed.get("augmentations")
+        if both is None:
+            both = default_augmentations(
+                size_preset["use_blur"] if cfg.use_blur is None else cfg.use_blur)
+        elif cfg.use_blur is not None and ("blur" in both) != cfg.use_blur:
+            raise ConfigError(
+                f"'use_blur' is {cfg.use_blur} but 'augmentations' "
+                f"({cfg.augmentations!r}) {'lacks' if cfg.use_blur else 'has'} blur: "
+                "list blur in augmentations (or not) and leave use_blur unset.")
+        view1, view2 = (parsed.get(f"view{i}_augmentations") for i in (1, 2))
+        strength = cfg.color_jitter_strength
+        return cls(image_size=cfg.image_size,
+                   view1=both if view1 is None else view1,
+                   view2=both if view2 is None else view2,
+                   shared=parsed.get("shared_augmentations", ()),
+                   color_jitter_strength=(size_preset["color_jitter_strength"]
+                                          if strength is None else strength),
+                   color_jitter_impl=cfg.color_jitter_impl)
 
 
 @dataclasses.dataclass(frozen=True)

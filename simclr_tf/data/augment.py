@@ -73,6 +73,7 @@ __all__ = [
     "default_augmentations",
     "parse_augmentations",
     "augment_view",
+    "apply_view",
 ]
 
 #: Fraction of the shorter side kept by the evaluation centre crop.
@@ -781,10 +782,17 @@ def augment_view(
         Returns:
           float32 tensor [image_size, image_size, 3] in [0, 1].
     """
-    names = parse_augmentations(augmentations)
     params = ViewParams(int(image_size), color_jitter_strength, color_jitter_impl,
                         cutout_fraction, cutout_fill, noise_std)
-    image_size = params.image_size
+    return apply_view(image, seed, parse_augmentations(augmentations), params)
+
+
+@_no_autograph
+def apply_view(image, seed, names, params):
+    """:func:`augment_view` of names already parsed (a tuple of :data:`OPS` keys,
+    e.g. ``cfg.augment.view1``) with the settings ``params`` (a :class:`ViewParams`):
+    the pipeline's path, which reads the config's parsed views as they are."""
+    image_size = int(params.image_size)
     image = _to_float_image(image)
     seed = _as_seed(seed)
     base = dict(zip(("crop", "flip", "color", "blur"), _split(seed, 4)))

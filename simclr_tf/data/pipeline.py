@@ -181,7 +181,7 @@ def build_train_dataset(data, augment_cfg, shard, *, label_subset=None, clean_vi
         data: a ``simclr_tf.config.DataConfig`` (``cfg.data``): dataset,
             ``train_split``, ``image_size``, ``data_dir``, ``seed``, ``cache_dataset``.
         augment_cfg: a ``simclr_tf.config.AugmentConfig`` (``cfg.augment``): the
-            op names of each view (:func:`simclr_tf.data.augment.augment_view`),
+            parsed op names of each view (:func:`simclr_tf.data.augment.apply_view`),
             the ``shared`` ops drawn once per image before both views (the
             paper's Figure 5 protocol), the colour settings.
         shard: a :class:`Shard` (or an int batch size: one pipeline from epoch 0).
@@ -205,15 +205,15 @@ def build_train_dataset(data, augment_cfg, shard, *, label_subset=None, clean_vi
         TensorShape([128, 32, 32, 3])
     """
     image_size = int(data.image_size)
+    params = augment.ViewParams(image_size, augment_cfg.color_jitter_strength,
+                                augment_cfg.color_jitter_impl)
+
     # One traced function per distinct pipeline (tracing the augmentation is
     # the slow part of building the pipeline): a single one for symmetric views.
     def make_view_fn(names):
         @tf.function
         def one_view(image, key):
-            return augment.augment_view(
-                image, key, image_size, names,
-                color_jitter_strength=augment_cfg.color_jitter_strength,
-                color_jitter_impl=augment_cfg.color_jitter_impl)
+            return augment.apply_view(image, key, names, params)
         return one_view
 
     view_fns = {names: make_view_fn(names) for names in (augment_cfg.view1, augment_cfg.view2)}

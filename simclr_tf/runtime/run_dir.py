@@ -646,8 +646,8 @@ def _views(cfg):
     augment = cfg.augment
     names = {k: ",".join(getattr(augment, k)) or "none" for k in ("shared", "view1", "view2")}
     return (" ".join(f"{k}={v}" for k, v in names.items()) + " "
-            f"color_jitter_strength={cfg.resolved_color_jitter_strength} "
-            f"color_jitter_impl={cfg.color_jitter_impl}")
+            f"color_jitter_strength={augment.color_jitter_strength} "
+            f"color_jitter_impl={augment.color_jitter_impl}")
 
 
 def read_train_log(path):
