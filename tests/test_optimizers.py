@@ -524,3 +524,111 @@ def test_lars_two_replicas_match_one_device(two_replica_result):
     assert r["lars_kernel_moved"] > 1e-4 and r["lars_bias_moved"] > 1e-3
     assert r["lars_kernel_err"] < 1e-6
     assert r["lars_bias_err"] < 1e-6
+
+
+# --------------------------------------------------------------------------
+# Weight decay has one owner: optimizers.py says what is excluded and whether
+# it is applied in the optimizer (LARS) or in the loss (any other).
+
+
+def _decayed_by_layer_type(network):
+    """The hand-listed expectation, from layer types (not paths, not is_excluded):
+    ``(kernels of the encoder's and projection head's convolutions and dense
+    layers, the supervised head's kernel)``. Biases and BN parameters: never."""
+    def kernels(layer):
+        return {v.path for sub in layer._flatten_layers()
+                if isinstance(sub, (keras.layers.Conv2D, keras.layers.Dense))
+                for v in [sub.kernel]}
+    body = kernels(network.encoder) | kernels(network.projection_head)
+    head = kernels(network.supervised_head)
+    never = {v.path for v in network.trainable_variables
+             if any(v is getattr(layer, name, None)
+                    for layer in network._flatten_layers()
+                    for name in ("bias", "gamma", "beta"))}
+    # The three sets cover every weight, without overlap.
+    assert body | head | never == {v.path for v in network.trainable_variables}
+    assert len(body) + len(head) + len(never) == len(network.trainable_variables)
+    return body, head
+
+
+def _penalised(term, variables):
+    """Paths of the variables with a non-zero gradient of the penalty ``term(variables)``."""
+    with tf.GradientTape() as tape:
+        value = term(variables)
+    grads = tape.gradient(value, variables)
+    return {v.path for v, g in zip(variables, grads)
+            if g is not None and np.any(np.asarray(g) != 0)}
+
+
+def test_decayed_weights_of_a_built_model_for_lars_and_for_decay_in_the_loss():
+    from simclr_tf import config as config_lib
+    from simclr_tf.models import simclr_model
+    cfg = config_lib.Config(resnet_depth=18, width_multiplier=0.25, image_size=16,
+                            proj_out_dim=16, num_proj_layers=2)
+    network = simclr_model.build_model(cfg.model, 5, probe=True)
+    network(tf.zeros([1, 16, 16, 3]))
+    rng = np.random.default_rng(0)
+    for v in network.trainable_variables:  # no zero weight hides a penalty
+        v.assign(rng.normal(size=v.shape).astype("float32"))
+    variables = network.trainable_variables
+    body, head = _decayed_by_layer_type(network)
+    assert network.supervised_head.name == optimizers.SUPERVISED_HEAD == "head_supervised"
+    assert len(body) == 21 + 2 and len(head) == 1  # 21 convolutions, 2 projection layers
+
+    # LARS: decays in its update everything but the head; the loss adds the head's L2.
+    lars = build_optimizer("lars", 0.1, weight_decay=1e-3)
+    lars.build(variables)
+    assert {v.path for v in variables if lars.uses_weight_decay(v)} == body
+    assert {v.path for v in variables if lars.uses_layer_adaptation(v)} == body
+    assert optimizers.weight_decay_of(lars) == ("lars", 1e-3)
+    assert _penalised(lambda vs: optimizers.weight_decay_in_loss("lars", 1e-3, vs)[0],
+                      variables) == head
+    assert _penalised(lambda vs: optimizers.weight_decay_in_loss("lars", 1e-3, vs)[1],
+                      variables) == body | head
+
+    # Momentum (and Adam): nothing in the update, the whole L2 in the loss.
+    for name in ("momentum", "adam"):
+        optimizer = build_optimizer(name, 0.1, weight_decay=1e-3)
+        assert not optimizer.weight_decay
+        assert optimizers.weight_decay_of(optimizer) == ("none", 0.0)
+        term = lambda vs, n=name: optimizers.weight_decay_in_loss(n, 1e-3, vs)  # noqa: E731
+        assert _penalised(lambda vs: term(vs)[0], variables) == body | head
+        assert _penalised(lambda vs: term(vs)[1], variables) == body | head
+    # The value is the official wd * sum(w^2) / 2, in float64 by hand.
+    expected = 1e-3 * sum(np.sum(v.numpy().astype(np.float64) ** 2) / 2
+                          for v in variables if v.path in body | head)
+    loss_term, _ = optimizers.weight_decay_in_loss("momentum", 1e-3, variables)
+    np.testing.assert_allclose(float(loss_term), expected, rtol=1e-5)
+
+
+def test_decay_exclusions_are_defined_once():
+    """A complement to the behavioural test: the exclusions are assigned only in
+    optimizers.py, and the supervised head's name is spelled only there."""
+    import ast
+    import pathlib
+    import simclr_tf
+    from simclr_tf import lars as lars_module
+    from simclr_tf.models import heads
+    root = pathlib.Path(simclr_tf.__file__).parent
+    owners = {}
+    for path in root.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            targets = (node.targets if isinstance(node, ast.Assign)
+                       else [node.target] if isinstance(node, ast.AnnAssign) else [])
+            for target in targets:
+                if isinstance(target, ast.Name) and target.id in (
+                        "NOT_DECAYED", "SUPERVISED_HEAD", "DEFAULT_EXCLUDE"):
+                    owners.setdefault(target.id, []).append(path.relative_to(root).as_posix())
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in (
+                    "is_excluded", "variable_path", "LARS", "weight_decay_in_loss"):
+                owners.setdefault(node.name, []).append(path.relative_to(root).as_posix())
+    assert owners == {name: ["optimizers.py"] for name in (
+        "NOT_DECAYED", "SUPERVISED_HEAD", "DEFAULT_EXCLUDE", "is_excluded",
+        "variable_path", "LARS", "weight_decay_in_loss")}
+    for name in ("NOT_DECAYED", "SUPERVISED_HEAD", "DEFAULT_EXCLUDE", "is_excluded",
+                 "variable_path", "LARS"):  # still importable from simclr_tf.lars
+        assert getattr(lars_module, name) is getattr(optimizers, name)
+    for module in ("lars.py", "models/heads.py", "models/simclr_model.py",
+                   "runtime/task_model.py", "tasks/base.py"):
+        assert "head_supervised" not in (root / module).read_text(), module
+    assert heads.SupervisedHead(3).name == optimizers.SUPERVISED_HEAD

@@ -10,6 +10,7 @@ import keras
 from keras import ops
 
 from simclr_tf.config.choices import PROJ_HEAD_MODES, check_batch_norm_decay
+from simclr_tf.optimizers import SUPERVISED_HEAD
 
 __all__ = ["PROJ_HEAD_MODES", "ProjectionHead", "SupervisedHead"]
 
@@ -175,7 +176,8 @@ class SupervisedHead(keras.layers.Layer):
           batch_norm_decay: momentum of that BN's moving statistics.
           global_bn: synchronise that BN across replicas.
           **kwargs: ``keras.layers.Layer`` arguments (``name`` defaults to
-            ``"head_supervised"``, which weight-decay exclusion matches).
+            :data:`simclr_tf.optimizers.SUPERVISED_HEAD`, the name the
+            weight-decay exclusion matches).
 
         Example:
           >>> head = SupervisedHead(10, zero_init=True)
@@ -186,7 +188,7 @@ class SupervisedHead(keras.layers.Layer):
 
     def __init__(self, num_classes, zero_init=False, input_batch_norm=False,
                  batch_norm_decay=0.9, global_bn=False, **kwargs):
-        kwargs.setdefault("name", "head_supervised")
+        kwargs.setdefault("name", SUPERVISED_HEAD)
         super().__init__(**kwargs)
         if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
             raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}.")

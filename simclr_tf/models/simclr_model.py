@@ -4,6 +4,7 @@ import keras
 import tensorflow as tf
 
 from simclr_tf.models import heads, resnet
+from simclr_tf.optimizers import SUPERVISED_HEAD
 
 #: The named views of a pretraining batch (``clean`` only with ``probe_view=clean``).
 VIEWS = ("view1", "view2", "clean")
@@ -52,8 +53,6 @@ class SimCLRModel(keras.Model):
     from simclr_tf import SimCLRModel
     from simclr_tf.models import heads, resnet
 
-#: The named views of a pretraining batch (``clean`` only with ``probe_view=clean``).
-VIEWS = ("view1", "view2", "clean")
     model = SimCLRModel(
         resnet.ResNet(18, width_multiplier=0.25, cifar_stem=True),
         heads.ProjectionHead("nonlinear", proj_out_dim=64, num_proj_layers=2),
@@ -175,7 +174,7 @@ def build_model(cfg, num_classes, *, probe=False, fine_tune_after_block=-1):
         supervised_head = heads.SupervisedHead(
             num_classes, zero_init=cfg.zero_init_logits_layer, input_batch_norm=probe,
             batch_norm_decay=cfg.batch_norm_decay, global_bn=cfg.global_bn,
-            name="head_supervised", dtype=head_dtype)
+            name=SUPERVISED_HEAD, dtype=head_dtype)
     return SimCLRModel(
         encoder, projection_head, supervised_head,
         ft_proj_selector=cfg.ft_proj_selector, fine_tune_after_block=fine_tune_after_block,

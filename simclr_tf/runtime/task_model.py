@@ -5,7 +5,7 @@ import functools
 import keras
 import tensorflow as tf
 
-from simclr_tf import lars, optimizers
+from simclr_tf import optimizers
 from simclr_tf.runtime import steps as steps_lib
 from simclr_tf.tasks.base import others
 
@@ -67,9 +67,7 @@ class TaskModel(keras.Model):
         return self.network(inputs, training=training)
 
     def _decay(self):
-        name, coefficient = self.weight_decay or (
-            ("lars", self.optimizer.weight_decay) if isinstance(self.optimizer, lars.LARS)
-            else ("none", 0.0))
+        name, coefficient = self.weight_decay or optimizers.weight_decay_of(self.optimizer)
         return functools.partial(optimizers.weight_decay_in_loss, name, coefficient)
 
     def compute_loss(self, batch, training=True):
