@@ -163,6 +163,9 @@ def test_run_checkpoints_the_probe_optimizer_and_resumes_older_runs(tmp_path):
         assert int(probe_optimizer.iterations) == 2 == new.step
         runtime.train(new)
         assert new.step == 4 and int(probe_optimizer.iterations) == 4
+        # Under the key 0.2 wrote, which the pretraining task declares.
+        assert any(name.startswith("probe_optimizer/")
+                   for name, _ in tf.train.list_variables(new.checkpointer.latest))
         slots = [v.numpy() for v in probe_optimizer.variables]
         assert any(np.abs(s).sum() > 0 for s in slots[1:])
 
@@ -170,3 +173,22 @@ def test_run_checkpoints_the_probe_optimizer_and_resumes_older_runs(tmp_path):
         again.checkpointer.restore_for_training()
         for v, s in zip(again.updates[1][0].variables, slots):
             np.testing.assert_array_equal(v.numpy(), s, err_msg=v.path)
+
+
+def test_runtime_names_no_objective_the_tasks_declare_theirs():
+    """The probe's checkpoint key and resume-free flag, the teacher and the advice
+    to train a head come from the tasks, not from runtime/ (fails on code that
+    names them in runtime/)."""
+    import inspect
+
+    from simclr_tf.runtime import checkpointer, experiment, loop, run_dir
+
+    assert tasks.PretrainTask.own_optimizer_keys == ("probe_optimizer",)
+    assert tasks.OWN_OPTIMIZER_KEYS == ("probe_optimizer",)
+    assert "probe_learning_rate" in run_dir.RESUME_FREE_KEYS
+    assert tasks.SUPERVISED_MODES == ("finetune",)
+    for module in (checkpointer, experiment, loop, run_dir):
+        source = inspect.getsource(module)
+        for name in ("probe_optimizer", "probe_learning_rate", "teacher", "Teacher",
+                     "train_mode=finetune", '"distill"', '"pretrain"', '"finetune"'):
+            assert name not in source, (module.__name__, name)

@@ -6,17 +6,15 @@ import re
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import errors, files
+from simclr_tf import errors, files, tasks
 from simclr_tf.errors import RunError, short_tf_error
 
 # A trainable weight beyond this magnitude has diverged (a healthy SimCLR
 # network stays within ~10): such weights are never checkpointed, because the
 # next step would turn them non-finite.
 MAX_WEIGHT = 1e6
-# Checkpoint keys of the optimizers a task adds for weights of their own (the
-# first one is pretraining's probe, and keeps the key 0.2 wrote) and of the
-# float16 loss scale.
-_OWN_OPTIMIZER_KEYS = ("probe_optimizer",)
+# Checkpoint key of the float16 loss scale. The keys of the optimizers a task
+# adds for weights of their own are the task's (Task.own_optimizer_keys).
 _LOSS_SCALE = "loss_scale"
 # What --checkpoint loads into a new run: the backbone, not the heads.
 _PRETRAINED_PARTS = ("encoder", "projection_head")
@@ -67,9 +65,9 @@ class Checkpointer:
 
     A checkpoint holds the model (every weight, BN moving statistics included,
     also under ``weights/<variable path>``), the optimizer (its slots and
-    step counter), the optimizers a task adds for weights of their own (the
-    probe's) and, in float16, the loss scale. :meth:`resume` restores the
-    newest *readable* checkpoint, falling back to older ones with a warning
+    step counter), the optimizers a task adds for weights of their own (under
+    the task's keys) and, in float16, the loss scale. :meth:`resume` restores
+    the newest *readable* checkpoint, falling back to older ones with a warning
     when the newest is corrupt or truncated; it is the one implementation of
     that fallback, used by training, ``--mode=eval`` and ``--mode=export``.
 
@@ -83,7 +81,10 @@ class Checkpointer:
         run_dir: a :class:`simclr_tf.runtime.run_dir.RunDir`.
         keep_max: checkpoints kept.
         task_id: None on the chief; the worker's task id otherwise.
-        own_optimizers: the task's optimizers beyond the run's (built), at most one.
+        own_optimizers: the task's optimizers beyond the run's (built), as
+            ``{checkpoint key: optimizer}`` (the task's ``own_optimizer_keys``);
+            a list takes the keys of :data:`simclr_tf.tasks.OWN_OPTIMIZER_KEYS`
+            in order.
         loss_scale: the float16 :class:`~simclr_tf.loss_scale.DynamicLossScale`, or None.
     """
 
@@ -93,14 +94,17 @@ class Checkpointer:
         if optimizer is not None:
             self._required["optimizer"] = optimizer
         # Parts a checkpoint of another setting may lack: an own optimizer (a
-        # run whose probe shared the pretraining optimizer: early 0.2, or
-        # probe_learning_rate=0) and the float16 loss scale (a run resumed
-        # with another precision). See _read.
-        if len(own_optimizers) > len(_OWN_OPTIMIZER_KEYS):
-            raise ValueError(f"At most {len(_OWN_OPTIMIZER_KEYS)} own optimizer(s) can be "
-                             f"checkpointed, got {len(own_optimizers)}.")
-        self._own_keys = _OWN_OPTIMIZER_KEYS[:len(own_optimizers)]
-        self._optional = dict(zip(self._own_keys, own_optimizers))
+        # run whose weights shared the run's optimizer then, e.g. written by
+        # another version or setting) and the float16 loss scale (a run
+        # resumed with another precision). See _read.
+        if not isinstance(own_optimizers, dict):
+            keys = tasks.OWN_OPTIMIZER_KEYS
+            if len(own_optimizers) > len(keys):
+                raise ValueError(f"At most {len(keys)} own optimizer(s) can be "
+                                 f"checkpointed, got {len(own_optimizers)}.")
+            own_optimizers = dict(zip(keys, own_optimizers))
+        self._own_keys = tuple(own_optimizers)
+        self._optional = dict(own_optimizers)
         if loss_scale is not None:
             self._optional[_LOSS_SCALE] = loss_scale
         self.checkpoint = tf.train.Checkpoint(**self._required, **self._optional)
@@ -171,8 +175,8 @@ class Checkpointer:
     def _read(self, path):
         """Restores ``path``; every object of this run must be in it but the optional parts.
 
-        A checkpoint without an own optimizer (the probe's, written while the
-        probe shared the run's optimizer) restores everything else; that
+        A checkpoint without an own optimizer (written while its weights
+        shared the run's optimizer) restores everything else; that
         optimizer then starts with zero momentum at the checkpoint's step, so
         its schedule continues where the run is. One without the loss scale
         (written in float32 or bfloat16) leaves it at its initial value.

@@ -12,8 +12,6 @@ from simclr_tf import distribute, optimizers, tasks
 from simclr_tf.config import ConfigError
 from simclr_tf.data import datasets, subsets
 from simclr_tf.data.pipeline import Shard
-from simclr_tf.errors import short_tf_error
-from simclr_tf.export import Teacher
 from simclr_tf.loss_scale import DynamicLossScale
 from simclr_tf.runtime.checkpointer import Checkpointer
 from simclr_tf.runtime.run_dir import RunDir
@@ -143,22 +141,6 @@ def _select_labels(cfg, task_cls, train_info, num_classes):
     return label_subset, train_info, int(task_cls.labels_used(cfg.loss, labelled)), note
 
 
-def _load_teacher(cfg, strategy, num_classes):
-    """Loads teacher_checkpoint (in the strategy's scope) and checks its classes."""
-    try:
-        with strategy.scope():
-            teacher = Teacher(cfg.teacher_checkpoint, cfg.image_size)
-    except (OSError, tf.errors.OpError) as e:
-        raise ConfigError(f"Cannot load 'teacher_checkpoint' {cfg.teacher_checkpoint!r}: "
-                          f"{short_tf_error(e)}") from None
-    if num_classes and num_classes != teacher.num_classes:
-        raise ConfigError(
-            f"The teacher {cfg.teacher_checkpoint!r} predicts {teacher.num_classes} "
-            f"classes but {cfg.dataset!r} has {num_classes}: distill on the teacher's "
-            "dataset.")
-    return teacher
-
-
 def _num_classes(cfg, split_classes):
     """The supervised head's classes: ``num_classes`` when set, else the split's."""
     if cfg.num_classes is None:
@@ -169,6 +151,16 @@ def _num_classes(cfg, split_classes):
             f"{cfg.dataset!r} has {split_classes} classes: pass the dataset the model "
             "was trained on, or fine-tune from it with --checkpoint in a new model_dir.")
     return cfg.num_classes
+
+
+def _own_optimizers(task, updates):
+    """``{checkpoint key: optimizer}`` of the task's own optimizers (its ``own_optimizer_keys``)."""
+    own = [optimizer for optimizer, _ in updates[1:]]
+    if len(own) > len(task.own_optimizer_keys):
+        raise ValueError(f"{type(task).__name__} has {len(own)} optimizer(s) of its own but "
+                         f"names {len(task.own_optimizer_keys)} checkpoint key(s) in "
+                         "own_optimizer_keys.")
+    return dict(zip(task.own_optimizer_keys, own))
 
 
 def build_schedule(cfg, num_examples):
@@ -182,7 +174,7 @@ def build(cfg, strategy=None):
     """Builds the :class:`Experiment` of ``cfg`` (nothing is written to model_dir).
 
     Raises ConfigError for settings that only the data or the devices can
-    refute (batch sizes, label subsets, the teacher).
+    refute (batch sizes, label subsets, what the task loads).
     """
     if cfg.deterministic:
         keras.utils.set_random_seed(cfg.seed)
@@ -198,20 +190,16 @@ def build(cfg, strategy=None):
     task_cls = tasks.TASKS[cfg.train_mode]
     label_subset, train_info, num_labelled, note = _select_labels(cfg, task_cls, train_info,
                                                                   num_classes)
-    teacher = None
-    if task_cls.needs_teacher:
-        teacher = _load_teacher(cfg, strategy, num_classes)
-        num_classes = teacher.num_classes
+    task, num_classes = task_cls.for_run(cfg, strategy, num_classes)
     if num_classes == 1:
         logging.warning(
-            "The %r split of %r has a single class: pretraining works, but the "
-            "linear probe and the eval accuracy are trivially 1.0.",
+            "The %r split of %r has a single class: training works, but the supervised "
+            "head's accuracies (in training and in the evaluation) are trivially 1.0.",
             cfg.train_split, cfg.dataset)
     _check_batch_fits(cfg, train_info.num_examples, note)
     steps = optimizers.step_counts(train_info.num_examples, cfg.train_batch_size,
                                    cfg.train_epochs, cfg.train_steps, cfg.warmup_epochs)
 
-    task = tasks.build_task(cfg.train_mode, cfg.loss, teacher)
     task.check_data(num_classes, f"the {cfg.train_split!r} split of {cfg.dataset!r}")
     loss_scale = None
     with strategy.scope():
@@ -229,7 +217,7 @@ def build(cfg, strategy=None):
         num_labeled_examples=num_labelled, steps=steps, model=model, task=task,
         schedule=schedule, updates=updates,
         checkpointer=Checkpointer(model, updates[0][0], run_dir, cfg.keep_checkpoint_max,
-                                  task_id, own_optimizers=[o for o, _ in updates[1:]],
+                                  task_id, own_optimizers=_own_optimizers(task, updates),
                                   loss_scale=loss_scale),
         jit_compile=distribute.resolve_jit_compile(cfg.jit_compile, strategy),
         loss_scale=loss_scale)

@@ -31,7 +31,7 @@ import threading
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import distribute, linear_eval
+from simclr_tf import distribute, linear_eval, tasks
 from simclr_tf import knn as knn_lib
 from simclr_tf.data import view_grid
 from simclr_tf.errors import Preempted, RunError
@@ -282,7 +282,8 @@ def _evaluate(exp):
         raise RunError(
             f"Cannot evaluate: the training split {cfg.train_split!r} of "
             f"{cfg.dataset!r} has no labels, so there is no supervised head. "
-            "Fine-tune on a labelled split (--train_mode=finetune) first.")
+            "Train one on a labelled split first (--train_mode="
+            f"{' or '.join(tasks.SUPERVISED_MODES)}).")
     with strategy.scope():  # counts summed over every replica and worker when read
         metrics = steps_lib.eval_metrics()
     eval_step = steps_lib.make_eval_step(model, metrics)

@@ -41,6 +41,7 @@ from absl import logging
 from simclr_tf import config as config_lib
 from simclr_tf import files
 from simclr_tf import errors
+from simclr_tf import tasks
 from simclr_tf.data.image_folder import IMAGE_EXTENSIONS
 from simclr_tf.data.source import split_names
 from simclr_tf.errors import RunError
@@ -76,10 +77,7 @@ RESUME_FREE_KEYS = (
     "checkpoint", "checkpoint_epochs", "checkpoint_steps", "keep_checkpoint_max",
     "log_every_steps", "nonfinite_policy", "deterministic", "use_tpu", "tpu_name",
     "precision", "jit_compile", "feature_linear_eval", "knn_eval", "knn_every_epochs",
-    "feature_eval_every_epochs",
-    # The probe never changes the encoder; a run of 0.2 (probe under the
-    # pretraining optimizer) resumes with the probe's own optimizer.
-    "probe_learning_rate")
+    "feature_eval_every_epochs") + tasks.RESUME_FREE_KEYS  # and each objective's own
 # The run's length may grow (in the same unit); the schedule then decays over
 # the new length from the step the run resumes at.
 RESUME_LENGTH_KEYS = ("train_steps", "train_epochs")

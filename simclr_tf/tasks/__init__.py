@@ -16,6 +16,18 @@ from simclr_tf.tasks.pretrain import PretrainTask
 TASKS = {"pretrain": PretrainTask, "finetune": FinetuneTask, "distill": DistillTask}
 
 
+def _union(attribute):
+    return tuple(dict.fromkeys(k for cls in TASKS.values() for k in getattr(cls, attribute)))
+
+
+#: Every task's own-optimizer checkpoint keys, in order (:attr:`Task.own_optimizer_keys`).
+OWN_OPTIMIZER_KEYS = _union("own_optimizer_keys")
+#: Every task's keys a run may change when it resumes (:attr:`Task.resume_free_keys`).
+RESUME_FREE_KEYS = _union("resume_free_keys")
+#: The train_modes that train the supervised head on labelled data alone.
+SUPERVISED_MODES = tuple(name for name, cls in TASKS.items() if cls.labelled_only)
+
+
 def build_task(train_mode, loss_cfg, teacher=None):
     """The task of ``train_mode`` with the loss settings ``loss_cfg`` (``cfg.loss``)."""
     if train_mode == "distill":
@@ -37,4 +49,4 @@ def build_model(cfg, num_classes):
 
 
 __all__ = ["Task", "PretrainTask", "FinetuneTask", "DistillTask", "TASKS", "build_task",
-           "build_model"]
+           "build_model", "OWN_OPTIMIZER_KEYS", "RESUME_FREE_KEYS", "SUPERVISED_MODES"]

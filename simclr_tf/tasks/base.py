@@ -28,12 +28,27 @@ class Task:
     labelled_only = False
     #: Needs a teacher (``build_task(..., teacher=)``).
     needs_teacher = False
+    #: Checkpoint keys of :meth:`own_optimizers`' optimizers, in their order
+    #: (fixed: checkpoints written by earlier versions use them).
+    own_optimizer_keys = ()
+    #: Config keys of this objective a run may change when it resumes.
+    resume_free_keys = ()
     #: Learns a representation from views: the run shows its view pairs and
     #: ends with the frozen-feature evaluation.
     learns_representation = False
 
     def __init__(self, loss_cfg):
         self.cfg = loss_cfg
+
+    @classmethod
+    def for_run(cls, cfg, strategy, num_classes):
+        """``(task, num_classes)`` for a run of ``cfg`` (a ``simclr_tf.Config``):
+        the task with what it loads for the run (in ``strategy``'s scope), and the
+        supervised head's classes (``num_classes``: the training data's).
+
+        Raises ConfigError when what the run names cannot be loaded.
+        """
+        return cls(cfg.loss), num_classes
 
     @classmethod
     def build_model(cls, model_cfg, num_classes):

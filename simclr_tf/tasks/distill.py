@@ -4,6 +4,8 @@ import tensorflow as tf
 
 from simclr_tf import losses
 from simclr_tf.data import pipeline
+from simclr_tf.errors import ConfigError, short_tf_error
+from simclr_tf.export import Teacher
 from simclr_tf.models import simclr_model
 from simclr_tf.tasks.base import Task
 from simclr_tf.tasks.finetune import _require_head
@@ -43,6 +45,23 @@ class DistillTask(Task):
     def __init__(self, loss_cfg, teacher):
         super().__init__(loss_cfg)
         self.teacher = teacher
+
+    @classmethod
+    def for_run(cls, cfg, strategy, num_classes):
+        """Loads ``teacher_checkpoint`` (in the strategy's scope, at ``image_size``)
+        and checks its classes against the data's; the head gets the teacher's."""
+        try:
+            with strategy.scope():
+                teacher = Teacher(cfg.teacher_checkpoint, cfg.image_size)
+        except (OSError, tf.errors.OpError) as e:
+            raise ConfigError(f"Cannot load 'teacher_checkpoint' {cfg.teacher_checkpoint!r}: "
+                              f"{short_tf_error(e)}") from None
+        if num_classes and num_classes != teacher.num_classes:
+            raise ConfigError(
+                f"The teacher {cfg.teacher_checkpoint!r} predicts {teacher.num_classes} "
+                f"classes but {cfg.dataset!r} has {num_classes}: distill on the teacher's "
+                "dataset.")
+        return cls(cfg.loss, teacher), teacher.num_classes
 
     @classmethod
     def build_model(cls, model_cfg, num_classes):

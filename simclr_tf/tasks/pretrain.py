@@ -41,6 +41,11 @@ class PretrainTask(Task):
 
     name = "pretrain"
     learns_representation = True
+    # The key 0.2 wrote the probe's optimizer under.
+    own_optimizer_keys = ("probe_optimizer",)
+    # The probe never changes the encoder; a run of 0.2 (probe under the
+    # pretraining optimizer) resumes with the probe's own optimizer.
+    resume_free_keys = ("probe_learning_rate",)
 
     @classmethod
     def build_model(cls, model_cfg, num_classes):
