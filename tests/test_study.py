@@ -345,6 +345,27 @@ def test_paper_protocol_with_two_seeds_runs_the_shared_crop_per_seed(tmp_path):
     _assert_png(os.path.join(out, "augmentations.png"))
 
 
+def test_z_of_the_projection_study_is_the_forward_pass_of_encoder_and_head():
+    """The cell's z features (the model's forward pass) equal the projection head
+    on the encoder's h, bit for bit, for the pretraining model with its probe."""
+    import tensorflow as tf
+
+    from simclr_tf import config as config_lib
+    from simclr_tf import tasks
+    cfg = config_lib.Config(image_size=16, resnet_depth=18, width_multiplier=0.25,
+                            proj_out_dim=8)
+    model = tasks.build_model(cfg, 5)
+    images = tf.random.stateless_uniform([6, 16, 16, 3], seed=[1, 2])
+    z = study._z_features(model)
+    by_hand = model.projection_head(model.encoder(images, training=False),
+                                    training=False)[0]
+    np.testing.assert_array_equal(z(images).numpy(), by_hand.numpy())
+    graph = tf.function(lambda x: (z(x), model.projection_head(
+        model.encoder(x, training=False), training=False)[0]))
+    a, b = graph(images)
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 @pytest.mark.slow
 def test_projection_head_cell_also_evaluates_z(tmp_path):
     cells = dict((c.name, (c, cfg)) for c, cfg in

@@ -367,6 +367,13 @@ def summary_table(study=None, study_dir=None):
     return study_summary.markdown(study_summary.read_csv(path))
 
 
+def _z_features(model):
+    """``images -> z``: the projection head's output of ``model``'s forward pass."""
+    def z_features(images, training=False):
+        return model(images, training=training)["proj_head_output"]
+    return z_features
+
+
 def _run_cell_main(cell_dir):
     """Child process: trains and evaluates the run described by cell_dir/config.yaml."""
     cfg = config_lib.resolve(os.path.join(cell_dir, "config.yaml"))
@@ -379,14 +386,8 @@ def _run_cell_main(cell_dir):
             and cfg.feature_linear_eval):
         # Frozen-feature linear eval on z = g(h) as well (before result.json,
         # which marks the cell finished).
-        model = exp.model
-
-        def z_features(images, training=False):
-            return model.projection_head(model.encoder(images, training=training),
-                                         training=training)[0]
-
         files.atomic_write_json(
-            linear_eval.evaluate(z_features, cfg.data, exp.num_classes),
+            linear_eval.evaluate(_z_features(exp.model), cfg.data, exp.num_classes),
             os.path.join(cell_dir, _Z_EVAL_FILE))
     result = runtime.evaluate(exp)
     print(f"result: {json.dumps(result)}")
