@@ -40,7 +40,7 @@ _PUBLIC = {
     "nt_xent_loss": "simclr_tf.losses",
     "NTXentLoss": "simclr_tf.losses",
     "distillation_loss": "simclr_tf.losses",
-    "LARS": "simclr_tf.optimizers",
+    "LARS": "simclr_tf.lars",
     "WarmUpAndCosine": "simclr_tf.optimizers",
     "step_counts": "simclr_tf.optimizers",
     "build_task": "simclr_tf.tasks",

@@ -527,7 +527,7 @@ def test_lars_two_replicas_match_one_device(two_replica_result):
 
 
 # --------------------------------------------------------------------------
-# Weight decay has one owner: optimizers.py says what is excluded and whether
+# Weight decay has one owner: weight_decay.py says what is excluded and whether
 # it is applied in the optimizer (LARS) or in the loss (any other).
 
 
@@ -602,12 +602,14 @@ def test_decayed_weights_of_a_built_model_for_lars_and_for_decay_in_the_loss():
 
 
 def test_decay_exclusions_are_defined_once():
-    """A complement to the behavioural test: the exclusions are assigned only in
-    optimizers.py, and the supervised head's name is spelled only there."""
+    """A complement to the behavioural test: the exclusions and the rule are
+    defined only in weight_decay.py, LARS only in lars.py, and the supervised
+    head's name is spelled only in weight_decay.py."""
     import ast
     import pathlib
     import simclr_tf
     from simclr_tf import lars as lars_module
+    from simclr_tf import weight_decay
     from simclr_tf.models import heads
     root = pathlib.Path(simclr_tf.__file__).parent
     owners = {}
@@ -620,15 +622,18 @@ def test_decay_exclusions_are_defined_once():
                         "NOT_DECAYED", "SUPERVISED_HEAD", "DEFAULT_EXCLUDE"):
                     owners.setdefault(target.id, []).append(path.relative_to(root).as_posix())
             if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in (
-                    "is_excluded", "variable_path", "LARS", "weight_decay_in_loss"):
+                    "is_excluded", "variable_path", "LARS", "weight_decay_in_loss",
+                    "decays_in_update"):
                 owners.setdefault(node.name, []).append(path.relative_to(root).as_posix())
-    assert owners == {name: ["optimizers.py"] for name in (
+    expected = {name: ["weight_decay.py"] for name in (
         "NOT_DECAYED", "SUPERVISED_HEAD", "DEFAULT_EXCLUDE", "is_excluded",
-        "variable_path", "LARS", "weight_decay_in_loss")}
-    for name in ("NOT_DECAYED", "SUPERVISED_HEAD", "DEFAULT_EXCLUDE", "is_excluded",
-                 "variable_path", "LARS"):  # still importable from simclr_tf.lars
-        assert getattr(lars_module, name) is getattr(optimizers, name)
-    for module in ("lars.py", "models/heads.py", "models/simclr_model.py",
+        "variable_path", "weight_decay_in_loss", "decays_in_update")}
+    assert owners == dict(expected, LARS=["lars.py"])
+    for name in expected:  # the names runs use stay importable from optimizers
+        assert getattr(optimizers, name) is getattr(weight_decay, name)
+    assert optimizers.LARS is lars_module.LARS
+    assert optimizers.decays_in_update(lars_module.LARS(0.1))
+    for module in ("lars.py", "optimizers.py", "models/heads.py", "models/simclr_model.py",
                    "runtime/task_model.py", "tasks/base.py"):
         assert "head_supervised" not in (root / module).read_text(), module
-    assert heads.SupervisedHead(3).name == optimizers.SUPERVISED_HEAD
+    assert heads.SupervisedHead(3).name == weight_decay.SUPERVISED_HEAD

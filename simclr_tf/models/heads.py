@@ -10,7 +10,7 @@ import keras
 from keras import ops
 
 from simclr_tf.config.choices import PROJ_HEAD_MODES, check_batch_norm_decay
-from simclr_tf.optimizers import SUPERVISED_HEAD
+from simclr_tf.weight_decay import SUPERVISED_HEAD
 
 __all__ = ["PROJ_HEAD_MODES", "ProjectionHead", "SupervisedHead"]
 
@@ -176,7 +176,7 @@ class SupervisedHead(keras.layers.Layer):
           batch_norm_decay: momentum of that BN's moving statistics.
           global_bn: synchronise that BN across replicas.
           **kwargs: ``keras.layers.Layer`` arguments (``name`` defaults to
-            :data:`simclr_tf.optimizers.SUPERVISED_HEAD`, the name the
+            :data:`simclr_tf.weight_decay.SUPERVISED_HEAD`, the name the
             weight-decay exclusion matches).
 
         Example:

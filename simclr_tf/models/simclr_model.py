@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 
 from simclr_tf.models import heads, resnet
-from simclr_tf.optimizers import SUPERVISED_HEAD
+from simclr_tf.weight_decay import SUPERVISED_HEAD
 
 #: The named views of a pretraining batch (``clean`` only with ``probe_view=clean``).
 VIEWS = ("view1", "view2", "clean")
