@@ -7,6 +7,7 @@ its warning) and that the files that were there before are untouched.
 import hashlib
 import io
 import logging
+import json
 import os
 import shutil
 import struct
@@ -158,6 +159,35 @@ def test_image_gone_bad_after_the_scan_is_replaced_in_place_and_counted(tmp_path
     for p in broken:
         assert f"{p!r} could not be read or decoded, though the scan found it good" in caplog.text
     assert "the same number of examples" in caplog.text
+
+
+@pytest.mark.slow
+def test_files_gone_bad_are_counted_in_train_log_and_listed_in_result(tmp_path, monkeypatch):
+    """Like the scan's skipped files, those gone bad mid-run are reported, not only warned."""
+    from simclr_tf import runtime
+
+    monkeypatch.setattr(image_folder, "_mid_run_bad", {})  # this process's count, from 0
+    root = _folder(tmp_path / "data", n=6, splits=("train",))
+    cfg = _cfg(tmp_path, train_split="train", eval_split="train", train_steps=3,
+               mode="train_then_eval")
+    os.makedirs(cfg.model_dir)
+    exp = runtime.build(cfg)
+    stream, broken = exp.train_dataset, set()
+
+    def scanned_then_broken(*args):  # the stream scans the folder: all good
+        dataset = stream(*args)
+        broken.update(_break(root))
+        return dataset
+
+    monkeypatch.setattr(exp, "train_dataset", scanned_then_broken)
+    runtime.train(exp)  # 3 steps of 4: every file met once
+    with open(os.path.join(cfg.model_dir, "train_log.jsonl")) as f:
+        counts = [json.loads(line).get("files_gone_bad", 0) for line in f]
+    assert counts[-1] == 3 and counts == sorted(counts), counts
+    result = runtime.evaluate(exp)
+    assert result["files_gone_bad"] == sorted(broken)
+    with open(os.path.join(cfg.model_dir, "result.json")) as f:
+        assert json.load(f)["files_gone_bad"] == sorted(broken)
 
 
 @pytest.mark.slow
@@ -352,8 +382,7 @@ def _top1_bounds_of_export(cfg):
     """Top-1 of model_dir/saved_model's ``serve`` on cfg's eval split, as
     (ties counted wrong, ties counted right): equal when no logits tie."""
     from simclr_tf.data import pipeline
-    ds, info = pipeline.build_eval_dataset(cfg.dataset, cfg.eval_split, 16, cfg.image_size,
-                                           data_dir=cfg.data_dir)
+    ds, info = pipeline.build_eval_dataset(cfg.data, 16)
     served = tf.saved_model.load(os.path.join(cfg.model_dir, "saved_model")).signatures["serve"]
     logits, labels = [], []
     for images, y in ds:
@@ -472,8 +501,7 @@ def test_eval_split_with_only_missing_labels_is_refused(tmp_path):
     cfg = _cfg(tmp_path, data_dir=str(root), mode="eval")
     exp = runtime.build(cfg)
     from simclr_tf.data import pipeline
-    ds, _ = pipeline.build_eval_dataset(cfg.dataset, cfg.eval_split, cfg.eval_batch_size,
-                                        cfg.image_size, data_dir=cfg.data_dir)
+    ds, _ = pipeline.build_eval_dataset(cfg.data, cfg.eval_batch_size)
     # Labels of -1, as TFDS gives for unlabelled splits (stl10's "unlabelled").
     ds = ds.map(lambda images, labels: (images, -tf.ones_like(labels)))
     exp.eval_dataset = lambda: exp.strategy.experimental_distribute_dataset(ds)

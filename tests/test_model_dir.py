@@ -422,6 +422,21 @@ def test_a_full_disk_while_writing_the_runs_files_is_one_line(tmp_path, monkeypa
         write()
 
 
+def test_a_full_disk_during_an_export_is_one_line(tmp_path, monkeypatch):
+    """Was: 'Export to ... failed (OSError: [Errno 28] ...)', without the fix."""
+    import types
+
+    from simclr_tf.runtime import loop
+
+    monkeypatch.setattr(loop.writer, "export_model", _no_space)
+    exp = types.SimpleNamespace(model=None, run_dir=RunDir(str(tmp_path / "run")),
+                                cfg=types.SimpleNamespace(image_size=16))
+    with pytest.raises(RunError, match=r"Could not write the export .*saved_model.*no space "
+                                       r"left on device; any previous export there is "
+                                       r"unchanged\. Free disk space"):
+        loop.export(exp)
+
+
 @pytest.mark.slow
 def test_a_full_disk_when_taking_the_lock_is_one_line(tmp_path, monkeypatch, capsys):
     """The lock is the first write of a run (was: 'Pass a writable --model_dir')."""

@@ -31,9 +31,9 @@ import threading
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import distribute, linear_eval, tasks
+from simclr_tf import distribute, errors, linear_eval, tasks
 from simclr_tf import knn as knn_lib
-from simclr_tf.data import view_grid
+from simclr_tf.data import image_folder, view_grid
 from simclr_tf.errors import Preempted, RunError
 from simclr_tf.progress import Progress
 from simclr_tf.export import writer
@@ -305,6 +305,9 @@ def _evaluate(exp):
               "num_labeled_examples": exp.num_labeled_examples}
     if exp.is_chief:
         result.update(_monitor_features(exp))
+    gone_bad = image_folder.mid_run_skipped()
+    if gone_bad:  # read by this process since the scan, each replaced by a blank image
+        result["files_gone_bad"] = sorted(gone_bad)
     return result
 
 
@@ -368,7 +371,9 @@ def export(exp, restore=False):
     if restore:
         exp.checkpointer.restore_finished("export")
     try:
-        return writer.export_model(exp.model, exp.run_dir.path, exp.cfg.image_size)
+        with errors.writing(exp.run_dir.saved_model, "the export",
+                            "any previous export there is unchanged"):
+            return writer.export_model(exp.model, exp.run_dir.path, exp.cfg.image_size)
     except (OSError, ValueError, tf.errors.OpError) as e:
         raise RunError(
             f"Export to {exp.run_dir.path!r} failed ({type(e).__name__}: {e}). "

@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf.data import view_grid
+from simclr_tf.data import image_folder, view_grid
 from simclr_tf.runtime.run_dir import TRAIN_EVENTS
 
 
@@ -44,6 +44,9 @@ class TrainReport:
                 logging.warning(
                     "Skipped %d of steps %d-%d: non-finite loss or gradients "
                     "(%d skipped in this run).", skipped, first, step, self.skipped_total)
+        gone_bad = len(image_folder.mid_run_skipped())
+        if gone_bad:  # image files unreadable since the scan, each stood in for (warned once)
+            logs["files_gone_bad"] = gone_bad
         with self.writer.as_default(step=step):
             for name, value in logs.items():
                 tf.summary.scalar(name, value)
