@@ -121,7 +121,8 @@ def main(argv):
                     run_dir.check_compatible(cfg)
                     if cfg.mode in TRAIN_MODES:
                         identity = data_identity(cfg.dataset, cfg.train_split, cfg.data_dir,
-                                                 exp.train_info.num_examples)
+                                                 exp.train_info.num_examples,
+                                                 exp.train_info.version)
                         run_dir.check_data(identity)
                 except (ConfigError, RunError) as e:
                     fail(str(e))

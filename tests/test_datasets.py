@@ -255,6 +255,8 @@ def test_tfds_cifar10_mock(split, tmp_path):
         assert info.num_examples == 12 and info.num_classes == 10
         assert info.image_shape == (32, 32, 3)
         assert len(info.class_names) == 10
+        # data.json records it: a resume on another version is refused (test_model_dir).
+        assert info.version == str(tfds.builder("cifar10", data_dir=str(tmp_path)).info.version)
         images, labels = _collect(ds)
         # A second path: the same mocked (encoded) examples through tfds.load,
         # decoded with PIL instead of TF.

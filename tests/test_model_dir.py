@@ -334,6 +334,16 @@ def test_a_resume_on_other_data_is_refused_with_the_way_out(tmp_path):
         run.check_data(data_identity("image_folder", "train[:50%]", str(a), 12))
 
 
+def test_a_resume_on_another_tfds_version_is_refused(tmp_path):
+    old = data_identity("cifar10", "train", None, 50000, version="3.0.2")
+    assert old["version"] == "3.0.2"
+    run = _fake_run(str(tmp_path / "run"), old)
+    run.check_data(data_identity("cifar10", "train", "/elsewhere", 50000, version="3.0.2"))
+    with pytest.raises(RunError, match=r"other data \(TFDS version 3.0.2 -> 4.0.0; it started "
+                                       r"on cifar10 3.0.2 split 'train', 50000 examples"):
+        run.check_data(data_identity("cifar10", "train", None, 50000, version="4.0.0"))
+
+
 def test_a_run_from_before_data_json_resumes_with_a_warning(tmp_path, caplog):
     run = _fake_run(str(tmp_path / "run"))  # no data.json
     with caplog.at_level(logging.WARNING):

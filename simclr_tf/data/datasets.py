@@ -296,5 +296,6 @@ def _tfds_source(name, split, data_dir, shuffle_files, seed):
         image_shape=image_shape,
         skipped=0,
         class_names=class_names,
+        version=str(builder.info.version),
     )
     return Source(records=records, decode=decode, info=info, cheap_records=False)

@@ -31,6 +31,7 @@ class DatasetInfo:
             (image folders only).
         skipped_files: the paths of the files (and folders) skipped at the
             scan, of every kind above (image folders and image lists).
+        version: the TFDS dataset's version (TFDS datasets only).
     """
 
     name: str
@@ -42,6 +43,7 @@ class DatasetInfo:
     class_names: Optional[Tuple[str, ...]] = None
     skipped_too_large: int = 0
     skipped_files: Tuple[str, ...] = ()
+    version: Optional[str] = None
 
 
 @dataclasses.dataclass

@@ -285,6 +285,9 @@ class RunDir:
             return
         changes = [f"{key} {old.get(key)!r} -> {identity[key]!r}"
                    for key in ("dataset", "split") if old.get(key) != identity[key]]
+        if old.get("version") and identity.get("version") and (
+                old["version"] != identity["version"]):
+            changes.append(f"TFDS version {old['version']} -> {identity['version']}")
         if old.get("num_examples") != identity["num_examples"]:
             changes.append(f"{old.get('num_examples')} -> {identity['num_examples']} examples")
         if (not changes and old.get("fingerprint") and identity.get("fingerprint")
@@ -343,11 +346,12 @@ def _is_run_result(path):
 
 
 # ---------------------------------------------------------------- data identity
-def data_identity(dataset, split, data_dir, num_examples):
+def data_identity(dataset, split, data_dir, num_examples, version=None):
     """What ``data.json`` records of a run's training data.
 
-    ``dataset``, ``split``, ``data_dir`` and ``num_examples`` (the examples
-    the run trains on); for an image folder also ``fingerprint``, a hash of
+    ``dataset``, ``split``, ``data_dir``, ``num_examples`` (the examples
+    the run trains on) and, for TFDS, the dataset's ``version`` (a new
+    version may hold other images); for an image folder also ``fingerprint``, a hash of
     the sorted paths (relative to ``data_dir``) and sizes of the image files
     in the split folders (names only on remote paths such as ``gs://``, where
     a size costs a request per file; ``fingerprint_of`` says which), and
@@ -355,7 +359,7 @@ def data_identity(dataset, split, data_dir, num_examples):
     identified by name, split and size alone.
     """
     identity = {"dataset": dataset, "split": split, "data_dir": data_dir,
-                "num_examples": int(num_examples), "fingerprint": None,
+                "num_examples": int(num_examples), "version": version, "fingerprint": None,
                 "fingerprint_of": None, "files": None,
                 "recorded_at": datetime.datetime.now().isoformat(timespec="seconds")}
     if dataset.strip().lower() == "image_folder" and data_dir:
@@ -402,7 +406,8 @@ def _folder_fingerprint(root, split):
 
 
 def _describe_data(identity):
-    text = (f"{identity.get('dataset')} split {identity.get('split')!r}, "
+    version = f" {identity['version']}" if identity.get("version") else ""
+    text = (f"{identity.get('dataset')}{version} split {identity.get('split')!r}, "
             f"{identity.get('num_examples')} examples")
     if identity.get("data_dir"):
         text += f", data_dir {identity['data_dir']!r}"
