@@ -100,7 +100,7 @@ def main(argv):
     run_dir = RunDir(cfg.model_dir)
     try:
         run_dir.check_writable()
-        run_dir.check_compatible(cfg)
+        run_dir.check_compatible(cfg, warn=False)  # warned under the lock, below
         keras.utils.set_random_seed(cfg.seed)
         exp = runtime.build(cfg)
         if cfg.mode in ("eval", "export"):  # never report or export a random model

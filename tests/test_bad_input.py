@@ -686,7 +686,12 @@ def test_resuming_may_lengthen_the_run_or_change_where_outputs_go(tmp_path, capl
         _check_model_dir(ok)
     with caplog.at_level(logging.WARNING):
         _check_model_dir(old.replace(train_steps=5))
-    assert "longer run (train_steps 2 -> 5" in caplog.text
+    assert "longer run (train_steps 2 -> 5): the warm-up" in caplog.text  # only what changed
+    assert caplog.text.count("longer run") == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        RunDir(old.model_dir).check_compatible(old.replace(train_steps=5), warn=False)
+    assert "longer run" not in caplog.text  # run.py's first, early check stays quiet
     with pytest.raises(errors.RunError, match="train_steps: 2 -> 1"):
         _check_model_dir(old.replace(train_steps=1))  # shortening is not resuming
 

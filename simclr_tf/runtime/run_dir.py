@@ -138,7 +138,7 @@ class RunDir:
         """Whether checkpoints/ holds a checkpoint (its index file; the state file may be lost)."""
         return bool(tf.io.gfile.glob(os.path.join(self.checkpoints, "*.index")))
 
-    def check_compatible(self, cfg):
+    def check_compatible(self, cfg, warn=True):
         """Refuses to continue, evaluate or export a run with settings it was not trained with.
 
         Applies when ``model_dir`` holds its ``config.yaml`` and, for training,
@@ -149,7 +149,8 @@ class RunDir:
         other change raises :class:`RunError` naming each key, its old and new
         value, and the way out: an eval or export with another image size,
         model or data would report or export something the run never was.
-        Reads only: nothing in model_dir is touched.
+        Reads only: nothing in model_dir is touched. ``warn=False`` leaves
+        the longer-run warning to a later call (run.py checks twice).
         """
         saved = self.join(CONFIG)
         trains = cfg.mode in ("train", "train_then_eval")
@@ -185,14 +186,13 @@ class RunDir:
                 "meaning. To resume, rerun with its settings "
                 f"(--config={saved}); to start over, use a new --model_dir (with "
                 f"--checkpoint={self.path} to start from its weights).")
-        if trains and any(old_values.get(k, getattr(cfg, k)) != getattr(cfg, k)
-                          for k in RESUME_LENGTH_KEYS):
+        longer = [f"{k} {old_values[k]} -> {getattr(cfg, k)}" for k in RESUME_LENGTH_KEYS
+                  if k in old_values and old_values[k] != getattr(cfg, k)]
+        if trains and longer and warn:
             logging.warning(
-                "Resuming %s with a longer run (train_steps %s -> %s, train_epochs %s -> "
-                "%s): the warm-up + cosine schedule now decays to 0 at the new last step, "
-                "so from the resumed step on the learning rate follows the longer schedule.",
-                self.path, old_values.get("train_steps"), cfg.train_steps,
-                old_values.get("train_epochs"), cfg.train_epochs)
+                "Resuming %s with a longer run (%s): the warm-up + cosine schedule now "
+                "decays to 0 at the new last step, so from the resumed step on the "
+                "learning rate follows the longer schedule.", self.path, ", ".join(longer))
 
     @staticmethod
     def _lengthens(old_values, cfg):
