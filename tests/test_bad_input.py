@@ -121,6 +121,10 @@ def test_image_whose_name_is_not_utf8_is_skipped_with_a_count(tmp_path, caplog):
     assert "caf\\xe9.png" in caplog.text and "rename them to UTF-8" in caplog.text
     assert len([ex for ex in ds]) == 8
     assert _snapshot(os.fsencode(root)) == before
+    caplog.clear()  # a run reads the folder again (eval, views): said once per process
+    with caplog.at_level(logging.WARNING):
+        assert datasets.load("image_folder", "train", str(root))[1].skipped == 1
+    assert "not valid UTF-8" not in caplog.text
 
 
 def _mid_run_folder(tmp_path):

@@ -163,10 +163,21 @@ def _printable(path):
     return path if _is_utf8(path) else os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+_warned = set()  # the skip warnings given in this process: a run reads a folder several times
+
+
 def _warn_skipped(paths, what, root, fix=None, show=repr):
-    """One warning for the files of a kind the scan skipped: how many, a few of them, the fix."""
+    """One warning for the files of a kind the scan skipped: how many, a few of them, the fix.
+
+    Given once per process for the same files: the training stream, the
+    evaluation and the views grid each read the folder, and one warning says it.
+    """
     if not paths:
         return
+    key = (root, what, tuple(paths))
+    if key in _warned:
+        return
+    _warned.add(key)
     examples = ", ".join(show(p) for p in paths[:5]) + (" ..." if len(paths) > 5 else "")
     logger.warning("image_folder: skipped %d %s under %r, e.g. %s%s", len(paths), what, root,
                    examples, f"; {fix}." if fix else "")
