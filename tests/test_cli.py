@@ -60,7 +60,7 @@ def test_train_then_eval_on_the_builtin_dataset(pretrained):
     from simclr_tf import config as config_lib
     from simclr_tf.data import pipeline
     cfg = config_lib.resolve(os.path.join(model_dir, "config.yaml"))
-    ds, info = pipeline.build_eval_dataset(cfg.dataset, cfg.eval_split, 128, cfg.image_size)
+    ds, info = pipeline.build_eval_dataset(cfg.data, 128)
     served = tf.saved_model.load(os.path.join(model_dir, "saved_model")).signatures["serve"]
     logits, labels = [], []
     for images, y in ds:

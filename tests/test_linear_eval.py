@@ -400,7 +400,7 @@ def test_memmap_path_equals_the_in_memory_path(tmp_path):
     np.testing.assert_array_equal(whole[subset], in_memory[0])
     np.testing.assert_array_equal(labels[subset], in_memory[1])
     # And the frozen features are the encoder's, in inference mode.
-    ds, _ = pipeline.build_eval_dataset(cfg.dataset, "test", 500, cfg.image_size)
+    ds, _ = pipeline.build_eval_dataset(cfg, 500, split="test")
     direct = np.concatenate([encoder(images, training=False).numpy() for images, _ in ds])
     np.testing.assert_allclose(in_memory[2], direct, rtol=1e-5, atol=1e-6)
     assert linear_eval.fit_and_score(in_memory, 10) == linear_eval.fit_and_score(on_disk, 10)

@@ -256,7 +256,7 @@ def build_finetune_dataset(data, shard, *, label_subset=None, keep_unlabeled=Fal
                          label_subset=label_subset, keep_unlabeled=keep_unlabeled)
 
 
-def build_eval_dataset(data, shard, *legacy, split=None, source=None, cache=None, **legacy_kw):
+def build_eval_dataset(data, shard, *, split=None, source=None, cache=None):
     """One deterministic pass over a split for evaluation.
 
     No shuffling, no repetition; images go through
@@ -278,10 +278,6 @@ def build_eval_dataset(data, shard, *legacy, split=None, source=None, cache=None
             deterministic), so repeated evaluations skip decoding (default
             ``data.cache_dataset``).
 
-    The earlier form ``build_eval_dataset(name, split, batch_size, image_size,
-    *, data_dir=None, cache=False, num_shards=1, shard_index=0, source=None)``
-    is still accepted.
-
     Returns:
         ``(ds, info)``: ``ds`` yields ``(images float32 [b, S, S, 3] in [0, 1],
         labels int32 [b])`` with ``b <= batch_size``.
@@ -292,13 +288,6 @@ def build_eval_dataset(data, shard, *legacy, split=None, source=None, cache=None
         >>> sum(int(labels.shape[0]) for _, labels in ds) == info.num_examples
         True
     """
-    if isinstance(data, str):
-        data, shard, split, cache = _legacy_eval_args(data, shard, *legacy, cache=cache,
-                                                      **legacy_kw)
-    elif legacy or legacy_kw:
-        raise TypeError("build_eval_dataset(data, shard, *, split=None, source=None, "
-                        f"cache=None) got unexpected arguments {legacy or ''}"
-                        f"{sorted(legacy_kw) or ''}.")
     if isinstance(shard, int):
         shard = Shard(shard)
     batch_size, num_shards, shard_index = shard.batch_size, shard.num_shards, shard.shard_index
@@ -325,21 +314,3 @@ def build_eval_dataset(data, shard, *legacy, split=None, source=None, cache=None
         ds = ds.cache()
     ds = ds.batch(batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE)
     return ds.with_options(_options(num_shards)), source.info
-
-
-@dataclasses.dataclass(frozen=True)
-class _EvalData:
-    """What :func:`build_eval_dataset` reads of a ``DataConfig`` (the earlier loose form)."""
-
-    dataset: str
-    eval_split: str
-    image_size: int
-    data_dir: object = None
-    cache_dataset: bool = False
-
-
-def _legacy_eval_args(name, split, batch_size, image_size, *, data_dir=None, cache=None,
-                      num_shards=1, shard_index=0):
-    """``(data, shard, split, cache)`` of the earlier loose arguments."""
-    data = _EvalData(name, split, image_size, data_dir, bool(cache))
-    return data, Shard(batch_size, num_shards, shard_index), split, cache
