@@ -184,7 +184,6 @@ def test_runtime_names_no_objective_the_tasks_declare_theirs():
     from simclr_tf.runtime import checkpointer, experiment, loop, run_dir
 
     assert tasks.PretrainTask.own_optimizer_keys == ("probe_optimizer",)
-    assert tasks.OWN_OPTIMIZER_KEYS == ("probe_optimizer",)
     assert "probe_learning_rate" in run_dir.RESUME_FREE_KEYS
     assert tasks.SUPERVISED_MODES == ("finetune",)
     for module in (checkpointer, experiment, loop, run_dir):

@@ -6,7 +6,7 @@ import re
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf import errors, files, tasks
+from simclr_tf import errors, files
 from simclr_tf.errors import RunError, short_tf_error
 
 # A trainable weight beyond this magnitude has diverged (a healthy SimCLR
@@ -82,14 +82,12 @@ class Checkpointer:
         keep_max: checkpoints kept.
         task_id: None on the chief; the worker's task id otherwise.
         own_optimizers: the task's optimizers beyond the run's (built), as
-            ``{checkpoint key: optimizer}`` (the task's ``own_optimizer_keys``);
-            a list takes the keys of :data:`simclr_tf.tasks.OWN_OPTIMIZER_KEYS`
-            in order.
+            ``{checkpoint key: optimizer}`` (the task's ``own_optimizer_keys``).
         loss_scale: the float16 :class:`~simclr_tf.loss_scale.DynamicLossScale`, or None.
     """
 
     def __init__(self, model, optimizer, run_dir, keep_max=5, task_id=None,
-                 own_optimizers=(), loss_scale=None):
+                 own_optimizers=None, loss_scale=None):
         self._required = {"model": model, "weights": weights_by_path(model)}
         if optimizer is not None:
             self._required["optimizer"] = optimizer
@@ -97,12 +95,7 @@ class Checkpointer:
         # run whose weights shared the run's optimizer then, e.g. written by
         # another version or setting) and the float16 loss scale (a run
         # resumed with another precision). See _read.
-        if not isinstance(own_optimizers, dict):
-            keys = tasks.OWN_OPTIMIZER_KEYS
-            if len(own_optimizers) > len(keys):
-                raise ValueError(f"At most {len(keys)} own optimizer(s) can be "
-                                 f"checkpointed, got {len(own_optimizers)}.")
-            own_optimizers = dict(zip(keys, own_optimizers))
+        own_optimizers = own_optimizers or {}
         self._own_keys = tuple(own_optimizers)
         self._optional = dict(own_optimizers)
         if loss_scale is not None:

@@ -20,8 +20,6 @@ def _union(attribute):
     return tuple(dict.fromkeys(k for cls in TASKS.values() for k in getattr(cls, attribute)))
 
 
-#: Every task's own-optimizer checkpoint keys, in order (:attr:`Task.own_optimizer_keys`).
-OWN_OPTIMIZER_KEYS = _union("own_optimizer_keys")
 #: Every task's keys a run may change when it resumes (:attr:`Task.resume_free_keys`).
 RESUME_FREE_KEYS = _union("resume_free_keys")
 #: The train_modes that train the supervised head on labelled data alone.
@@ -49,4 +47,4 @@ def build_model(cfg, num_classes):
 
 
 __all__ = ["Task", "PretrainTask", "FinetuneTask", "DistillTask", "TASKS", "build_task",
-           "build_model", "OWN_OPTIMIZER_KEYS", "RESUME_FREE_KEYS", "SUPERVISED_MODES"]
+           "build_model", "RESUME_FREE_KEYS", "SUPERVISED_MODES"]

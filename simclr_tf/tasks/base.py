@@ -26,8 +26,6 @@ class Task:
     name = None
     #: Trains on the labelled subset only (its size is the epoch), not every image.
     labelled_only = False
-    #: Needs a teacher (``build_task(..., teacher=)``).
-    needs_teacher = False
     #: Checkpoint keys of :meth:`own_optimizers`' optimizers, in their order
     #: (fixed: checkpoints written by earlier versions use them).
     own_optimizer_keys = ()

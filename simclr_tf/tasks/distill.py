@@ -36,7 +36,6 @@ class DistillTask(Task):
     """
 
     name = "distill"
-    needs_teacher = True
 
     @classmethod
     def labels_used(cls, loss_cfg, labelled):
