@@ -14,15 +14,17 @@ from simclr_tf import config as config_lib
 from simclr_tf import linear_eval
 from simclr_tf import runtime
 
-# 200 steps (about two minutes on 2 CPU cores): measured on a 2-core AVX-512
-# Xeon (2026-11-30, the official loss scale and ResNet layout), random init ->
-# after 200 steps: seed 0 (this test) 0.149 -> 0.281 (+13.2 points), seed 1
-# 0.160 -> 0.308 (+14.8). The asked-for gain of 6 points is less than half the
-# smaller measured one and six standard errors of a top-1 on the 2,000 test
-# images (< 0.01 each), so another CPU's floating-point order (which acts like
-# another seed) still passes. (At 120 steps the gains were only 9.3 and 3.9.)
+# 200 steps (about two minutes on 2 CPU cores). Gains of the frozen-feature
+# top-1 over random init after 200 steps, three seeds (seed 0 is this test):
+# 2-core AMD EPYC with AVX512-BF16 (2026-12-07): +11.4, +6.2, +18.2 points
+# (seed 0: 0.151 -> 0.265); 2-core AVX-512 Xeon (2026-11-30): seeds 0/1 +13.2,
+# +14.8. Another CPU's floating-point order acts like another seed, so the bar
+# sits under the weakest measured gain (6.2): 4 points. A pipeline that does
+# not learn gains 0 +- 1.4 points (two top-1s on the 2,000 test images, each
+# with a standard error < 0.01), so it still fails here (2.8 standard errors).
+# (At 120 steps the gains were only 9.3 and 3.9.)
 STEPS = 200
-MIN_GAIN = 0.06
+MIN_GAIN = 0.04
 
 
 @pytest.mark.slow
