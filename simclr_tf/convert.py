@@ -191,9 +191,9 @@ def write_run_dir(cfg, model, model_dir):
         task = tasks.build_task(cfg.train_mode, cfg.loss)
         updates = task.build_optimizers(model, cfg.optim,
                                         build_schedule(cfg, cfg.train_batch_size), 1)
-        own = dict(zip(task.own_optimizer_keys, (o for o, _ in updates[1:])))
         with layout._quiet_tf_logs():
-            Checkpointer(model, updates[0][0], tmp, keep_max=1, own_optimizers=own).save(0)
+            Checkpointer(model, updates[0][0], tmp, keep_max=1,
+                         own_optimizers=task.checkpointed_optimizers(updates)).save(0)
         writer.export_model(model, tmp.path, cfg.image_size)
         check_model_dir(model_dir)  # nobody wrote there meanwhile
         if tf.io.gfile.exists(model_dir):

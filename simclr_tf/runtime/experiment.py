@@ -153,16 +153,6 @@ def _num_classes(cfg, split_classes):
     return cfg.num_classes
 
 
-def _own_optimizers(task, updates):
-    """``{checkpoint key: optimizer}`` of the task's own optimizers (its ``own_optimizer_keys``)."""
-    own = [optimizer for optimizer, _ in updates[1:]]
-    if len(own) > len(task.own_optimizer_keys):
-        raise ValueError(f"{type(task).__name__} has {len(own)} optimizer(s) of its own but "
-                         f"names {len(task.own_optimizer_keys)} checkpoint key(s) in "
-                         "own_optimizer_keys.")
-    return dict(zip(task.own_optimizer_keys, own))
-
-
 def build_schedule(cfg, num_examples):
     """The run's learning-rate schedule for a split of ``num_examples``."""
     return optimizers.WarmUpAndCosine(
@@ -217,7 +207,7 @@ def build(cfg, strategy=None):
         num_labeled_examples=num_labelled, steps=steps, model=model, task=task,
         schedule=schedule, updates=updates,
         checkpointer=Checkpointer(model, updates[0][0], run_dir, cfg.keep_checkpoint_max,
-                                  task_id, own_optimizers=_own_optimizers(task, updates),
+                                  task_id, own_optimizers=task.checkpointed_optimizers(updates),
                                   loss_scale=loss_scale),
         jit_compile=distribute.resolve_jit_compile(cfg.jit_compile, strategy),
         loss_scale=loss_scale)

@@ -84,6 +84,17 @@ class Task:
         own = self.own_optimizers(model, total_steps)
         return [(optimizer, others(model, own))] + own
 
+    def checkpointed_optimizers(self, updates):
+        """``{checkpoint key: optimizer}`` of the own optimizers in ``updates``
+        (:meth:`build_optimizers`' result after its first entry), keyed by
+        :attr:`own_optimizer_keys`: what the checkpoint saves beside the run's optimizer."""
+        own = [optimizer for optimizer, _ in updates[1:]]
+        if len(own) > len(self.own_optimizer_keys):
+            raise ValueError(f"{type(self).__name__} has {len(own)} optimizer(s) of its own "
+                             f"but names {len(self.own_optimizer_keys)} checkpoint key(s) in "
+                             "own_optimizer_keys.")
+        return dict(zip(self.own_optimizer_keys, own))
+
     def build_inputs(self, data_cfg, augment_cfg, shard, label_subset=None):
         """``(tf.data.Dataset, info)`` of this objective's ``(inputs, labels)`` batches.
 
