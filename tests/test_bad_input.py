@@ -170,7 +170,8 @@ def test_files_gone_bad_are_counted_in_train_log_and_listed_in_result(tmp_path, 
     """Like the scan's skipped files, those gone bad mid-run are reported, not only warned."""
     from simclr_tf import runtime
 
-    monkeypatch.setattr(image_folder, "_mid_run_bad", {})  # this process's count, from 0
+    # The count is per process: a file an earlier run of it met is not this run's.
+    monkeypatch.setattr(image_folder, "_mid_run_bad", {"/an/earlier/run/img.png": 2})
     root = _folder(tmp_path / "data", n=6, splits=("train",))
     cfg = _cfg(tmp_path, train_split="train", eval_split="train", train_steps=3,
                mode="train_then_eval")

@@ -10,7 +10,7 @@ from absl import logging
 
 from simclr_tf import distribute, optimizers, tasks
 from simclr_tf.config import ConfigError
-from simclr_tf.data import datasets, subsets
+from simclr_tf.data import datasets, image_folder, subsets
 from simclr_tf.data.pipeline import Shard
 from simclr_tf.loss_scale import DynamicLossScale
 from simclr_tf.runtime.checkpointer import Checkpointer
@@ -40,6 +40,8 @@ class Experiment:
         jit_compile: whether the per-replica step is XLA-compiled.
         loss_scale: the :class:`~simclr_tf.loss_scale.DynamicLossScale` of
             ``precision=float16``, or None.
+        gone_bad_before: :func:`image_folder.mid_run_skipped` when the run was
+            built (the count is per process; see :meth:`files_gone_bad`).
     """
 
     cfg: Any
@@ -58,6 +60,14 @@ class Experiment:
     checkpointer: Checkpointer
     jit_compile: bool
     loss_scale: Optional[DynamicLossScale] = None
+    gone_bad_before: dict = dataclasses.field(default_factory=image_folder.mid_run_skipped)
+
+    def files_gone_bad(self):
+        """Sorted paths of the image files this run found unreadable after the scan
+        (each replaced by a blank unlabelled image): those met since it was built, not
+        an earlier run's in the same process (a notebook's)."""
+        now = image_folder.mid_run_skipped()
+        return sorted(p for p, n in now.items() if n > self.gone_bad_before.get(p, 0))
 
     @property
     def optimizer(self):

@@ -33,7 +33,7 @@ from absl import logging
 
 from simclr_tf import distribute, errors, linear_eval, tasks
 from simclr_tf import knn as knn_lib
-from simclr_tf.data import image_folder, view_grid
+from simclr_tf.data import view_grid
 from simclr_tf.errors import Preempted, RunError
 from simclr_tf.progress import Progress
 from simclr_tf.export import writer
@@ -185,7 +185,8 @@ def _train(exp, sigterm):
     iterator = iter(exp.train_dataset(start))
     views = (iter(view_grid.pairs_dataset(exp.task, cfg, num_pairs=4))
              if exp.is_chief and exp.task.learns_representation else None)
-    report = TrainReport(exp.run_dir, total, start, metrics, exp.is_chief, views)
+    report = TrainReport(exp.run_dir, total, start, metrics, exp.is_chief, views,
+                         exp.files_gone_bad)
     # 3. Chunks of steps up to each log or checkpoint point.
     save_every = cfg.checkpoint_steps or cfg.checkpoint_epochs * exp.steps.steps_per_epoch
     # Monitors on frozen features h every N epochs (0: never): kNN, linear eval.
@@ -305,9 +306,9 @@ def _evaluate(exp):
               "num_labeled_examples": exp.num_labeled_examples}
     if exp.is_chief:
         result.update(_monitor_features(exp))
-    gone_bad = image_folder.mid_run_skipped()
-    if gone_bad:  # read by this process since the scan, each replaced by a blank image
-        result["files_gone_bad"] = sorted(gone_bad)
+    gone_bad = exp.files_gone_bad()
+    if gone_bad:  # unreadable since the scan, each replaced by a blank image
+        result["files_gone_bad"] = gone_bad
     return result
 
 

@@ -4,7 +4,7 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from simclr_tf.data import image_folder, view_grid
+from simclr_tf.data import view_grid
 from simclr_tf.runtime.run_dir import TRAIN_EVENTS
 
 
@@ -17,6 +17,9 @@ class TrainReport:
         start_step: the step the run (re)starts at.
         metric_names: the step metrics (``lr`` is added).
         is_chief: whether this process writes.
+        files_gone_bad: optional callable returning the image files found
+            unreadable since the scan (:meth:`Experiment.files_gone_bad`); their
+            number goes into each log line once there is one.
         views: optional iterator of ``(views, labels)``, ``views`` a dict
             ``{"view1", "view2"[, "clean"]}`` of ``[N, S, S, 3]`` images: a grid of
             the view1 | view2 pairs goes to TensorBoard (``augmented_views``) at
@@ -24,7 +27,7 @@ class TrainReport:
     """
 
     def __init__(self, run_dir, total_steps, start_step, metric_names, is_chief=True,
-                 views=None):
+                 views=None, files_gone_bad=None):
         self.writer = run_dir.summary_writer(TRAIN_EVENTS, is_chief)
         self.progbar = keras.utils.Progbar(total_steps,
                                            stateful_metrics=list(metric_names) + [
@@ -33,6 +36,7 @@ class TrainReport:
         self.train_log = run_dir.train_log(start_step) if is_chief else None
         self.skipped_total = 0
         self.views = views if is_chief else None
+        self.files_gone_bad = files_gone_bad
         self.progbar.update(start_step)
 
     def write(self, first, step, logs):
@@ -44,7 +48,7 @@ class TrainReport:
                 logging.warning(
                     "Skipped %d of steps %d-%d: non-finite loss or gradients "
                     "(%d skipped in this run).", skipped, first, step, self.skipped_total)
-        gone_bad = len(image_folder.mid_run_skipped())
+        gone_bad = len(self.files_gone_bad()) if self.files_gone_bad else 0
         if gone_bad:  # image files unreadable since the scan, each stood in for (warned once)
             logs["files_gone_bad"] = gone_bad
         with self.writer.as_default(step=step):
