@@ -1,16 +1,19 @@
-"""Run test code in a fresh Python process whose CPU is split into logical devices.
+"""Run test code in a child process whose CPU is split into logical devices.
 
 TensorFlow fixes its device list when it initialises, so a test that needs
 ``MirroredStrategy`` over two replicas on a CPU-only machine runs its body in a
-subprocess that splits the CPU before anything else touches TF. The body prints
+child process that splits the CPU before anything else touches TF (forked by
+``subprocs.start``: TensorFlow imported, not yet initialised). The body prints
 one JSON document on its last stdout line; ``run_with_devices`` returns it.
 """
 
 import json
 import os
 import subprocess
-import sys
+import tempfile
 import textwrap
+
+import subprocs
 
 _PRELUDE = """
 import os
@@ -34,11 +37,23 @@ def run_with_devices(body, n_devices=2, timeout=900, env=None):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     full_env["PYTHONPATH"] = repo + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env.update(env or {})
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True,
-        timeout=timeout, env=full_env)
+    # Forked from subprocs' server, which has imported TensorFlow without
+    # initialising it: the prelude still splits the CPU before the first op.
+    with tempfile.TemporaryDirectory() as logs:
+        out, err = os.path.join(logs, "stdout"), os.path.join(logs, "stderr")
+        proc = subprocs.start(("code", code), [], full_env, os.getcwd(), out, err)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(60)
+            raise
+        with open(out) as f:
+            stdout = f.read()
+        with open(err) as f:
+            stderr = f.read()
     if proc.returncode != 0:
         raise AssertionError(
-            f"subprocess failed ({proc.returncode}):\n{proc.stderr[-6000:]}")
-    last = proc.stdout.strip().splitlines()[-1]
+            f"subprocess failed ({proc.returncode}):\n{stderr[-6000:]}")
+    last = stdout.strip().splitlines()[-1]
     return json.loads(last)

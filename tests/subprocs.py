@@ -5,14 +5,32 @@ process of its own: flag and model_dir errors, short runs).
 Children write stdout/stderr to files (no pipe can fill up and block them),
 every wait is bounded, and :func:`stop` kills what is still running; tests
 call it in a ``finally`` block.
+
+Children are forked from a server process that has imported TensorFlow and
+``simclr_tf.run`` once (:func:`start`; ``multiprocessing``'s forkserver, one
+per pytest process): each child then runs the console script's entry point
+(``simclr_tf.run:run``, what ``python -m simclr_tf.run`` calls) with its own
+argv, environment, working directory and output files, and exits with the
+interpreter's status (``sys.exit`` codes, 1 on an uncaught exception,
+``-signal`` when killed), but skips the ~4 s of CPU each fresh process spends
+importing TensorFlow. The server never initialises TensorFlow (no device, no
+thread pool), so a child still chooses its devices (``multidevice.py``) and
+reads ``TF_CONFIG``. What a fork cannot show (the import itself: environment
+variables TensorFlow reads when imported, a missing module of an installed
+copy) is tested with ``fresh=True`` (a new interpreter), as is one run per
+entry point (``tests/test_cli.py``'s shared run, the installed-package smoke
+of ``.ci/run``).
 """
 
+import atexit
 import json
+import multiprocessing
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -22,18 +40,22 @@ SMOKE = os.path.join(REPO, "configs", "smoke.yaml")
 class Child:
     """One ``simclr_tf.run`` process and the files holding its output."""
 
-    def __init__(self, flags, log_dir, name, env=None):
+    def __init__(self, flags, log_dir, name, env=None, fresh=False):
         os.makedirs(log_dir, exist_ok=True)
         self.name = name
         self.stdout_path = os.path.join(log_dir, f"{name}.out")
         self.stderr_path = os.path.join(log_dir, f"{name}.err")
-        full_env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+        full_env = child_env()
         full_env.pop("TF_CONFIG", None)
         full_env.update(env or {})
-        with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "simclr_tf.run", *flags], stdout=out, stderr=err,
-                env=full_env, cwd=REPO)
+        if fresh:
+            with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "simclr_tf.run", *flags], stdout=out, stderr=err,
+                    env=full_env, cwd=REPO)
+        else:
+            self.proc = start(("entry_point", None), flags, full_env, REPO,
+                              self.stdout_path, self.stderr_path)
 
     @property
     def stdout(self):
@@ -63,13 +85,99 @@ class Child:
                 f"stderr:\n{self.stderr[-5000:]}")
 
 
-def run(flags, log_dir, name, timeout=900, env=None, check=True):
+def run(flags, log_dir, name, timeout=900, env=None, check=True, fresh=False):
     """Runs one child to the end; returns it (``.proc.returncode``, ``.stderr``)."""
-    child = Child(flags, log_dir, name, env=env)
+    child = Child(flags, log_dir, name, env=env, fresh=fresh)
     child.wait(timeout)
     if check and child.proc.returncode != 0:
         raise AssertionError(child.describe())
     return child
+
+
+def child_env(env=None):
+    """This process's environment for a child: the checkout importable, TF quiet."""
+    return dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+
+
+# ------------------------------------------------------------ forked children
+_PRELOAD = ("tensorflow", "simclr_tf.run")
+
+
+class Forked:
+    """A forked child, with the parts of ``subprocess.Popen`` the tests use."""
+
+    def __init__(self, process, what):
+        self._process = process
+        self.args = what
+        self.pid = process.pid
+
+    @property
+    def returncode(self):
+        return self._process.exitcode
+
+    def poll(self):
+        return self._process.exitcode
+
+    def wait(self, timeout=None):
+        self._process.join(timeout)
+        if self._process.exitcode is None:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self._process.exitcode
+
+    def send_signal(self, sig):
+        if self._process.exitcode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:  # exited a moment ago
+                pass
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
+
+
+def start(what, argv, env, cwd, stdout_path, stderr_path):
+    """Forks a child that runs ``what`` with ``argv``; returns its :class:`Forked`.
+
+    ``what``: ``("entry_point", None)`` runs ``simclr_tf.run:run`` (as
+    ``python -m simclr_tf.run``); ``("code", source)`` runs Python source as
+    ``python -c`` would (``__name__ == "__main__"``). ``env`` replaces the
+    child's whole environment.
+    """
+    for path in (stdout_path, stderr_path):  # there to read as soon as this returns
+        open(path, "w").close()
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(_PRELOAD))
+    process = context.Process(target=_forked_main,
+                              args=(what, list(argv), dict(env), cwd, stdout_path, stderr_path),
+                              name=f"forked {what[0]}", daemon=True)
+    process.start()
+    return Forked(process, [what[0], *argv])
+
+
+def _forked_main(what, argv, env, cwd, stdout_path, stderr_path):
+    """In the forked child: become the process ``start`` describes, then run."""
+    os.environ.clear()
+    os.environ.update(env)
+    os.chdir(cwd)
+    for fd, path in ((1, stdout_path), (2, stderr_path)):
+        target = os.open(path, os.O_WRONLY | os.O_APPEND)
+        os.dup2(target, fd)
+        os.close(target)
+    tempfile.tempdir = None  # read TMPDIR of this environment
+    kind, source = what
+    try:
+        if kind == "entry_point":
+            sys.argv = ["simclr_tf.run", *argv]
+            from simclr_tf import run as entry
+
+            entry.run()
+        else:
+            sys.argv = ["-c", *argv]
+            exec(compile(source, "<string>", "exec"), {"__name__": "__main__"})
+    finally:
+        atexit._run_exitfuncs()  # multiprocessing ends children with os._exit
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 def main_in_process(*flags):

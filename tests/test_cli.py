@@ -4,8 +4,8 @@ import glob
 import hashlib
 import json
 import os
-import subprocess
-import sys
+import shutil
+import tempfile
 import types
 
 import numpy as np
@@ -20,11 +20,16 @@ SMOKE = os.path.join(REPO, "configs", "smoke.yaml")
 pytestmark = pytest.mark.slow
 
 
-def run_cli(*flags, cwd=None, check=True):
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-m", "simclr_tf.run", *flags],
-                          capture_output=True, text=True, env=env, cwd=cwd or REPO,
-                          timeout=900)
+def run_cli(*flags, check=True, fresh=False):
+    """Runs ``python -m simclr_tf.run FLAGS`` to the end; ``.stdout``, ``.stderr``,
+    ``.returncode``. Forked from subprocs' server (TensorFlow imported once)
+    unless ``fresh``: the shared pretraining run below is a new interpreter,
+    the command exactly as a user types it."""
+    log_dir = tempfile.mkdtemp(prefix="simclr_tf_cli_")
+    child = subprocs.run(list(flags), log_dir, "cli", check=False, fresh=fresh)
+    proc = types.SimpleNamespace(returncode=child.proc.returncode, stdout=child.stdout,
+                                 stderr=child.stderr)
+    shutil.rmtree(log_dir, ignore_errors=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}"
                              f"\nstderr:\n{proc.stderr[-5000:]}")
@@ -46,7 +51,7 @@ def pretrained(tmp_path_factory):
     """One smoke pretraining run shared by the tests below."""
     model_dir = str(tmp_path_factory.mktemp("pretrain"))
     proc = run_cli("--mode=train_then_eval", f"--config={SMOKE}",
-                   f"--model_dir={model_dir}")
+                   f"--model_dir={model_dir}", fresh=True)
     return model_dir, proc
 
 

@@ -2,20 +2,17 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import subprocs
 from multidevice import run_with_devices
 from simclr_tf import config as config_lib
 from simclr_tf import export, runtime
 from simclr_tf.losses import distillation_loss
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _numpy_reference(teacher, student, temperature):
@@ -308,13 +305,10 @@ def test_session_rejects_a_teacher_of_another_class_count(exports, tmp_path):
 
 @pytest.mark.slow
 def test_cli_distill_without_teacher_fails_with_a_clear_message(tmp_path):
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run(
-        [sys.executable, "-m", "simclr_tf.run", "--train_mode=distill",
-         f"--model_dir={tmp_path / 'run'}"], capture_output=True, text=True, env=env,
-        cwd=REPO, timeout=300)
-    assert proc.returncode == 2
-    assert "train_mode=distill needs 'teacher_checkpoint'" in proc.stderr
+    child = subprocs.run(["--train_mode=distill", f"--model_dir={tmp_path / 'run'}"],
+                         str(tmp_path / "logs"), "distill", timeout=300, check=False)
+    assert child.proc.returncode == 2
+    assert "train_mode=distill needs 'teacher_checkpoint'" in child.stderr
     assert not (tmp_path / "run").exists()
 
 

@@ -16,8 +16,6 @@ import json
 import os
 import signal
 import shutil
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -268,13 +266,10 @@ class _LowMemoryChild(subprocs.Child):
         self.name = name
         self.stdout_path = os.path.join(log_dir, f"{name}.out")
         self.stderr_path = os.path.join(log_dir, f"{name}.err")
-        full_env = dict(os.environ, PYTHONPATH=subprocs.REPO, TF_CPP_MIN_LOG_LEVEL="2")
+        full_env = subprocs.child_env(env)
         full_env.pop("TF_CONFIG", None)
-        full_env.update(env or {})
-        with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
-            self.proc = subprocess.Popen([sys.executable, "-c", _LOW_MEMORY_RUN, *flags],
-                                         stdout=out, stderr=err, env=full_env,
-                                         cwd=subprocs.REPO)
+        self.proc = subprocs.start(("code", _LOW_MEMORY_RUN), flags, full_env, subprocs.REPO,
+                                   self.stdout_path, self.stderr_path)
 
 
 def _feature_files(folder):
