@@ -8,8 +8,6 @@ one JSON document on its last stdout line; ``run_with_devices`` returns it.
 """
 
 import json
-import os
-import subprocess
 import tempfile
 import textwrap
 
@@ -33,27 +31,11 @@ def run_with_devices(body, n_devices=2, timeout=900, env=None):
     calling test with the subprocess's stderr when it exits non-zero.
     """
     code = _PRELUDE.format(n=n_devices) + textwrap.dedent(body)
-    full_env = dict(os.environ)
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    full_env["PYTHONPATH"] = repo + os.pathsep + full_env.get("PYTHONPATH", "")
-    full_env.update(env or {})
-    # Forked from subprocs' server, which has imported TensorFlow without
-    # initialising it: the prelude still splits the CPU before the first op.
     with tempfile.TemporaryDirectory() as logs:
-        out, err = os.path.join(logs, "stdout"), os.path.join(logs, "stderr")
-        proc = subprocs.start(("code", code), [], full_env, os.getcwd(), out, err)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(60)
-            raise
-        with open(out) as f:
-            stdout = f.read()
-        with open(err) as f:
-            stderr = f.read()
-    if proc.returncode != 0:
-        raise AssertionError(
-            f"subprocess failed ({proc.returncode}):\n{stderr[-6000:]}")
-    last = stdout.strip().splitlines()[-1]
+        child = subprocs.Child([], logs, "body", env=env, code=code)
+        child.wait(timeout)  # fails the test, with the child's stderr, past the timeout
+        if child.proc.returncode != 0:
+            raise AssertionError(
+                f"subprocess failed ({child.proc.returncode}):\n{child.stderr[-6000:]}")
+        last = child.stdout.strip().splitlines()[-1]
     return json.loads(last)

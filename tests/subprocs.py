@@ -40,7 +40,9 @@ SMOKE = os.path.join(REPO, "configs", "smoke.yaml")
 class Child:
     """One ``simclr_tf.run`` process and the files holding its output."""
 
-    def __init__(self, flags, log_dir, name, env=None, fresh=False):
+    def __init__(self, flags, log_dir, name, env=None, fresh=False, code=None):
+        """``code``: Python source to run instead of the entry point (as
+        ``python -c code FLAGS``), e.g. one that patches a module first."""
         os.makedirs(log_dir, exist_ok=True)
         self.name = name
         self.stdout_path = os.path.join(log_dir, f"{name}.out")
@@ -49,13 +51,13 @@ class Child:
         full_env.pop("TF_CONFIG", None)
         full_env.update(env or {})
         if fresh:
+            program = ["-c", code] if code else ["-m", "simclr_tf.run"]
             with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
-                self.proc = subprocess.Popen(
-                    [sys.executable, "-m", "simclr_tf.run", *flags], stdout=out, stderr=err,
-                    env=full_env, cwd=REPO)
+                self.proc = subprocess.Popen([sys.executable, *program, *flags], stdout=out,
+                                             stderr=err, env=full_env, cwd=REPO)
         else:
-            self.proc = start(("entry_point", None), flags, full_env, REPO,
-                              self.stdout_path, self.stderr_path)
+            what = ("code", code) if code else ("entry_point", None)
+            self.proc = start(what, flags, full_env, REPO, self.stdout_path, self.stderr_path)
 
     @property
     def stdout(self):

@@ -259,19 +259,6 @@ _LOW_MEMORY_RUN = ("from simclr_tf.linear_eval import features\n"
                    "run.run()\n")
 
 
-class _LowMemoryChild(subprocs.Child):
-    """``simclr_tf.run`` whose frozen features always go to a file in TMPDIR."""
-
-    def __init__(self, flags, log_dir, name, env=None):
-        self.name = name
-        self.stdout_path = os.path.join(log_dir, f"{name}.out")
-        self.stderr_path = os.path.join(log_dir, f"{name}.err")
-        full_env = subprocs.child_env(env)
-        full_env.pop("TF_CONFIG", None)
-        self.proc = subprocs.start(("code", _LOW_MEMORY_RUN), flags, full_env, subprocs.REPO,
-                                   self.stdout_path, self.stderr_path)
-
-
 def _feature_files(folder):
     return [name for name in os.listdir(folder) if name.startswith("simclr_tf")]
 
@@ -281,10 +268,10 @@ def test_sigterm_during_the_evaluation_removes_its_feature_files_and_exits_143(t
     scratch = tmp_path / "tmpdir"
     scratch.mkdir()
     model_dir = str(tmp_path / "run")
-    child = _LowMemoryChild(
+    child = subprocs.Child(
         [f"--config={subprocs.SMOKE}", "--mode=train_then_eval", "--train_steps=1",
          "--train_split=train[:8000]", f"--model_dir={model_dir}"],
-        str(tmp_path), "eval", env={"TMPDIR": str(scratch)})
+        str(tmp_path), "eval", env={"TMPDIR": str(scratch)}, code=_LOW_MEMORY_RUN)
     try:
         subprocs.wait_until(lambda: _feature_files(scratch), timeout=600, children=[child])
         sent = time.monotonic()
