@@ -96,9 +96,9 @@ def run(flags, log_dir, name, timeout=900, env=None, check=True, fresh=False):
     return child
 
 
-def child_env(env=None):
+def child_env():
     """This process's environment for a child: the checkout importable, TF quiet."""
-    return dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2", **(env or {}))
+    return dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
 
 
 # ------------------------------------------------------------ forked children

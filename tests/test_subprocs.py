@@ -7,6 +7,7 @@ the working directory and TMPDIR of the child, and an uninitialised
 TensorFlow (the child still chooses its devices).
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -59,8 +60,6 @@ def test_a_forked_child_has_its_own_argv_environment_directory_and_devices(tmp_p
         assert code == 3, (how, stderr[-3000:])
         printed = stdout.strip().splitlines()[-1]
         assert printed == out["fresh"][1].strip().splitlines()[-1], how
-    import json
-
     status = json.loads(out["forked"][1].strip().splitlines()[-1])
     assert status == {"argv": ["3", "--flag=x"], "cwd": str(tmp_path), "mark": "child",
                       "home": None, "tmp": str(scratch), "devices": 3}
