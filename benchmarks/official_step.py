@@ -24,16 +24,11 @@ ratio of ours in the first run to the official network in the second.
 """
 
 import argparse
-import glob
-import importlib.util
 import json
-import os
 import statistics
-import tarfile
+import sys
 import tempfile
 import time
-
-import sys
 
 from simclr_tf import env
 
@@ -45,6 +40,7 @@ if not DEFAULTS:
 
 import tensorflow as tf  # noqa: E402
 
+from benchmarks import official_fixture  # noqa: E402
 from benchmarks.common import load_average  # noqa: E402
 from benchmarks.machine import cpu_info  # noqa: E402
 from simclr_tf import config as config_lib  # noqa: E402
@@ -54,22 +50,9 @@ NAME = "r18_cifar"
 
 
 def _official(fixtures, scratch):
-    with tarfile.open(os.path.join(fixtures, NAME, "saved_model.tar.xz")) as tar:
-        tar.extractall(scratch, filter="data")
-    path = os.path.dirname(glob.glob(os.path.join(scratch, "**", "saved_model.pb"),
-                                     recursive=True)[0])
-    loaded = tf.saved_model.load(path)
-    spec = importlib.util.spec_from_file_location("official_fill",
-                                                  os.path.join(fixtures, "fill.py"))
-    fill = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(fill)
-    variables = []
-    for part in (loaded.model.resnet_model, loaded.model._projection_head,
-                 loaded.model.supervised_head):
-        for v in part.variables:
-            v.assign(fill.fill(v.name, v.shape))
-            if v.trainable:
-                variables.append(v)
+    _, loaded = official_fixture.load_filled(fixtures, NAME, scratch)
+    variables = [v for part in official_fixture.parts(loaded) for v in part.variables
+                 if v.trainable]
     return (lambda x: loaded(x, trainable=True)), variables
 
 

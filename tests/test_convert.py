@@ -10,12 +10,10 @@ SavedModel directory; its loader hands back the filled object for that path
 conversion). Conversions run in this process; one test runs the command line.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ import pytest
 import keras
 import tensorflow as tf
 
+from benchmarks import official_fixture
 from simclr_tf import config as config_lib
 from simclr_tf import convert, tasks
 from simclr_tf.official import layout as official_layout
@@ -70,31 +69,10 @@ EXPECTED = {
 }
 
 
-def _fill_fn():
-    spec = importlib.util.spec_from_file_location("official_fill", FIXTURES / "fill.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.fill
-
-
-def _official_parts(loaded):
-    return (loaded.model.resnet_model, loaded.model._projection_head,
-            loaded.model.supervised_head)
-
-
 def _load_filled(name, tmp):
     """(the fixture's SavedModel directory, its official model loaded with fill.py's values)."""
     _require_fixtures()
-    with tarfile.open(FIXTURES / name / "saved_model.tar.xz") as tar:
-        tar.extractall(tmp / name, filter="data")
-    found = [p.parent for p in (tmp / name).rglob("saved_model.pb")]
-    assert len(found) == 1, found
-    loaded = tf.saved_model.load(str(found[0]))
-    fill = _fill_fn()
-    for part in _official_parts(loaded):
-        for v in part.variables:
-            v.assign(fill(v.name, v.shape))
-    return found[0], loaded
+    return official_fixture.load_filled(FIXTURES, name, tmp)
 
 
 @pytest.fixture(scope="module")
